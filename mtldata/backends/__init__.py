@@ -1,0 +1,142 @@
+"""Storage backends: one writer protocol and one reader protocol, one module per format.
+
+The converter only talks to `DatasetWriter`; loaders and tools only talk to `DatasetReader`.
+A backend registers itself by name in `WRITERS`; `open_reader` picks a reader from the manifest
+or, for datasets mtldata did not write, from what is on disk.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from mtldata.errors import DatasetFormatError
+from mtldata.records import Sample
+
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass(frozen=True)
+class WriterOptions:
+    """What a backend needs to know before the first sample arrives."""
+
+    num_labels: int
+    label_names: tuple[str, ...] = ()
+    extra: dict[str, Any] | None = None  # backend-specific options (HDF5 dtype, shard size, ...)
+
+
+@runtime_checkable
+class DatasetWriter(Protocol):
+    """Writes samples in index order into a staging directory; durable only at `commit`."""
+
+    def put(self, sample: Sample) -> None: ...
+
+    def commit(self) -> None:
+        """Make every sample put so far durable (a resume point)."""
+
+    def truncate_from(self, index: int) -> None:
+        """Drop every sample whose index is >= `index` (undoes work past the last resume point)."""
+
+    def close(self) -> dict[str, Any]:
+        """Flush and close; return the backend's part of the manifest (file names, layout)."""
+
+
+@runtime_checkable
+class DatasetReader(Protocol):
+    """Random and in-order access to the samples of a dataset, whatever its format."""
+
+    def __len__(self) -> int: ...
+
+    def key(self, i: int) -> str: ...
+
+    def sample(self, i: int) -> Sample: ...
+
+    def labels(self, i: int) -> np.ndarray: ...
+
+    def __iter__(self) -> Iterator[Sample]: ...
+
+    def describe(self) -> dict[str, Any]:
+        """Format facts for `mtldata info`: backend, layout, what the files are."""
+
+    def close(self) -> None: ...
+
+
+WriterFactory = Callable[[Path, WriterOptions], DatasetWriter]
+WRITERS: dict[str, WriterFactory] = {}
+READERS: dict[str, Callable[[Path, dict[str, Any]], DatasetReader]] = {}
+
+
+def register_writer(name: str) -> Callable[[WriterFactory], WriterFactory]:
+    def decorate(factory: WriterFactory) -> WriterFactory:
+        WRITERS[name] = factory
+        return factory
+
+    return decorate
+
+
+def _load_builtin_backends() -> None:
+    # Imported here, not at module top, so that `mtldata.backends` stays cheap and each backend
+    # module's heavy import (lmdb, h5py) happens only when it is used.
+    from mtldata.backends import lmdb as _lmdb  # noqa: F401
+
+
+def make_writer(backend: str, staging: Path, options: WriterOptions) -> DatasetWriter:
+    """Create the writer of `backend` in the staging directory."""
+    _load_builtin_backends()
+    if backend not in WRITERS:
+        raise ValueError(f"unknown backend {backend!r}; available: {', '.join(sorted(WRITERS))}")
+    return WRITERS[backend](staging, options)
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest of a dataset directory, or None if it has none."""
+    manifest = path / MANIFEST_NAME
+    if not manifest.is_file():
+        return None
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DatasetFormatError(f"{manifest}: not valid JSON ({exc})") from exc
+
+
+def open_reader(path: str | Path, labels: str | Path | None = None) -> DatasetReader:
+    """Open any dataset mtldata can read.
+
+    `path` is an mtldata dataset directory, a plain Caffe LMDB directory (one int label per
+    record), or an image LMDB with `labels` naming its float-label LMDB (the multi-label layout).
+    """
+    _load_builtin_backends()
+    from mtldata.backends.lmdb import LmdbReader
+
+    path = Path(path)
+    if not path.exists():
+        raise DatasetFormatError(f"{path}: no such file or directory")
+    if labels is not None:
+        return LmdbReader(path, Path(labels))
+    manifest = read_manifest(path)
+    if manifest is not None:
+        if not manifest.get("complete", False):
+            raise DatasetFormatError(f"{path}: the dataset is incomplete (an interrupted conversion)")
+        backend = manifest.get("backend")
+        if backend == "lmdb":
+            return LmdbReader.from_manifest(path, manifest)
+        if backend in READERS:
+            return READERS[backend](path, manifest)
+        raise DatasetFormatError(f"{path}: manifest names backend {backend!r}, which this mtldata cannot read")
+    if path.name.endswith(".partial") or (path.parent / (path.name + ".partial")).exists():
+        raise DatasetFormatError(
+            f"{path}: an interrupted conversion; finish it with `mtldata convert ... --resume`"
+        )
+    if (path / "data.mdb").is_file():
+        return LmdbReader(path, None)
+    if (path / "images.lmdb" / "data.mdb").is_file():
+        label_dir = path / "labels.lmdb"
+        return LmdbReader(path / "images.lmdb", label_dir if label_dir.is_dir() else None)
+    raise DatasetFormatError(
+        f"{path}: not a dataset mtldata knows (no manifest.json, no LMDB data.mdb)"
+    )

@@ -1,0 +1,257 @@
+"""LMDB backend: an image LMDB plus a float-label LMDB with the same keys (Caffe's multi-label layout).
+
+Each value is a Caffe `Datum`, so the two environments feed two stock Caffe Data layers that stay
+aligned because they iterate the same keys in the same byte order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import numpy as np
+
+from mtldata.backends import DatasetReader, WriterOptions, register_writer
+from mtldata.caffe.datum import datum_labels, image_datum, label_datum, parse_datum
+from mtldata.errors import DatasetFormatError
+from mtldata.records import ImagePayload, Sample
+
+IMAGES_DIR = "images.lmdb"
+LABELS_DIR = "labels.lmdb"
+# Sparse on Linux and macOS, so a generous start costs nothing; it still doubles on MDB_MAP_FULL.
+DEFAULT_INITIAL_MAP_SIZE = 1 << 30
+
+
+def key_index(key: bytes) -> int | None:
+    """The sample index a `%08d_<path>` key starts with, or None for another key shape."""
+    head = key.split(b"_", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def sniff_format(data: bytes) -> str:
+    """The encoded image format of `data` from its magic bytes ("jpeg", "png", ... or "unknown")."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:2] == b"BM":
+        return "bmp"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return "unknown"
+
+
+class _GrowingEnv:
+    """A writable LMDB environment whose map doubles whenever a batch does not fit."""
+
+    def __init__(self, path: Path, initial_map_size: int) -> None:
+        self.path = path
+        self.env = lmdb.open(str(path), map_size=initial_map_size, subdir=True, max_dbs=0)
+
+    def write_batch(self, items: list[tuple[bytes, bytes]]) -> None:
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    for key, value in items:
+                        txn.put(key, value)
+                return
+            except lmdb.MapFullError:
+                # The failed transaction was aborted by the context manager; grow and replay it.
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+
+    def delete_from(self, index: int) -> int:
+        doomed: list[bytes] = []
+        with self.env.begin() as txn:
+            for key in txn.cursor().iternext(values=False):
+                found = key_index(key)
+                if found is not None and found >= index:
+                    doomed.append(bytes(key))
+        if doomed:
+            with self.env.begin(write=True) as txn:
+                for key in doomed:
+                    txn.delete(key)
+        return len(doomed)
+
+    def close(self) -> None:
+        self.env.sync(True)
+        self.env.close()
+
+
+@register_writer("lmdb")
+class LmdbWriter:
+    """Writes images.lmdb and labels.lmdb in the staging directory, batch by batch."""
+
+    def __init__(self, staging: Path, options: WriterOptions) -> None:
+        extra = options.extra or {}
+        map_size = int(extra.get("initial_map_size", DEFAULT_INITIAL_MAP_SIZE))
+        self.images = _GrowingEnv(staging / IMAGES_DIR, map_size)
+        self.labels = _GrowingEnv(staging / LABELS_DIR, map_size)
+        self.num_labels = options.num_labels
+        self._pending_images: list[tuple[bytes, bytes]] = []
+        self._pending_labels: list[tuple[bytes, bytes]] = []
+
+    def put(self, sample: Sample) -> None:
+        key = sample.key.encode("utf-8")
+        image = sample.image
+        label = int(sample.labels[0])  # Caffe's convert_multilabel: the int part of the first label
+        shape = None if image.encoded else image.shape
+        self._pending_images.append((key, image_datum(image.data, label, shape)))
+        self._pending_labels.append((key, label_datum(sample.labels)))
+
+    def commit(self) -> None:
+        # Images first: a crash between the two commits leaves extra image records, which resume
+        # removes with truncate_from; never a label without its image.
+        self.images.write_batch(self._pending_images)
+        self.labels.write_batch(self._pending_labels)
+        self._pending_images.clear()
+        self._pending_labels.clear()
+
+    def truncate_from(self, index: int) -> None:
+        self._pending_images.clear()
+        self._pending_labels.clear()
+        self.images.delete_from(index)
+        self.labels.delete_from(index)
+
+    def close(self) -> dict[str, Any]:
+        self.commit()
+        self.images.close()
+        self.labels.close()
+        return {"images": IMAGES_DIR, "labels": LABELS_DIR}
+
+
+class LmdbReader(DatasetReader):
+    """Reads an image LMDB, optionally with a float-label LMDB keyed the same way.
+
+    Environments are opened lazily and reopened in a new process: an LMDB handle inherited
+    across fork() must never be used (py-lmdb and LMDB both forbid it), so a DataLoader worker
+    always gets its own.
+    """
+
+    def __init__(self, images: Path, labels: Path | None, manifest: dict[str, Any] | None = None) -> None:
+        self.images_path = Path(images)
+        self.labels_path = Path(labels) if labels is not None else None
+        self.manifest = manifest
+        for path in (self.images_path, self.labels_path):
+            if path is not None and not (path / "data.mdb").is_file():
+                raise DatasetFormatError(f"{path}: not an LMDB environment (no data.mdb)")
+        self._pid: int | None = None
+        self._keys: list[bytes] | None = None
+        self._img_txn: Any = None
+        self._lbl_txn: Any = None
+        self._envs: list[Any] = []
+        self._shape = tuple(manifest["image"]["shape"]) if manifest and manifest["image"].get("shape") else None
+
+    @classmethod
+    def from_manifest(cls, root: Path, manifest: dict[str, Any]) -> LmdbReader:
+        files = manifest.get("files", {})
+        return cls(root / files.get("images", IMAGES_DIR), root / files.get("labels", LABELS_DIR), manifest)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_pid=None, _img_txn=None, _lbl_txn=None, _envs=[])
+        return state
+
+    def _open(self) -> None:
+        if self._pid == os.getpid():
+            return
+        # In a forked child the parent's handles are dropped, not closed: closing them here would
+        # touch the parent's locks and mapping.
+        self._envs = []
+        opened = []
+        for path in (self.images_path, self.labels_path):
+            if path is None:
+                opened.append(None)
+                continue
+            env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True, max_readers=1)
+            self._envs.append(env)
+            opened.append(env.begin(buffers=False))
+        self._img_txn, self._lbl_txn = opened
+        self._pid = os.getpid()
+
+    def _load_keys(self) -> list[bytes]:
+        if self._keys is None:
+            self._open()
+            self._keys = list(self._img_txn.cursor().iternext(values=False))
+            if self._lbl_txn is not None:
+                n_labels = self._lbl_txn.stat()["entries"]
+                if n_labels != len(self._keys):
+                    raise DatasetFormatError(
+                        f"{self.images_path} holds {len(self._keys)} records but {self.labels_path} "
+                        f"holds {n_labels}: the two DBs are not aligned"
+                    )
+        return self._keys
+
+    def __len__(self) -> int:
+        return len(self._load_keys())
+
+    def key(self, i: int) -> str:
+        return self._load_keys()[i].decode("utf-8", errors="replace")
+
+    def _label_value(self, key: bytes) -> np.ndarray:
+        value = self._lbl_txn.get(key)
+        if value is None:
+            raise DatasetFormatError(f"{self.labels_path}: no label record for key {key!r}")
+        return datum_labels(parse_datum(value))
+
+    def labels(self, i: int) -> np.ndarray:
+        keys = self._load_keys()
+        self._open()
+        if self._lbl_txn is not None:
+            return self._label_value(keys[i])
+        return datum_labels(parse_datum(self._img_txn.get(keys[i])))
+
+    def sample(self, i: int) -> Sample:
+        keys = self._load_keys()
+        self._open()
+        key = keys[i]
+        value = self._img_txn.get(key)
+        if value is None:
+            raise DatasetFormatError(f"{self.images_path}: record {key!r} vanished")
+        try:
+            datum = parse_datum(value)
+        except Exception as exc:  # protobuf raises DecodeError, among others
+            raise DatasetFormatError(f"{self.images_path}: record {key!r} is not a Datum ({exc})") from exc
+        if datum.encoded:
+            shape = self._shape or (0, 0, 0)
+            payload = ImagePayload(datum.data, True, shape, sniff_format(datum.data))
+        else:
+            shape = (datum.channels, datum.height, datum.width)
+            if len(datum.data) != shape[0] * shape[1] * shape[2]:
+                raise DatasetFormatError(
+                    f"{self.images_path}: record {key!r} holds {len(datum.data)} bytes, "
+                    f"its shape {shape} needs {shape[0] * shape[1] * shape[2]}"
+                )
+            payload = ImagePayload(datum.data, False, shape)
+        labels = self._label_value(key) if self._lbl_txn is not None else datum_labels(datum)
+        return Sample(index=i, key=key.decode("utf-8", errors="replace"), image=payload, labels=labels)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for i in range(len(self)):
+            yield self.sample(i)
+
+    def describe(self) -> dict[str, Any]:
+        if self.manifest is not None:
+            layout = "mtldata"
+        elif self.labels_path is not None:
+            layout = "caffe multi-label (image LMDB + float-label LMDB)"
+        else:
+            layout = "caffe convert_imageset (int label)"
+        return {
+            "backend": "lmdb",
+            "layout": layout,
+            "images": str(self.images_path),
+            "labels": str(self.labels_path) if self.labels_path else None,
+        }
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for env in self._envs:
+                env.close()
+        self._envs = []
+        self._img_txn = self._lbl_txn = None
+        self._pid = None

@@ -1,0 +1,431 @@
+"""The conversion pipeline: list file -> parallel decode -> backend writer, atomic and resumable.
+
+Work happens in `<out>.partial/`. Every commit of the writer is followed by a `progress.json`
+that records how far the list has been processed, so `resume=True` continues from the last commit
+(anything written after it is truncated first). On success the manifest is written last and the
+directory is renamed to `<out>`; a reader never mistakes a partial dataset for a complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mtldata import __version__
+from mtldata.backends import WriterOptions, make_writer
+from mtldata.errors import DatasetStateError, InputError, MtlDataError
+from mtldata.image import ImageDecodeError, ImageOptions, prepare_image
+from mtldata.listfile import ListEntry, ListLineError, iter_list, summarize_list
+from mtldata.manifest import LabelStats, Manifest, write_json_atomic, write_manifest
+from mtldata.records import ImagePayload, Sample
+
+PROGRESS_NAME = "progress.json"
+ERRORS_NAME = "errors.tsv"
+PARTIAL_SUFFIX = ".partial"
+CHUNK_SIZE = 16
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ConvertSpec:
+    """Everything `convert` needs; the CLI builds one from its options."""
+
+    list_file: Path
+    output: Path
+    root: Path | None = None
+    num_labels: int | None = None
+    label_names: tuple[str, ...] = ()
+    backend: str = "lmdb"
+    image: ImageOptions = field(default_factory=ImageOptions)
+    check_size: bool = False
+    shuffle: bool = False
+    seed: int = 0
+    workers: int = 0  # 0: one per core
+    strict: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    commit_every: int = 1000
+    backend_options: dict[str, Any] = field(default_factory=dict)
+
+    def resolved_root(self) -> Path:
+        return self.root if self.root is not None else self.list_file.parent
+
+    def fingerprint(self, list_sha256: str) -> dict[str, Any]:
+        """What must not change between an interrupted run and its resume."""
+        return {
+            "list_sha256": list_sha256,
+            "root": str(self.resolved_root().resolve()),
+            "num_labels": self.num_labels,
+            "backend": self.backend,
+            "image": asdict(self.image),
+            "check_size": self.check_size,
+            "shuffle": self.shuffle,
+            "seed": self.seed if self.shuffle else None,
+            "backend_options": {k: v for k, v in self.backend_options.items() if k != "initial_map_size"},
+        }
+
+
+@dataclass(frozen=True)
+class SampleError:
+    """One skipped sample: where it came from and why."""
+
+    line: int
+    path: str
+    reason: str
+
+
+@dataclass
+class ConvertResult:
+    output: Path
+    count: int
+    skipped: int
+    errors: list[SampleError]
+    seconds: float
+    manifest: dict[str, Any]
+
+
+@dataclass
+class _State:
+    """Resume point: what has been committed. Saved as progress.json after each commit."""
+
+    fingerprint: dict[str, Any]
+    next_position: int = 0
+    written: int = 0
+    error_count: int = 0
+    errors_bytes: int = 0
+    first_shape: list[int] | None = None
+    shapes: dict[str, int] = field(default_factory=dict)
+    formats: dict[str, int] = field(default_factory=dict)
+    stats: LabelStats = field(default_factory=LabelStats)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> _State:
+        data = dict(data)
+        data["stats"] = LabelStats(**data.get("stats", {}))
+        return cls(**data)
+
+
+def _worker_init() -> None:
+    # Ctrl-C is the parent's to handle: it stops feeding work and leaves a resumable dataset.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _decode_chunk(paths: list[str | None], options: ImageOptions) -> list[ImagePayload | str | None]:
+    """Worker: decode each path (None entries are list errors, passed through)."""
+    out: list[ImagePayload | str | None] = []
+    for path in paths:
+        if path is None:
+            out.append(None)
+            continue
+        try:
+            out.append(prepare_image(path, options))
+        except ImageDecodeError as exc:
+            out.append(str(exc))
+    return out
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    # forkserver: workers never inherit the caller's threads (a training script may hold torch or
+    # tqdm threads, and fork() with threads can deadlock); spawn where forkserver does not exist.
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+def _ordered_decode(
+    chunks: Iterator[list[str | None]], options: ImageOptions, workers: int
+) -> Iterator[list[ImagePayload | str | None]]:
+    """Decode chunks in parallel, yielding results in submission order with a bounded window."""
+    if workers <= 1:
+        for chunk in chunks:
+            yield _decode_chunk(chunk, options)
+        return
+    window = 2 * workers + 2  # enough to keep every worker busy, few enough to bound memory
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), initializer=_worker_init) as pool:
+        pending: deque[Future] = deque()
+        try:
+            for chunk in chunks:
+                pending.append(pool.submit(_decode_chunk, chunk, options))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _work_items(spec: ConvertSpec, num_labels: int, num_lines: int) -> Iterator[ListEntry | ListLineError]:
+    """List items in output order: the file's order, or a seeded shuffle of it."""
+    root = spec.resolved_root()
+
+    def exists(path: str) -> bool:
+        return (root / path).is_file()
+
+    items = iter_list(spec.list_file, num_labels, exists)
+    if not spec.shuffle:
+        yield from items
+        return
+    everything = list(items)
+    order = np.random.default_rng(spec.seed).permutation(len(everything))
+    for i in order:
+        yield everything[i]
+
+
+def _prepare_staging(spec: ConvertSpec, fingerprint: dict[str, Any]) -> tuple[Path, _State | None]:
+    out = spec.output
+    staging = out.with_name(out.name + PARTIAL_SUFFIX)
+    if out.exists() and not spec.overwrite:
+        raise DatasetStateError(f"{out} already exists; pass --overwrite to replace it")
+    if staging.exists():
+        if spec.resume:
+            progress = staging / PROGRESS_NAME
+            if progress.is_file():
+                state = _State.from_dict(json.loads(progress.read_text(encoding="utf-8")))
+                if state.fingerprint != fingerprint:
+                    changed = sorted(k for k in fingerprint if fingerprint[k] != state.fingerprint.get(k))
+                    raise DatasetStateError(
+                        f"cannot resume {staging}: it was started with different input or options "
+                        f"({', '.join(changed)} changed); use --overwrite to start over"
+                    )
+                return staging, state
+            # Interrupted before its first commit: nothing worth keeping.
+            shutil.rmtree(staging)
+        elif spec.overwrite:
+            shutil.rmtree(staging)
+        else:
+            raise DatasetStateError(
+                f"{staging} holds an interrupted conversion; pass --resume to continue it "
+                f"or --overwrite to start over"
+            )
+    staging.mkdir(parents=True)
+    return staging, None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def convert(spec: ConvertSpec, progress: ProgressCallback | None = None) -> ConvertResult:
+    """Convert an image list into a dataset directory, as described by `spec`."""
+    started = time.monotonic()
+    if not spec.list_file.is_file():
+        raise MtlDataError(f"{spec.list_file}: no such list file")
+    try:
+        summary = summarize_list(spec.list_file, spec.num_labels)
+    except ValueError as exc:
+        raise MtlDataError(str(exc)) from exc
+    k = summary.num_labels
+    if spec.label_names and len(spec.label_names) != k:
+        raise MtlDataError(f"--label-names gives {len(spec.label_names)} names but the list has {k} labels")
+    fingerprint = spec.fingerprint(summary.sha256)
+    fingerprint["num_labels"] = k
+    staging, state = _prepare_staging(spec, fingerprint)
+    writer = make_writer(
+        spec.backend, staging, WriterOptions(num_labels=k, label_names=spec.label_names, extra=spec.backend_options)
+    )
+    if state is None:
+        state = _State(fingerprint=fingerprint)
+    else:
+        writer.truncate_from(state.next_position)
+    errors_path = staging / ERRORS_NAME
+    with open(errors_path, "a+b") as fh:
+        fh.truncate(state.errors_bytes)
+    errors_file = open(errors_path, "ab")  # noqa: SIM115 - kept open across the whole loop
+    root = spec.resolved_root()
+    workers = spec.workers or os.cpu_count() or 1
+    total = summary.num_lines
+    since_commit = 0
+
+    def save_state() -> None:
+        errors_file.flush()
+        os.fsync(errors_file.fileno())
+        state.errors_bytes = errors_file.tell()
+        write_json_atomic(staging / PROGRESS_NAME, state.to_dict())
+
+    def commit() -> None:
+        nonlocal since_commit
+        writer.commit()
+        save_state()
+        since_commit = 0
+
+    def record_error(line: int, path: str, reason: str) -> None:
+        if spec.strict:
+            raise InputError(spec.list_file, line, f"{path}: {reason}" if path else reason)
+        row = f"{line}\t{path}\t{reason}\n".replace("\r", " ")
+        errors_file.write(row.encode("utf-8", errors="replace"))
+        state.error_count += 1
+
+    items = _work_items(spec, k, total)
+    skip = state.next_position
+    for _ in range(skip):
+        next(items)
+
+    def chunks() -> Iterator[list[str | None]]:
+        while True:
+            chunk = [next(items, None) for _ in range(CHUNK_SIZE)]
+            chunk = [item for item in chunk if item is not None]
+            if not chunk:
+                return
+            pending_items.append(chunk)
+            yield [str(root / item.path) if isinstance(item, ListEntry) else None for item in chunk]
+
+    pending_items: deque[list[ListEntry | ListLineError]] = deque()
+    position = skip
+    try:
+        for results in _ordered_decode(chunks(), spec.image, workers):
+            for item, result in zip(pending_items.popleft(), results, strict=True):
+                if isinstance(item, ListLineError):
+                    record_error(item.line, "", item.reason)
+                elif isinstance(result, str):
+                    record_error(item.line, item.path, result)
+                elif (reason := _size_mismatch(spec, state, result)) is not None:
+                    record_error(item.line, item.path, reason)
+                else:
+                    labels = np.asarray(item.labels, dtype=np.float32)
+                    writer.put(Sample(position, f"{position:08d}_{item.path}", result, labels))
+                    state.written += 1
+                    state.stats.add(labels)
+                    shape_key = "x".join(map(str, result.shape))
+                    state.shapes[shape_key] = state.shapes.get(shape_key, 0) + 1
+                    state.formats[result.format] = state.formats.get(result.format, 0) + 1
+                    since_commit += 1
+                position += 1
+                state.next_position = position
+                if since_commit >= spec.commit_every:
+                    commit()
+                if progress is not None:
+                    progress(position, total)
+        commit()
+        files = writer.close()
+    except InputError:
+        # --strict: the first bad sample stops the run and no dataset is left behind.
+        errors_file.close()
+        writer.close()
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        errors_file.close()
+
+    manifest = _build_manifest(spec, summary, state, files, k)
+    write_manifest(staging, manifest)
+    (staging / PROGRESS_NAME).unlink()
+    _fsync_dir(staging)
+    _publish(staging, spec.output)
+    errors = read_errors(spec.output / ERRORS_NAME)
+    return ConvertResult(
+        output=spec.output,
+        count=state.written,
+        skipped=state.error_count,
+        errors=errors,
+        seconds=time.monotonic() - started,
+        manifest=manifest.to_dict(),
+    )
+
+
+def _size_mismatch(spec: ConvertSpec, state: _State, payload: ImagePayload) -> str | None:
+    """convert_imageset's --check_size: every image must have the first image's size."""
+    if not spec.check_size:
+        return None
+    if state.first_shape is None:
+        state.first_shape = list(payload.shape)
+        return None
+    if list(payload.shape) == state.first_shape:
+        return None
+    got, want = ("x".join(map(str, s)) for s in (payload.shape, state.first_shape))
+    return f"image is {got} (CxHxW) but --check-size expects {want}, the size of the first image"
+
+
+def read_errors(path: Path) -> list[SampleError]:
+    """The skipped samples recorded in an errors.tsv."""
+    if not path.is_file():
+        return []
+    out = []
+    for row in path.read_text(encoding="utf-8").splitlines():
+        line, sample_path, reason = row.split("\t", 2)
+        out.append(SampleError(int(line), sample_path, reason))
+    return out
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Move the finished dataset into place; an old one (with --overwrite) goes only afterwards."""
+    old = None
+    if out.exists():
+        old = out.with_name(f"{out.name}.old-{os.getpid()}")
+        os.rename(out, old)
+    os.rename(staging, out)
+    _fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def _build_manifest(spec: ConvertSpec, summary: Any, state: _State, files: dict[str, Any], k: int) -> Manifest:
+    names = list(spec.label_names) or [f"label_{j}" for j in range(k)]
+    shapes = {tuple(int(x) for x in s.split("x")): n for s, n in state.shapes.items()}
+    single = next(iter(shapes)) if len(shapes) == 1 else None
+    image: dict[str, Any] = {
+        "shape": list(single) if single else None,
+        "shapes": {"x".join(map(str, s)): n for s, n in sorted(shapes.items())},
+        "channels": sorted({s[0] for s in shapes}),
+        "layout": "CHW",
+        "dtype": "uint8",
+        "color_order": "gray" if spec.image.gray else "BGR",
+        "encoded": spec.image.encoded or bool(spec.image.encode_type),
+        "formats": dict(sorted(state.formats.items())),
+    }
+    if shapes:
+        image["min_hw"] = [min(s[1] for s in shapes), min(s[2] for s in shapes)]
+        image["max_hw"] = [max(s[1] for s in shapes), max(s[2] for s in shapes)]
+    options = {
+        "gray": spec.image.gray,
+        "resize_width": spec.image.resize_width,
+        "resize_height": spec.image.resize_height,
+        "resize_mode": spec.image.resize_mode,
+        "encoded": spec.image.encoded,
+        "encode_type": spec.image.encode_type,
+        "check_size": spec.check_size,
+        "shuffle": spec.shuffle,
+        "seed": spec.seed if spec.shuffle else None,
+        "strict": spec.strict,
+        **{k_: v for k_, v in spec.backend_options.items() if k_ != "initial_map_size"},
+    }
+    return Manifest(
+        backend=spec.backend,
+        count=state.written,
+        num_labels=k,
+        label_names=names,
+        image=image,
+        files={**files, "errors": ERRORS_NAME},
+        source={
+            "list_file": str(spec.list_file),
+            "list_sha256": summary.sha256,
+            "root": str(spec.resolved_root()),
+            "data_lines": summary.num_lines,
+            "num_labels_inferred": summary.inferred,
+        },
+        options=options,
+        errors={"count": state.error_count, "file": ERRORS_NAME},
+        label_stats=state.stats.summary(names),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        mtldata_version=__version__,
+    )

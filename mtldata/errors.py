@@ -1,0 +1,48 @@
+"""The library's exception types; the CLI turns each into a one-line message and an exit code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MtlDataError(Exception):
+    """Base of every error mtldata raises on purpose (bad input, bad state, bad options)."""
+
+
+class InputError(MtlDataError):
+    """A problem with one line of an input file, located by file and line number."""
+
+    def __init__(self, file: str | Path, line: int | None, reason: str) -> None:
+        self.file = str(file)
+        self.line = line
+        self.reason = reason
+        where = f"{self.file}:{line}" if line is not None else self.file
+        super().__init__(f"{where}: {reason}")
+
+
+class DatasetStateError(MtlDataError):
+    """The output location is in a state the requested operation cannot proceed from."""
+
+
+class DatasetFormatError(MtlDataError):
+    """A dataset on disk is not in a format mtldata can read, or is damaged."""
+
+
+class CaffeFileError(DatasetFormatError):
+    """A Caffe protobuf file (prototxt, caffemodel, binaryproto) that cannot be read as its message.
+
+    `line` and `column` are protobuf's 1-based position of a text-format error, None for binary files.
+    """
+
+    def __init__(self, file: str | Path, reason: str, line: int | None = None, column: int | None = None):
+        self.file = str(file)
+        self.reason = reason
+        self.line = line
+        self.column = column
+        where = self.file
+        if line is not None:
+            where += f":{line}" + (f":{column}" if column is not None else "")
+        super().__init__(f"{where}: {reason}")
+
+    def __reduce__(self):  # keeps the error picklable across worker processes
+        return (type(self), (self.file, self.reason, self.line, self.column))

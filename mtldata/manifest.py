@@ -1,0 +1,84 @@
+"""The dataset manifest: a versioned description written last, and only when a dataset is complete."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mtldata.backends import MANIFEST_NAME
+
+FORMAT_NAME = "mtldata"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class LabelStats:
+    """Running min / max / mean of each label column, mergeable and JSON-serialisable."""
+
+    count: int = 0
+    sums: list[float] = field(default_factory=list)
+    mins: list[float] = field(default_factory=list)
+    maxs: list[float] = field(default_factory=list)
+
+    def add(self, labels: Any) -> None:
+        values = [float(v) for v in labels]
+        if not self.sums:
+            self.sums = [0.0] * len(values)
+            self.mins = list(values)
+            self.maxs = list(values)
+        for j, v in enumerate(values):
+            self.sums[j] += v
+            self.mins[j] = min(self.mins[j], v)
+            self.maxs[j] = max(self.maxs[j], v)
+        self.count += 1
+
+    def summary(self, names: list[str]) -> list[dict[str, Any]]:
+        return [
+            {"name": names[j], "min": self.mins[j], "max": self.maxs[j], "mean": self.sums[j] / self.count}
+            for j in range(len(self.sums))
+        ] if self.count else []
+
+
+@dataclass
+class Manifest:
+    """Everything a reader (or a person) needs to know about a converted dataset."""
+
+    backend: str
+    count: int
+    num_labels: int
+    label_names: list[str]
+    image: dict[str, Any]
+    files: dict[str, Any]
+    source: dict[str, Any]
+    options: dict[str, Any]
+    errors: dict[str, Any]
+    label_stats: list[dict[str, Any]]
+    created: str
+    mtldata_version: str
+    key_format: str = "%08d_<path>"
+    complete: bool = True
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON so that readers see the old file or the whole new one, never a torn one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=2, sort_keys=False)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> Path:
+    path = directory / MANIFEST_NAME
+    write_json_atomic(path, manifest.to_dict())
+    return path

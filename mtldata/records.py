@@ -1,0 +1,31 @@
+"""The in-memory shape of one sample as it moves between the image codec, the converter and backends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ImagePayload:
+    """An image ready for storage: raw planar CHW BGR uint8 bytes, or encoded file bytes.
+
+    `shape` is (C, H, W) of the decoded pixels in both cases (for encoded payloads it is what the
+    bytes decode to under the conversion's options, kept for the manifest and size checks).
+    """
+
+    data: bytes
+    encoded: bool
+    shape: tuple[int, int, int]
+    format: str = "raw"  # "raw", or the encoded format: "jpeg", "png", ...
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One stored sample: its key, image and float32 label vector."""
+
+    index: int
+    key: str
+    image: ImagePayload
+    labels: np.ndarray
