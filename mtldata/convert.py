@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -122,9 +123,20 @@ class _State:
         return cls(**data)
 
 
-def _worker_init() -> None:
+def _worker_init(parent_pid: int) -> None:
     # Ctrl-C is the parent's to handle: it stops feeding work and leaves a resumable dataset.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A parent killed with SIGKILL cannot shut the pool down, and idle workers would wait on
+    # their queue forever: each worker leaves on its own once the parent is gone.
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    # Compare parent pids rather than probing the parent with kill(pid, 0): a dead parent stays a
+    # zombie until reaped and still answers, while its children are re-parented at once.
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _decode_chunk(paths: list[str | None], options: ImageOptions) -> list[ImagePayload | str | None]:
@@ -142,10 +154,10 @@ def _decode_chunk(paths: list[str | None], options: ImageOptions) -> list[ImageP
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
-    # forkserver: workers never inherit the caller's threads (a training script may hold torch or
-    # tqdm threads, and fork() with threads can deadlock); spawn where forkserver does not exist.
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    # spawn, not fork: workers never inherit the caller's threads (a training script may hold
+    # torch or tqdm threads, and fork() with threads can deadlock). Not forkserver either: its
+    # server outlives a parent killed with SIGKILL, holding the parent's stdout and stderr open.
+    return multiprocessing.get_context("spawn")
 
 
 def _ordered_decode(
@@ -157,7 +169,8 @@ def _ordered_decode(
             yield _decode_chunk(chunk, options)
         return
     window = 2 * workers + 2  # enough to keep every worker busy, few enough to bound memory
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), initializer=_worker_init) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), initializer=_worker_init,
+                             initargs=(os.getpid(),)) as pool:
         pending: deque[Future] = deque()
         try:
             for chunk in chunks:
@@ -276,6 +289,7 @@ def convert(spec: ConvertSpec, progress: ProgressCallback | None = None) -> Conv
         errors_file.write(row.encode("utf-8", errors="replace"))
         state.error_count += 1
 
+    save_state()  # from the start, a resume checks that the input and options are the same
     items = _work_items(spec, k, total)
     skip = state.next_position
     for _ in range(skip):

@@ -46,3 +46,43 @@ class CaffeFileError(DatasetFormatError):
 
     def __reduce__(self):  # keeps the error picklable across worker processes
         return (type(self), (self.file, self.reason, self.line, self.column))
+
+
+class TaskSpecError(MtlDataError):
+    """A task definition (tasks.toml or a TaskSpec), or a label that breaks it.
+
+    The message names whatever is known of: the file, the task, the field, the sample (index and key).
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        file: str | Path | None = None,
+        task: str | None = None,
+        field: str | None = None,
+        sample: int | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.file = None if file is None else str(file)
+        self.task = task
+        self.field = field
+        self.sample = sample
+        self.key = key
+        where = []
+        if self.file is not None:
+            where.append(self.file)
+        if task is not None:
+            where.append(f"task {task!r}")
+        if field is not None:
+            where.append(f"field {field!r}")
+        if sample is not None:
+            where.append(f"sample {sample}" + (f" (key {key!r})" if key is not None else ""))
+        super().__init__(": ".join([*where, reason]))
+
+    def __reduce__(self):  # keeps the error picklable across worker processes
+        import functools
+
+        kwargs = dict(file=self.file, task=self.task, field=self.field, sample=self.sample, key=self.key)
+        return (functools.partial(type(self), self.reason, **kwargs), ())

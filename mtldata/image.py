@@ -23,7 +23,7 @@ Decoding in gray (``--gray``, ``IMREAD_GRAYSCALE``) gives an ``HxW`` ``uint8`` a
   what OpenCV asks libjpeg for. Gray JPEGs are returned as stored.
 * PNG with colour (RGB, RGBA, palette): libpng's ``png_set_rgb_to_gray(.., 0.299, 0.587)`` integer
   formula, which OpenCV's PNG decoder uses: coefficients ``rc = 29900*32768//100000 = 9797``,
-  ``gc = 58700*32768//100000 = 19234``, ``bc = 32768 - rc - gc = 13737`` and
+  ``gc = 58700*32768//100000 = 19234``, ``bc = 32768 - rc - gc = 3737`` and
   ``gray = (rc*R + gc*G + bc*B) >> 15`` (truncating; a pixel with R == G == B keeps its value).
   Alpha is dropped first. (For 16-bit colour PNGs libpng converts before dropping to 8 bits; here
   the conversion is applied to the 8-bit values, so such files may be off by one level.)
@@ -32,11 +32,12 @@ Decoding in gray (``--gray``, ``IMREAD_GRAYSCALE``) gives an ``HxW`` ``uint8`` a
 
 Resizing (``resize_mode``):
 
-* ``"caffe"`` (default): :func:`caffe_resize`, a bit-exact re-implementation of OpenCV's 8-bit
+* ``"caffe"`` (default): :func:`caffe_resize`, a bit-exact re-implementation of OpenCV 4's 8-bit
   ``INTER_LINEAR`` (half-pixel centres, edge clamping, no antialiasing, 11-bit fixed-point weights,
-  including the rounding of OpenCV's SIMD vertical pass and the switch of an exact 2x downscale to
-  ``INTER_AREA``). JPEG DCT-domain downscaling (Pillow's ``draft``) is *never* used in this mode,
-  because it changes pixels and would break parity with Caffe.
+  the truncating 16-bit vertical arithmetic of OpenCV's SIMD kernel, which its 8-bit scalar loop
+  shares, and the switch of an exact 2x reduction to ``INTER_AREA``). It reproduces every resized
+  record of the Caffe golden fixtures (OpenCV 4.6) bit for bit. JPEG DCT-domain downscaling
+  (Pillow's ``draft``) is *never* used in this mode: it changes pixels and would break parity.
 * ``"antialias"``: JPEGs are first reduced by libjpeg in the DCT domain (``draft``) to no less than
   twice the target size in each dimension, then Pillow's antialiased ``BILINEAR`` (triangle filter
   scaled to the reduction factor) resize produces the target size. This is faster and alias-free
@@ -134,6 +135,19 @@ def _open(source: str | os.PathLike | bytes) -> Image.Image:
         raise ImageDecodeError(f"cannot read image: {exc}") from None
 
 
+def _read_file(path: str | os.PathLike) -> bytes:
+    try:
+        return Path(os.fspath(path)).read_bytes()
+    except FileNotFoundError:
+        raise ImageDecodeError("file not found") from None
+    except IsADirectoryError:
+        raise ImageDecodeError("is a directory, not an image file") from None
+    except PermissionError:
+        raise ImageDecodeError("permission denied") from None
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read file: {exc.strerror or exc}") from None
+
+
 def _orientation(im: Image.Image) -> int:
     try:
         return int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
@@ -184,10 +198,8 @@ def _to_8bit_array(im: Image.Image) -> np.ndarray:
     if mode in ("L", "RGB"):
         return np.asarray(im)
     if mode.startswith("I;16") or mode == "I":
-        a = np.asarray(im)
-        if a.dtype.byteorder == ">" or (a.dtype.byteorder == "=" and not np.little_endian):
-            a = a.astype(a.dtype.newbyteorder("<"))
-        return (np.clip(a.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+        a = np.asarray(im).astype(np.int64)  # any byte order -> native integers
+        return (np.clip(a, 0, 65535) >> 8).astype(np.uint8)
     if mode == "F":
         return np.clip(np.asarray(im), 0, 255).astype(np.uint8)
     if mode in ("1", "LA", "La"):
@@ -207,8 +219,10 @@ def _decoded_to_array(im: Image.Image, gray: bool, is_png_colour: bool) -> np.nd
     return np.ascontiguousarray(a[:, :, ::-1])
 
 
-def _decode(source: str | os.PathLike | bytes, gray: bool, draft_size: tuple[int, int] | None = None):
-    """Open and decode; returns the loaded (oriented) Pillow image and whether gray uses libpng's rule.
+def _decode(
+    source: str | os.PathLike | bytes, gray: bool, draft_size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Open, decode and orient a file or buffer: HxWx3 BGR or HxW gray uint8, per the module rules.
 
     ``draft_size`` (antialias mode only) lets libjpeg downscale in the DCT domain to at least that size.
     """
@@ -229,11 +243,7 @@ def _decode(source: str | os.PathLike | bytes, gray: bool, draft_size: tuple[int
                 im.draft("L", req)
             elif draft_size is not None and im.mode in ("RGB", "L"):
                 im.draft(im.mode, req)
-        loaded = _load(im)
-        if loaded is im:
-            loaded = im.copy() if False else im  # keep the decoded image alive after closing the file
-            # Image.load() holds the pixels in memory; closing the file does not drop them.
-        return loaded, is_png_colour
+        return _decoded_to_array(_load(im), gray, is_png_colour)
 
 
 def load_image(path: str | os.PathLike, gray: bool = False) -> np.ndarray:
@@ -241,8 +251,7 @@ def load_image(path: str | os.PathLike, gray: bool = False) -> np.ndarray:
 
     Returns HxWx3 BGR uint8, or HxW uint8 when ``gray``. Raises ImageDecodeError.
     """
-    im, is_png_colour = _decode(path, gray)
-    return _decoded_to_array(im, gray, is_png_colour)
+    return _decode(path, gray)
 
 
 def _decode_simplejpeg(data: bytes, gray: bool) -> np.ndarray | None:
@@ -264,9 +273,10 @@ def _decode_simplejpeg(data: bytes, gray: bool) -> np.ndarray | None:
         out = simplejpeg.decode_jpeg(
             data, colorspace="GRAY" if gray else "BGR", fastdct=False, fastupsample=False, strict=True
         )
-    except ValueError as exc:
-        msg = str(exc)
-        raise ImageDecodeError(f"corrupt or truncated JPEG data ({msg})") from None
+    except (ValueError, RuntimeError):
+        # strict=True also rejects data libjpeg only warns about (e.g. extraneous bytes before a
+        # marker), which Pillow decodes; let the Pillow path decide, like load_image would.
+        return None
     if gray:
         out = out.reshape(out.shape[0], out.shape[1])
     return np.ascontiguousarray(out)
@@ -281,12 +291,7 @@ def decode_bytes(data: bytes, gray: bool = False) -> np.ndarray:
     out = _decode_simplejpeg(data, gray)
     if out is not None:
         return out
-    return _decode_pillow_bytes(data, gray)
-
-
-def _decode_pillow_bytes(data: bytes, gray: bool) -> np.ndarray:
-    im, is_png_colour = _decode(data, gray)
-    return _decoded_to_array(im, gray, is_png_colour)
+    return _decode(data, gray)
 
 
 def to_chw(img: np.ndarray) -> np.ndarray:
@@ -308,32 +313,41 @@ _COEF_BITS = 11
 _COEF_SCALE = 1 << _COEF_BITS  # INTER_RESIZE_COEF_SCALE
 
 
-def _linear_taps(dst: int, src: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _linear_taps(dst: int, src: int, zero_fraction_at_edges: bool):
     """Source indices (clamped) and 11-bit weights of OpenCV's INTER_LINEAR along one axis.
 
-    Follows resize.cpp: scale = 1/(dst/src) in double; f = float((d+0.5)*scale-0.5); s = floor(f);
-    f -= s; outside the image the index is clamped and the weight of the left tap is 1.
+    As in resize.cpp: ``scale = 1 / (dst / src)`` in double; ``f = float((d + 0.5) * scale - 0.5)``;
+    ``s = floor(f)``; ``f -= s``; weights ``saturate_cast<short>((1 - f) * 2048)`` and
+    ``saturate_cast<short>(f * 2048)`` (float arithmetic, round half to even). Indices are clamped to
+    the image. Horizontally OpenCV also zeroes ``f`` where the left tap is outside (or at the last
+    column), vertically it only clamps the row indices and keeps both weights.
     """
     scale = 1.0 / (dst / src)
-    d = np.arange(dst, dtype=np.float64)
-    f = ((d + 0.5) * scale - 0.5).astype(np.float32)
+    f = ((np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
     s = np.floor(f)
     f = (f - s).astype(np.float32)
-    s = s.astype(np.int64)
-    low = s < 0
-    high = s >= src - 1
-    f[low | high] = 0
-    s = np.clip(s, 0, src - 1)
-    s1 = np.minimum(s + 1, src - 1)
+    s = s.astype(np.intp)
+    if zero_fraction_at_edges:
+        f[(s < 0) | (s >= src - 1)] = 0
+    i0 = np.clip(s, 0, src - 1)
+    i1 = np.clip(s + 1, 0, src - 1)
     w0 = np.rint((np.float32(1) - f) * np.float32(_COEF_SCALE)).astype(np.int32)
     w1 = np.rint(f * np.float32(_COEF_SCALE)).astype(np.int32)
-    return s, s1, w0, w1
+    return i0, i1, w0, w1
 
 
 def _resize_area_2x(img: np.ndarray) -> np.ndarray:
+    """OpenCV's INTER_AREA fast path for an exact 2x reduction (which INTER_LINEAR switches to).
+
+    For 1, 3 or 4 channels OpenCV rounds the 2x2 sum as ``(s + 2) >> 2``; otherwise the generic
+    area code computes ``cvRound(s * 0.25f)`` (ties to even).
+    """
     a = img.astype(np.uint16)
     s = a[0::2, 0::2] + a[0::2, 1::2] + a[1::2, 0::2] + a[1::2, 1::2]
-    return ((s + 2) >> 2).astype(np.uint8)
+    channels = 1 if img.ndim == 2 else img.shape[2]
+    if channels in (1, 3, 4):
+        return ((s + 2) >> 2).astype(np.uint8)
+    return np.rint(s.astype(np.float32) * np.float32(0.25)).astype(np.uint8)
 
 
 def caffe_resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -353,42 +367,43 @@ def caffe_resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
     if sw == 2 * width and sh == 2 * height:
         return _resize_area_2x(a)
     squeeze = a.ndim == 2
-    if squeeze:
-        a = a[:, :, None]
-    x0, x1, ax0, ax1 = _linear_taps(width, sw)
-    y0, y1 = _vertical_rows(height, sh)
-    by0, by1 = _vertical_weights(height, sh)
-    rows = np.unique(np.concatenate([y0, y1]))
-    src = a[rows].astype(np.int32)
-    hor = src[:, x0] * ax0[None, :, None] + src[:, x1] * ax1[None, :, None]
-    r0 = hor[np.searchsorted(rows, y0)]
-    r1 = hor[np.searchsorted(rows, y1)]
-    # OpenCV's SIMD vertical pass (VResizeLinearVec_32s8u): drop 4 bits, 16x16->high-16 multiply,
-    # then round by 2 bits.
-    v = ((r0 >> 4) * by0[:, None, None] >> 16) + ((r1 >> 4) * by1[:, None, None] >> 16)
-    out = np.clip((v + 2) >> 2, 0, 255).astype(np.uint8)
-    return out[:, :, 0] if squeeze else out
+    channels = 1 if squeeze else a.shape[2]
+    x0, x1, ax0, ax1 = _linear_taps(width, sw, zero_fraction_at_edges=True)
+    y0, y1, by0, by1 = _linear_taps(height, sh, zero_fraction_at_edges=False)
 
+    # Horizontal pass, only over the source rows the vertical pass reads: exact int32 sums
+    # S = src[x0] * a0 + src[x1] * a1 (at most 255 * 2048), kept as S >> 4 (what the vertical pass uses).
+    rows, inverse = np.unique(np.concatenate([y0, y1]), return_inverse=True)
+    flat = a.reshape(sh, sw * channels)
+    if rows.size != sh:
+        flat = flat[rows]
+    lanes = np.arange(channels, dtype=np.intp)
+    c0 = (x0[:, None] * channels + lanes).ravel()
+    c1 = (x1[:, None] * channels + lanes).ravel()
+    hor = np.take(flat, c0, axis=1).astype(np.int32)
+    hor *= np.repeat(ax0, channels)
+    tmp = np.take(flat, c1, axis=1).astype(np.int32)
+    tmp *= np.repeat(ax1, channels)
+    hor += tmp
+    hor >>= 4
 
-def _vertical_rows(dst: int, src: int) -> tuple[np.ndarray, np.ndarray]:
-    scale = 1.0 / (dst / src)
-    d = np.arange(dst, dtype=np.float64)
-    f = ((d + 0.5) * scale - 0.5).astype(np.float32)
-    s = np.floor(f).astype(np.int64)
-    return np.clip(s, 0, src - 1), np.clip(s + 1, 0, src - 1)
-
-
-def _vertical_weights(dst: int, src: int) -> tuple[np.ndarray, np.ndarray]:
-    # Unlike the horizontal taps, OpenCV does not zero the fraction at the vertical borders: it
-    # clamps the row indices only.
-    scale = 1.0 / (dst / src)
-    d = np.arange(dst, dtype=np.float64)
-    f = ((d + 0.5) * scale - 0.5).astype(np.float32)
-    s = np.floor(f)
-    f = (f - s).astype(np.float32)
-    w0 = np.rint((np.float32(1) - f) * np.float32(_COEF_SCALE)).astype(np.int32)
-    w1 = np.rint(f * np.float32(_COEF_SCALE)).astype(np.int32)
-    return w0, w1
+    # Vertical pass, OpenCV's 8-bit arithmetic (VResizeLinearVec_32s8u and the uchar scalar loop
+    # share it): ((S0 >> 4) * b0 >> 16) + ((S1 >> 4) * b1 >> 16), then (v + 2) >> 2. The scalar
+    # remainder loop for uchar is specialised to the same formula; the generic fixed-point rounding
+    # (S0*b0 + S1*b1 + 2**21) >> 22 is NOT what OpenCV computes here (with it, the 4 tail values of each
+    # 20-pixel gray row of the Caffe fixtures come out one level off). The result is <= 255 by
+    # construction (S >> 4 <= 32640 and b0 + b1 == 2048), so no clipping is needed.
+    out = hor[inverse[:height]]
+    out *= by0[:, None]
+    out >>= 16
+    tmp = hor[inverse[height:]]
+    tmp *= by1[:, None]
+    tmp >>= 16
+    out += tmp
+    out += 2
+    out >>= 2
+    out = out.astype(np.uint8)
+    return out.reshape(height, width) if squeeze else out.reshape(height, width, channels)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -403,9 +418,9 @@ def encode_image(img: np.ndarray, fmt: str) -> bytes:
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
     if a.ndim == 2:
-        im = Image.fromarray(np.ascontiguousarray(a), mode="L")
+        im = Image.fromarray(np.ascontiguousarray(a))  # 2-D uint8 -> mode "L"
     elif a.ndim == 3 and a.shape[2] == 3:
-        im = Image.fromarray(np.ascontiguousarray(a[:, :, ::-1]), mode="RGB")
+        im = Image.fromarray(np.ascontiguousarray(a[:, :, ::-1]))  # HxWx3 uint8 -> mode "RGB"
     else:
         raise ValueError(f"expected BGR HxWx3 or gray HxW, got shape {a.shape}")
     kind = _FORMAT_NAMES.get(fmt.lower().lstrip("."))
@@ -423,17 +438,32 @@ def encode_image(img: np.ndarray, fmt: str) -> bytes:
 # convert_imageset's ReadImageToDatum
 
 
-def _antialias_resize(path, opts: ImageOptions) -> np.ndarray:
+def _antialias_resize(data: bytes, opts: ImageOptions) -> np.ndarray:
     w, h = opts.resize_width, opts.resize_height
-    im, is_png_colour = _decode(path, opts.gray, draft_size=(2 * w, 2 * h))
-    a = _decoded_to_array(im, opts.gray, is_png_colour)
+    a = _decode(data, opts.gray, draft_size=(2 * w, 2 * h))
     pil = Image.fromarray(a if a.ndim == 2 else np.ascontiguousarray(a[:, :, ::-1]))
     out = np.asarray(pil.resize((w, h), Image.Resampling.BILINEAR))
     return np.ascontiguousarray(out if out.ndim == 2 else out[:, :, ::-1])
 
 
-def _extension(path) -> str:
-    return Path(os.fspath(path)).suffix.lower().lstrip(".")
+def _caffe_ext(path) -> str:
+    """The lower-cased text after the last '.' of the path (Caffe's matchExt; the whole path if none)."""
+    s = os.fspath(path)
+    p = s.rfind(".")
+    return (s[p + 1 :] if p >= 0 else s).lower()
+
+
+def _match_ext(ext: str, encoding: str) -> bool:
+    """Caffe's matchExt: equal, or the encoding is "jpg" and the file ends in ".jpeg"."""
+    return ext == encoding or (encoding == "jpg" and ext == "jpeg")
+
+
+def _sniff_format(data: bytes, fallback: str) -> str:
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    return _FORMAT_NAMES.get(fallback, fallback or "unknown")
 
 
 def prepare_image(path: str | os.PathLike, opts: ImageOptions) -> ImagePayload:
@@ -442,35 +472,35 @@ def prepare_image(path: str | os.PathLike, opts: ImageOptions) -> ImagePayload:
     * Decode (gray or colour) and resize when both target sizes are > 0 (every image, even one that
       already has the target size).
     * Encoded (``opts.encoded`` or ``opts.encode_type``): the encoding is ``encode_type`` or else the
-      file's lower-cased extension. With no resize, when ``(channels == 3) == (not gray)`` and the
-      extension matches the encoding ("jpg" and "jpeg" match each other), the original file bytes are
-      stored verbatim. Caffe quirk, mirrored: in gray mode the decoded image has one channel, so the
-      condition holds and a *colour* file is stored verbatim too (it decodes to colour later).
-      Otherwise the decoded (resized) pixels are re-encoded.
+      file's lower-cased extension (the text after the path's last '.'). The original file bytes are
+      stored verbatim when ``resize_width == resize_height == 0`` (Caffe tests ``!height && !width``,
+      so a single non-zero size prevents it although it does not resize), ``(channels == 3) ==
+      (not gray)``, and the extension matches the encoding (Caffe's matchExt: equal, or encoding
+      "jpg" with extension "jpeg"; not the reverse). Caffe quirk, mirrored: in gray mode the decoded
+      image has one channel, so the condition holds and a *colour* file is stored verbatim too (it
+      decodes to colour unless the reader asks for gray). Otherwise the decoded (resized) pixels are
+      re-encoded with :func:`encode_image` (jpg or png only; anything else raises).
     * Raw: the planar CHW BGR (or gray) bytes.
     """
+    data = _read_file(path)  # read once: decoded from, and stored verbatim when the rules say so
     if opts.resizes and opts.resize_mode == "antialias":
-        img = _antialias_resize(path, opts)
+        img = _antialias_resize(data, opts)
     else:
-        img = load_image(path, opts.gray)
+        img = _decode(data, opts.gray)
         if opts.resizes:
             img = caffe_resize(img, opts.resize_width, opts.resize_height)
     channels = 1 if img.ndim == 2 else img.shape[2]
     shape = (channels, img.shape[0], img.shape[1])
     if not opts.stores_encoded:
         return ImagePayload(data=to_chw(img).tobytes(), encoded=False, shape=shape, format="raw")
-    ext = _extension(path)
+    ext = _caffe_ext(path)
     encoding = opts.encode_type.lower().lstrip(".") or ext
-    same = encoding == ext or (
-        _FORMAT_NAMES.get(encoding) == "jpeg" and _FORMAT_NAMES.get(ext) == "jpeg" and "jpe" not in (encoding, ext)
-    )
-    if not opts.resizes and (channels == 3) == (not opts.gray) and same:
-        try:
-            data = Path(os.fspath(path)).read_bytes()
-        except OSError as exc:
-            raise ImageDecodeError(f"cannot read file: {exc.strerror or exc}") from None
-        fmt = _FORMAT_NAMES.get(ext, ext or "unknown")
-        return ImagePayload(data=data, encoded=True, shape=shape, format=fmt)
+    no_resize = opts.resize_width == 0 and opts.resize_height == 0  # Caffe: `!height && !width`
+    if no_resize and (channels == 3) == (not opts.gray) and _match_ext(ext, encoding):
+        return ImagePayload(data=data, encoded=True, shape=shape, format=_sniff_format(data, ext))
     if _FORMAT_NAMES.get(encoding) is None:
-        raise ImageDecodeError(f"cannot encode as {encoding!r}: only jpg and png are supported")
-    return ImagePayload(data=encode_image(img, encoding), encoded=True, shape=shape, format=_FORMAT_NAMES[encoding])
+        what = "encoding" if opts.encode_type else "encoding guessed from the file extension"
+        raise ImageDecodeError(f"cannot encode as {encoding!r} ({what}): only jpg and png can be re-encoded")
+    return ImagePayload(
+        data=encode_image(img, encoding), encoded=True, shape=shape, format=_FORMAT_NAMES[encoding]
+    )

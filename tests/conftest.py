@@ -1,0 +1,50 @@
+"""Shared test fixtures: the real-Caffe golden data (when present) and small real image sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CAFFE_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "caffe"
+
+
+@pytest.fixture(scope="session")
+def caffe_fixtures() -> Path:
+    """The folder of outputs made by real BVLC Caffe; tests needing it skip when it is absent."""
+    if not (CAFFE_FIXTURES / "README.md").is_file():
+        pytest.skip(f"Caffe golden fixtures not found at {CAFFE_FIXTURES}")
+    return CAFFE_FIXTURES
+
+
+def write_image(path: Path, size: tuple[int, int] = (24, 20), seed: int = 0, mode: str = "RGB") -> Path:
+    """A small smooth random image written as a real file (format from the suffix)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    base = np.linspace(0, 200, w)[None, :, None] + np.linspace(0, 50, h)[:, None, None]
+    pixels = np.clip(base + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    if mode != "RGB":
+        image = image.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, quality=90) if path.suffix.lower() in (".jpg", ".jpeg") else image.save(path)
+    return path
+
+
+def write_list(path: Path, rows: list[str]) -> Path:
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def image_set(tmp_path: Path) -> tuple[Path, list[tuple[str, list[float]]]]:
+    """Twelve real JPEG/PNG files and a 4-label list over them; returns (list path, rows)."""
+    rows = []
+    for i in range(12):
+        name = f"img{i:02d}.{'png' if i % 4 == 3 else 'jpg'}"
+        write_image(tmp_path / "images" / name, seed=i)
+        rows.append((f"images/{name}", [i % 3, i % 2, 0.25 * i, -1.5 + i]))
+    lines = [p + " " + " ".join(f"{v:g}" for v in labels) for p, labels in rows]
+    return write_list(tmp_path / "list.txt", lines), rows
