@@ -61,28 +61,97 @@ def main() -> None:
 
 @main.command()
 @click.argument("list_file", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Dataset directory to create. [default: ./<list stem>_lmdb]")
-@click.option("--root", type=click.Path(path_type=Path, file_okay=False), help="Folder the list's paths are relative to (convert_imageset's ROOTFOLDER). [default: the list file's folder]")
-@click.option("--num-labels", "-k", type=click.IntRange(min=1), help="Labels per line (K). [default: inferred from the first data line]")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Dataset directory to create. [default: ./<list stem>_lmdb]",
+)
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder the list's paths are relative to (convert_imageset's ROOTFOLDER). [default: the list file's folder]",
+)
+@click.option(
+    "--num-labels",
+    "-k",
+    type=click.IntRange(min=1),
+    help="Labels per line (K). [default: inferred from the first data line]",
+)
 @click.option("--label-names", help="Comma-separated names of the K labels, stored in the manifest.")
 @click.option("--gray", is_flag=True, help="Store single-channel images (convert_imageset --gray).")
-@click.option("--resize-width", type=click.IntRange(min=0), default=0, show_default=True, help="Resize width; applied only when both sizes are > 0.")
-@click.option("--resize-height", type=click.IntRange(min=0), default=0, show_default=True, help="Resize height; applied only when both sizes are > 0.")
-@click.option("--resize-mode", type=click.Choice(["caffe", "antialias"]), default="caffe", show_default=True, help="caffe: OpenCV bilinear as convert_imageset (within ±1 level); antialias: Pillow's smoother downscaling.")
+@click.option(
+    "--resize-width",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Resize width; applied only when both sizes are > 0.",
+)
+@click.option(
+    "--resize-height",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Resize height; applied only when both sizes are > 0.",
+)
+@click.option(
+    "--resize-mode",
+    type=click.Choice(["caffe", "antialias"]),
+    default="caffe",
+    show_default=True,
+    help="caffe: OpenCV bilinear as convert_imageset (within ±1 level); antialias: Pillow's smoother downscaling.",
+)
 @click.option("--check-size", is_flag=True, help="Skip images whose size differs from the first image's.")
-@click.option("--encoded", is_flag=True, help="Store encoded image bytes (the original file when no resize is asked).")
-@click.option("--encode-type", type=click.Choice(["jpg", "png"]), help="Re-encode to this format where the file is not already in it (implies --encoded).")
+@click.option(
+    "--encoded", is_flag=True, help="Store encoded image bytes (the original file when no resize is asked)."
+)
+@click.option(
+    "--encode-type",
+    type=click.Choice(["jpg", "png"]),
+    help="Re-encode to this format where the file is not already in it (implies --encoded).",
+)
 @click.option("--shuffle", is_flag=True, help="Shuffle the samples; keys are numbered after shuffling.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --shuffle (the same seed gives the same order).")
-@click.option("--workers", "-j", type=click.IntRange(min=0), default=0, help="Decoding processes. [default: one per core]")
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of --shuffle (the same seed gives the same order).",
+)
+@click.option(
+    "--workers",
+    "-j",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Decoding processes. [default: one per core]",
+)
 @click.option("--strict", is_flag=True, help="Stop at the first bad sample and leave no dataset behind.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted conversion from its last commit.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing dataset (or interrupted conversion) at --output.")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace an existing dataset (or interrupted conversion) at --output."
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def convert(list_file: Path, output: Path | None, root: Path | None, num_labels: int | None, label_names: str | None,
-            gray: bool, resize_width: int, resize_height: int, resize_mode: str, check_size: bool, encoded: bool,
-            encode_type: str | None, shuffle: bool, seed: int, workers: int, strict: bool, resume: bool,
-            overwrite: bool, quiet: bool) -> None:
+def convert(
+    list_file: Path,
+    output: Path | None,
+    root: Path | None,
+    num_labels: int | None,
+    label_names: str | None,
+    gray: bool,
+    resize_width: int,
+    resize_height: int,
+    resize_mode: str,
+    check_size: bool,
+    encoded: bool,
+    encode_type: str | None,
+    shuffle: bool,
+    seed: int,
+    workers: int,
+    strict: bool,
+    resume: bool,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
     """Convert an image list with label vectors into a dataset.
 
     Each line of LIST_FILE is `<path> <l1> ... <lK>`; the last K tokens are the labels, so paths
@@ -132,16 +201,23 @@ def convert(list_file: Path, output: Path | None, root: Path | None, num_labels:
         result = run_convert(spec, progress)
     except KeyboardInterrupt:
         progress.close()
-        _fail(f"interrupted; continue with the same command plus --resume ({output}.partial keeps "
-              f"what was committed)", EXIT_INTERRUPTED)
+        _fail(
+            f"interrupted; continue with the same command plus --resume ({output}.partial keeps "
+            f"what was committed)",
+            EXIT_INTERRUPTED,
+        )
     except MtlDataError as exc:
         progress.close()
         _fail(str(exc))
     progress.close()
     rate = result.count / result.seconds if result.seconds > 0 else float("inf")
-    click.echo(f"wrote {result.count} samples to {result.output} in {result.seconds:.1f} s ({rate:.0f} img/s)")
+    click.echo(
+        f"wrote {result.count} samples to {result.output} in {result.seconds:.1f} s ({rate:.0f} img/s)"
+    )
     if result.skipped:
-        click.echo(f"skipped {result.skipped} sample(s); all listed in {result.output / 'errors.tsv'}:", err=True)
+        click.echo(
+            f"skipped {result.skipped} sample(s); all listed in {result.output / 'errors.tsv'}:", err=True
+        )
         for err in result.errors[:10]:
             where = f"{list_file}:{err.line}"
             click.echo(f"  {where}: {err.path + ': ' if err.path else ''}{err.reason}", err=True)
@@ -152,8 +228,11 @@ def convert(list_file: Path, output: Path | None, root: Path | None, num_labels:
 
 def format_info(info: dict[str, Any]) -> str:
     """The text `mtldata info` prints for a dataset summary."""
-    lines = [f"dataset:   {info['path']}", f"format:    {info['backend']} ({info['layout']})",
-             f"samples:   {info['count']}"]
+    lines = [
+        f"dataset:   {info['path']}",
+        f"format:    {info['backend']} ({info['layout']})",
+        f"samples:   {info['count']}",
+    ]
     image = info.get("image") or {}
     if image.get("shape"):
         lines.append(f"image:     {'x'.join(map(str, image['shape']))} (CxHxW)")
@@ -174,16 +253,24 @@ def format_info(info: dict[str, Any]) -> str:
             lines.append(f"  {s['name']:<{width}}  {s['min']:>10.4g}  {s['max']:>10.4g}  {s['mean']:>10.4g}")
     errors = info.get("errors")
     if errors is not None:
-        lines.append(f"errors:    {errors['count']} skipped sample(s)"
-                     + (f", listed in {errors['file']}" if errors["count"] else ""))
+        lines.append(
+            f"errors:    {errors['count']} skipped sample(s)"
+            + (f", listed in {errors['file']}" if errors["count"] else "")
+        )
     if info.get("source"):
-        lines.append(f"source:    {info['source']['list_file']} (sha256 {info['source']['list_sha256'][:12]}...)")
+        lines.append(
+            f"source:    {info['source']['list_file']} (sha256 {info['source']['list_sha256'][:12]}...)"
+        )
     return "\n".join(lines)
 
 
 @main.command()
 @click.argument("dataset", type=click.Path(path_type=Path, exists=True))
-@click.option("--labels", type=click.Path(path_type=Path, exists=True), help="A float-label LMDB to pair with an image LMDB (Caffe's multi-label layout).")
+@click.option(
+    "--labels",
+    type=click.Path(path_type=Path, exists=True),
+    help="A float-label LMDB to pair with an image LMDB (Caffe's multi-label layout).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info(dataset: Path, labels: Path | None, as_json: bool) -> None:
     """Summarise a dataset: count, shapes, K, label names and statistics, errors.
@@ -206,8 +293,20 @@ def info(dataset: Path, labels: Path | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("-d", "--directory", type=click.Path(path_type=Path, file_okay=False), help="Where to write the sample set and dataset. [default: a new temporary folder]")
-@click.option("-n", "--count", type=click.IntRange(min=1), default=200, show_default=True, help="Number of sample images.")
+@click.option(
+    "-d",
+    "--directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where to write the sample set and dataset. [default: a new temporary folder]",
+)
+@click.option(
+    "-n",
+    "--count",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Number of sample images.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def demo(directory: Path | None, count: int, quiet: bool) -> None:
     """Make a small multi-task sample set (real JPEGs + a list file), convert it and summarise it."""
@@ -220,8 +319,13 @@ def demo(directory: Path | None, count: int, quiet: bool) -> None:
     list_file = make_sample_set(directory, count=count)
     click.echo(f"sample set: {count} images and {list_file}")
     output = directory / "demo_lmdb"
-    spec = ConvertSpec(list_file=list_file, output=output, label_names=LABEL_NAMES, overwrite=True,
-                       workers=min(2, os.cpu_count() or 1))
+    spec = ConvertSpec(
+        list_file=list_file,
+        output=output,
+        label_names=LABEL_NAMES,
+        overwrite=True,
+        workers=min(2, os.cpu_count() or 1),
+    )
     progress = _Progress(quiet, "img", "convert")
     try:
         result = run_convert(spec, progress)

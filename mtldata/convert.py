@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -20,17 +21,18 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mtldata import __version__
-from mtldata.backends import WriterOptions, make_writer
-from mtldata.errors import DatasetStateError, InputError, MtlDataError
+from mtldata.backends import WriterOptions, check_writer_options, make_writer
+from mtldata.errors import DatasetStateError, InputError, MtlDataError, SampleRejectedError
 from mtldata.image import ImageDecodeError, ImageOptions, prepare_image
 from mtldata.listfile import ListEntry, ListLineError, iter_list, summarize_list
-from mtldata.manifest import LabelStats, Manifest, write_json_atomic, write_manifest
+from mtldata.manifest import LabelStats, Manifest, dataset_checksums, write_json_atomic, write_manifest
 from mtldata.records import ImagePayload, Sample
 
 PROGRESS_NAME = "progress.json"
@@ -61,9 +63,25 @@ class ConvertSpec:
     overwrite: bool = False
     commit_every: int = 1000
     backend_options: dict[str, Any] = field(default_factory=dict)
+    # Part `shard_index` of `num_shards`: a contiguous range of the (shuffled) positions, keyed as
+    # in a single run, so `mtldata merge` of all parts reproduces it record for record.
+    num_shards: int = 1
+    shard_index: int = 0
 
     def resolved_root(self) -> Path:
         return self.root if self.root is not None else self.list_file.parent
+
+    def shard_range(self, num_lines: int) -> tuple[int, int]:
+        """The positions [start, stop) this part converts out of `num_lines` data lines."""
+        if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
+            raise MtlDataError(
+                f"--shard-index must be in 0..{self.num_shards - 1} for --num-shards {self.num_shards}, "
+                f"got {self.shard_index}"
+                if self.num_shards >= 1
+                else f"--num-shards must be at least 1, got {self.num_shards}"
+            )
+        i, s = self.shard_index, self.num_shards
+        return i * num_lines // s, (i + 1) * num_lines // s
 
     def fingerprint(self, list_sha256: str) -> dict[str, Any]:
         """What must not change between an interrupted run and its resume."""
@@ -154,10 +172,11 @@ def _decode_chunk(paths: list[str | None], options: ImageOptions) -> list[ImageP
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
-    # spawn, not fork: workers never inherit the caller's threads (a training script may hold
-    # torch or tqdm threads, and fork() with threads can deadlock). Not forkserver either: its
-    # server outlives a parent killed with SIGKILL, holding the parent's stdout and stderr open.
-    return multiprocessing.get_context("spawn")
+    # Linux: fork. Workers start in milliseconds and a caller's script needs no __main__ guard;
+    # ProcessPoolExecutor forks all its workers at the first submit, before its own thread starts.
+    # Elsewhere (macOS, Windows) fork is unsafe or missing: spawn. Not forkserver: its server
+    # outlives a parent killed with SIGKILL, holding the parent's stdout and stderr open.
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
 def _ordered_decode(
@@ -169,8 +188,9 @@ def _ordered_decode(
             yield _decode_chunk(chunk, options)
         return
     window = 2 * workers + 2  # enough to keep every worker busy, few enough to bound memory
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), initializer=_worker_init,
-                             initargs=(os.getpid(),)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=_mp_context(), initializer=_worker_init, initargs=(os.getpid(),)
+    ) as pool:
         pending: deque[Future] = deque()
         try:
             for chunk in chunks:
@@ -253,12 +273,21 @@ def convert(spec: ConvertSpec, progress: ProgressCallback | None = None) -> Conv
         raise MtlDataError(f"--label-names gives {len(spec.label_names)} names but the list has {k} labels")
     fingerprint = spec.fingerprint(summary.sha256)
     fingerprint["num_labels"] = k
-    staging, state = _prepare_staging(spec, fingerprint)
-    writer = make_writer(
-        spec.backend, staging, WriterOptions(num_labels=k, label_names=spec.label_names, extra=spec.backend_options)
+    shard_start, shard_stop = spec.shard_range(summary.num_lines)
+    if spec.num_shards > 1:
+        fingerprint["shard"] = [spec.shard_index, spec.num_shards]
+    writer_options = WriterOptions(
+        num_labels=k,
+        label_names=spec.label_names,
+        extra=spec.backend_options,
+        encoded_images=spec.image.stores_encoded,
+        destination=spec.output,
     )
+    check_writer_options(spec.backend, writer_options)  # before anything is written
+    staging, state = _prepare_staging(spec, fingerprint)
+    writer = make_writer(spec.backend, staging, writer_options)
     if state is None:
-        state = _State(fingerprint=fingerprint)
+        state = _State(fingerprint=fingerprint, next_position=shard_start)
     else:
         writer.truncate_from(state.next_position)
     errors_path = staging / ERRORS_NAME
@@ -294,6 +323,7 @@ def convert(spec: ConvertSpec, progress: ProgressCallback | None = None) -> Conv
     skip = state.next_position
     for _ in range(skip):
         next(items)
+    items = islice(items, shard_stop - skip)  # this part's positions only (all of them if unsharded)
 
     def chunks() -> Iterator[list[str | None]]:
         while True:
@@ -317,7 +347,10 @@ def convert(spec: ConvertSpec, progress: ProgressCallback | None = None) -> Conv
                     record_error(item.line, item.path, reason)
                 else:
                     labels = np.asarray(item.labels, dtype=np.float32)
-                    writer.put(Sample(position, f"{position:08d}_{item.path}", result, labels))
+                    try:
+                        writer.put(Sample(position, f"{position:08d}_{item.path}", result, labels))
+                    except SampleRejectedError as exc:  # the backend cannot store it: stop here
+                        raise InputError(spec.list_file, item.line, f"{item.path}: {exc}") from exc
                     state.written += 1
                     state.stats.add(labels)
                     shape_key = "x".join(map(str, result.shape))
@@ -329,7 +362,7 @@ def convert(spec: ConvertSpec, progress: ProgressCallback | None = None) -> Conv
                 if since_commit >= spec.commit_every:
                     commit()
                 if progress is not None:
-                    progress(position, total)
+                    progress(position - shard_start, shard_stop - shard_start)
         commit()
         files = writer.close()
     except InputError:
@@ -342,6 +375,8 @@ def convert(spec: ConvertSpec, progress: ProgressCallback | None = None) -> Conv
         errors_file.close()
 
     manifest = _build_manifest(spec, summary, state, files, k)
+    # Read back from disk once the writer is closed (so a resumed run needs no saved digest state).
+    manifest.checksums = dataset_checksums(staging, files)
     write_manifest(staging, manifest)
     (staging / PROGRESS_NAME).unlink()
     _fsync_dir(staging)
@@ -393,7 +428,9 @@ def _publish(staging: Path, out: Path) -> None:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
-def _build_manifest(spec: ConvertSpec, summary: Any, state: _State, files: dict[str, Any], k: int) -> Manifest:
+def _build_manifest(
+    spec: ConvertSpec, summary: Any, state: _State, files: dict[str, Any], k: int
+) -> Manifest:
     names = list(spec.label_names) or [f"label_{j}" for j in range(k)]
     shapes = {tuple(int(x) for x in s.split("x")): n for s, n in state.shapes.items()}
     single = next(iter(shapes)) if len(shapes) == 1 else None
@@ -442,4 +479,13 @@ def _build_manifest(spec: ConvertSpec, summary: Any, state: _State, files: dict[
         label_stats=state.stats.summary(names),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         mtldata_version=__version__,
+        shard=(
+            {
+                "index": spec.shard_index,
+                "count": spec.num_shards,
+                "positions": list(spec.shard_range(summary.num_lines)),
+            }
+            if spec.num_shards > 1
+            else None
+        ),
     )

@@ -486,7 +486,7 @@ def prepare_image(path: str | os.PathLike, opts: ImageOptions) -> ImagePayload:
     if opts.resizes and opts.resize_mode == "antialias":
         img = _antialias_resize(data, opts)
     else:
-        img = _decode(data, opts.gray)
+        img = decode_bytes(data, opts.gray)  # simplejpeg where installed: same pixels, ~2x faster
         if opts.resizes:
             img = caffe_resize(img, opts.resize_width, opts.resize_height)
     channels = 1 if img.ndim == 2 else img.shape[2]

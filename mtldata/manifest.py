@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -36,10 +37,19 @@ class LabelStats:
         self.count += 1
 
     def summary(self, names: list[str]) -> list[dict[str, Any]]:
-        return [
-            {"name": names[j], "min": self.mins[j], "max": self.maxs[j], "mean": self.sums[j] / self.count}
-            for j in range(len(self.sums))
-        ] if self.count else []
+        return (
+            [
+                {
+                    "name": names[j],
+                    "min": self.mins[j],
+                    "max": self.maxs[j],
+                    "mean": self.sums[j] / self.count,
+                }
+                for j in range(len(self.sums))
+            ]
+            if self.count
+            else []
+        )
 
 
 @dataclass
@@ -58,6 +68,10 @@ class Manifest:
     label_stats: list[dict[str, Any]]
     created: str
     mtldata_version: str
+    # Per stored file or LMDB, read back after writing; `mtldata verify` recomputes them.
+    checksums: dict[str, Any] = field(default_factory=dict)
+    # A part of a sharded conversion: {"index", "count", "positions": [start, stop]}; None otherwise.
+    shard: dict[str, Any] | None = None
     key_format: str = "%08d_<path>"
     complete: bool = True
     format: str = FORMAT_NAME
@@ -76,6 +90,31 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def checksum(path: Path) -> dict[str, Any] | None:
+    """What the manifest records to check `path` by: an LMDB's record digest, a file's sha256, or None."""
+    if (path / "data.mdb").is_file():
+        from mtldata.backends.lmdb import database_digest
+
+        return database_digest(path)
+    if path.is_file():
+        sha = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                sha.update(block)
+        return {"bytes": path.stat().st_size, "sha256": sha.hexdigest()}
+    return None
+
+
+def dataset_checksums(directory: Path, files: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Checksums of the stores a writer names in `files` (name -> path relative to `directory`)."""
+    out = {}
+    for name, rel in files.items():
+        found = checksum(directory / rel) if isinstance(rel, str) else None
+        if found is not None:
+            out[name] = found
+    return out
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> Path:

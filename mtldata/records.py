@@ -18,7 +18,9 @@ class ImagePayload:
     data: bytes
     encoded: bool
     shape: tuple[int, int, int]
-    format: str = "raw"  # "raw", or the encoded format: "jpeg", "png", ...
+    # "raw", or the encoded format: "jpeg", "png", ...; "float32": `data` holds float32 CHW values
+    # (already-transformed HDF5 data mtldata did not write; see Hdf5Reader.image_array).
+    format: str = "raw"
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,9 @@ def _draw(rng: np.random.Generator, size: int) -> tuple[Image.Image, list[float]
     elif shape == 1:
         draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill, outline=colour, width=width)
     else:
-        pts = [(cx + r * math.cos(a), cy + r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
+        pts = [
+            (cx + r * math.cos(a), cy + r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)
+        ]
         draw.polygon(pts, fill=fill, outline=colour, width=width)
     return image, [shape, red, bright, filled, rel]
 

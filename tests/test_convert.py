@@ -42,7 +42,7 @@ def test_raw_conversion_stores_caffe_datums_and_float_labels(image_set, tmp_path
     labels = db_items(tmp_path / "out" / "labels.lmdb")
     assert [k for k, _ in images] == [k for k, _ in labels]
     assert [k.decode() for k, _ in images] == [f"{i:08d}_{p}" for i, (p, _) in enumerate(rows)]
-    for (key, value), (_, label_value), (path, want) in zip(images, labels, rows, strict=True):
+    for (_, value), (_, label_value), (path, want) in zip(images, labels, rows, strict=True):
         datum = parse_datum(value)
         expected = to_chw(load_image(list_file.parent / path))
         assert datum.HasField("encoded") and not datum.encoded
@@ -105,7 +105,11 @@ def test_encoded_stores_the_original_file_bytes(image_set, tmp_path):
 
 def test_resize_gives_the_requested_size(image_set, tmp_path):
     list_file, _ = image_set
-    convert(spec_for(list_file, tmp_path / "out", image=ImageOptions(resize_width=16, resize_height=10, gray=True)))
+    convert(
+        spec_for(
+            list_file, tmp_path / "out", image=ImageOptions(resize_width=16, resize_height=10, gray=True)
+        )
+    )
     for _, value in db_items(tmp_path / "out" / "images.lmdb"):
         datum = parse_datum(value)
         assert (datum.channels, datum.height, datum.width) == (1, 10, 16)
@@ -215,8 +219,12 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(image_set, tmp_path, sto
     list_file, _ = image_set
     convert(spec_for(list_file, tmp_path / "ref", shuffle=True, seed=3))
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-c", KILLER, str(list_file), str(out), str(stop_at)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLER, str(list_file), str(out), str(stop_at)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == -9, proc.stderr
     assert not out.exists() and (tmp_path / "out.partial").is_dir()
     with pytest.raises(Exception, match="interrupted"):
@@ -230,8 +238,11 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(image_set, tmp_path, sto
     for db in ("images.lmdb", "labels.lmdb"):
         assert db_items(out / db) == db_items(tmp_path / "ref" / db)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["count"] == 12 and manifest["label_stats"] == json.loads(
-        (tmp_path / "ref" / "manifest.json").read_text())["label_stats"]
+    assert (
+        manifest["count"] == 12
+        and manifest["label_stats"]
+        == json.loads((tmp_path / "ref" / "manifest.json").read_text())["label_stats"]
+    )
 
 
 def test_reader_reads_back_what_was_written(image_set, tmp_path):

@@ -597,8 +597,12 @@ def test_prepare_antialias_mode_uses_draft_and_stays_close(tmp_path, monkeypatch
     assert g.shape == (1, 32, 40)
     assert calls == [("L", (80, 64), (320, 256))]
     calls.clear()
-    prepare_image(path, ImageOptions(gray=True, resize_width=40, resize_height=32))
-    assert calls == [("L", (320, 256), (320, 256))]  # caffe gray: luma plane at full size only
+    caffe_gray = prepare_image(path, ImageOptions(gray=True, resize_width=40, resize_height=32))
+    # caffe gray: the luma plane at full size only; simplejpeg (when installed) decodes it without
+    # Pillow's draft, and must give the same pixels as Pillow's luma plane.
+    assert calls in ([], [("L", (320, 256), (320, 256))])
+    luma = caffe_resize(load_image(path, gray=True), 40, 32)
+    assert caffe_gray.data == to_chw(luma).tobytes()
 
 
 def test_image_options_validation():
