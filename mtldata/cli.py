@@ -130,6 +130,66 @@ def main() -> None:
 @click.option(
     "--overwrite", is_flag=True, help="Replace an existing dataset (or interrupted conversion) at --output."
 )
+@click.option(
+    "--backend",
+    type=click.Choice(["lmdb", "hdf5"]),
+    default="lmdb",
+    show_default=True,
+    help="lmdb: an image LMDB + a label LMDB (two Caffe Data layers). hdf5: part-NNNNN.h5 files + "
+    "hdf5_list.txt (one Caffe HDF5Data layer; needs one image size, see --resize-*).",
+)
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=1),
+    help="hdf5: samples per .h5 file. [default: as many as fit in 512 MiB of `data`]",
+)
+@click.option(
+    "--hdf5-dtype",
+    type=click.Choice(["float32", "uint8"]),
+    help="hdf5: dtype of `data`, which holds the plain pixel values 0..255 (BGR, no mean, no scale). "
+    "float32 is what Caffe's HDF5Data reads; uint8 is 4x smaller, for mtldata's loader (not Caffe). "
+    "[default: float32]",
+)
+@click.option(
+    "--compression",
+    type=click.Choice(["gzip", "lzf"]),
+    help="hdf5: compress in chunks of whole samples. gzip is readable by Caffe; lzf is faster but "
+    "only h5py-based readers (mtldata) have its filter. [default: none]",
+)
+@click.option(
+    "--tasks",
+    "tasks_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="tasks.toml naming each task's label columns; used by --task-datasets.",
+)
+@click.option(
+    "--task-datasets",
+    is_flag=True,
+    help="hdf5: also write one (N, k) dataset per task of --tasks, named after the task, so an "
+    "HDF5Data layer can feed each task by its top name.",
+)
+@click.option(
+    "--num-shards",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Split the conversion into this many parts (for a Slurm array or an indexed job); "
+    "join them with `mtldata merge`.",
+)
+@click.option(
+    "--shard-index",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Which part to write, 0..num-shards-1: a contiguous range of the (shuffled) samples, "
+    "keyed exactly as in a single run.",
+)
+@click.option(
+    "--emit-prototxt",
+    is_flag=True,
+    help="Also write OUTPUT/train_val.prototxt for stock Caffe from --tasks: the data layers, a Slice, "
+    "a small trunk, a head and a loss layer (with loss_weight) per task.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def convert(
     list_file: Path,
@@ -151,6 +211,15 @@ def convert(
     resume: bool,
     overwrite: bool,
     quiet: bool,
+    backend: str = "lmdb",
+    shard_size: int | None = None,
+    hdf5_dtype: str | None = None,
+    compression: str | None = None,
+    tasks_file: Path | None = None,
+    task_datasets: bool = False,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    emit_prototxt: bool = False,
 ) -> None:
     """Convert an image list with label vectors into a dataset.
 
@@ -163,6 +232,13 @@ def convert(
       labels.lmdb/   one Datum per image with the K labels in float_data, same keys
       manifest.json  counts, shapes, label names and statistics, options, checksums
       errors.tsv     the skipped lines (line, path, reason)
+    With --backend hdf5, instead of the two LMDBs:
+      part-NNNNN.h5  `data` (N,C,H,W), `label` (N,K) float32, `key`; one dataset per task
+                     with --task-datasets
+      hdf5_list.txt  the HDF5Data layer's `source` (absolute paths of the .h5 files)
+
+    With --num-shards S --shard-index I only part I of S is written (run all S parts
+    anywhere, in any order), then `mtldata merge PART... -o OUT` joins them.
 
     Bad lines and images are skipped and reported (exit code 3) unless --strict.
     Work happens in OUTPUT.partial/ and is renamed into place when complete;
@@ -172,7 +248,15 @@ def convert(
     from mtldata.convert import convert as run_convert
     from mtldata.image import ImageOptions
 
-    output = output or Path(f"{list_file.stem}_lmdb")
+    if emit_prototxt and (tasks_file is None or num_shards > 1):
+        _fail("--emit-prototxt needs --tasks (the tasks to write loss layers for) and a single-part conversion")
+    backend_options = _backend_options(
+        backend, shard_size, hdf5_dtype, compression, tasks_file, task_datasets, num_labels
+    )
+    if output is None:
+        output = Path(f"{list_file.stem}_{backend}")
+        if num_shards > 1:
+            output = Path(f"{output}.part-{shard_index:05d}-of-{num_shards:05d}")
     names = tuple(n.strip() for n in label_names.split(",")) if label_names else ()
     spec = ConvertSpec(
         list_file=list_file,
@@ -195,6 +279,10 @@ def convert(
         strict=strict,
         resume=resume,
         overwrite=overwrite,
+        backend=backend,
+        backend_options=backend_options,
+        num_shards=num_shards,
+        shard_index=shard_index,
     )
     progress = _Progress(quiet, "img", "convert")
     try:
@@ -214,6 +302,15 @@ def convert(
     click.echo(
         f"wrote {result.count} samples to {result.output} in {result.seconds:.1f} s ({rate:.0f} img/s)"
     )
+    if emit_prototxt:
+        from mtldata.caffe.multitask import write_train_val
+        from mtldata.tasks import load_tasks
+
+        try:
+            taskset = load_tasks(tasks_file, num_labels=result.manifest["num_labels"])
+            click.echo(f"wrote {write_train_val(result.output, taskset)}")
+        except (MtlDataError, ValueError) as exc:
+            _fail(str(exc))
     if result.skipped:
         click.echo(
             f"skipped {result.skipped} sample(s); all listed in {result.output / 'errors.tsv'}:", err=True
@@ -224,6 +321,90 @@ def convert(
         if result.skipped > 10:
             click.echo(f"  ... and {result.skipped - 10} more", err=True)
         sys.exit(EXIT_SKIPPED)
+
+
+def _backend_options(
+    backend: str,
+    shard_size: int | None,
+    hdf5_dtype: str | None,
+    compression: str | None,
+    tasks_file: Path | None,
+    task_datasets: bool,
+    num_labels: int | None,
+) -> dict[str, Any]:
+    """`convert`'s backend-specific options as the writer's `extra`; usage errors exit here."""
+    hdf5_only = [
+        flag
+        for flag, value in (
+            ("--shard-size", shard_size),
+            ("--hdf5-dtype", hdf5_dtype),
+            ("--compression", compression),
+            ("--task-datasets", task_datasets),
+        )
+        if value
+    ]
+    if backend != "hdf5" and hdf5_only:
+        _fail(f"{', '.join(hdf5_only)}: only for --backend hdf5")
+    if task_datasets != (tasks_file is not None):
+        _fail(
+            "--task-datasets needs --tasks tasks.toml (which label columns each task owns)"
+            if task_datasets
+            else "--tasks is used by --task-datasets (--backend hdf5); add that flag or drop --tasks"
+        )
+    if backend != "hdf5":
+        return {}
+    options: dict[str, Any] = {"hdf5_dtype": hdf5_dtype or "float32"}
+    if shard_size:
+        options["shard_size"] = shard_size
+    if compression:
+        options["compression"] = compression
+    if tasks_file is not None:
+        from mtldata.backends.hdf5 import task_datasets_option
+        from mtldata.tasks import load_tasks
+
+        try:
+            options["task_datasets"] = task_datasets_option(load_tasks(tasks_file, num_labels=num_labels))
+        except MtlDataError as exc:
+            _fail(str(exc))
+    return options
+
+
+@main.command()
+@click.argument(
+    "parts", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, file_okay=False)
+)
+@click.option(
+    "-o", "--output", required=True, type=click.Path(path_type=Path), help="Dataset directory to create."
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --output.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def merge(parts: tuple[Path, ...], output: Path, overwrite: bool, quiet: bool) -> None:
+    """Join the parts of a sharded conversion into one dataset.
+
+    PARTS are the outputs of `mtldata convert ... --num-shards S --shard-index I` for every I in
+    0..S-1 (in any order; a shell glob is fine). They must come from the same list and options.
+    The result equals a single conversion record for record: the same keys, order and values
+    (for LMDB one image LMDB and one label LMDB that Caffe reads; for HDF5 the shards re-cut to
+    --shard-size). It is built in OUTPUT.partial/ and renamed into place when complete.
+    """
+    from mtldata.merge import merge as run_merge
+
+    progress = _Progress(quiet, "img", "merge")
+    try:
+        result = run_merge(parts, output, overwrite=overwrite, progress=progress)
+    except MtlDataError as exc:
+        progress.close()
+        _fail(str(exc))
+    progress.close()
+    click.echo(
+        f"merged {result.parts} parts, {result.count} samples, into {result.output} in {result.seconds:.1f} s"
+    )
+    if result.skipped:
+        click.echo(
+            f"{result.skipped} sample(s) were skipped when the parts were converted; "
+            f"listed in {result.output / 'errors.tsv'}",
+            err=True,
+        )
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -276,7 +457,8 @@ def info(dataset: Path, labels: Path | None, as_json: bool) -> None:
     """Summarise a dataset: count, shapes, K, label names and statistics, errors.
 
     DATASET is an mtldata dataset directory, a Caffe LMDB made by convert_imageset, or an image
-    LMDB given together with --labels.
+    LMDB given together with --labels. It may also be an .h5 file, an HDF5Data source list
+    (a .txt of .h5 paths) or a folder holding hdf5_list.txt.
     """
     from mtldata.info import dataset_info
 
@@ -307,9 +489,11 @@ def info(dataset: Path, labels: Path | None, as_json: bool) -> None:
     show_default=True,
     help="Number of sample images.",
 )
+@click.option("--no-train", is_flag=True, help="Stop after converting and summarising (no training run).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def demo(directory: Path | None, count: int, quiet: bool) -> None:
-    """Make a small multi-task sample set (real JPEGs + a list file), convert it and summarise it."""
+def demo(directory: Path | None, count: int, quiet: bool, no_train: bool = False) -> None:
+    """Make a small multi-task sample set (real JPEGs + a list file), convert it and summarise it,
+    then train a small model on it for a few epochs and print its per-task metrics."""
     from mtldata.convert import ConvertSpec
     from mtldata.convert import convert as run_convert
     from mtldata.info import dataset_info
@@ -335,7 +519,188 @@ def demo(directory: Path | None, count: int, quiet: bool) -> None:
     progress.close()
     click.echo(f"converted {result.count} samples in {result.seconds:.1f} s -> {output}")
     click.echo(format_info(dataset_info(output)))
+    if not no_train:
+        from mtldata.cli_train import demo_training
 
+        demo_training(directory, output, quiet)
+
+
+_DATASET = click.argument("dataset", type=click.Path(path_type=Path, exists=True))
+_LABELS = click.option(
+    "--labels",
+    type=click.Path(path_type=Path, exists=True),
+    help="A float-label LMDB to pair with an image LMDB (Caffe's multi-label layout).",
+)
+_TASKS = click.option(
+    "--tasks",
+    "tasks_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="tasks.toml: describe the labels per task (class names, ignore_label, kinds).",
+)
+
+
+@main.command()
+@_DATASET
+@_LABELS
+@click.option(
+    "--max-problems",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="How many problems to list.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def verify(dataset: Path, labels: Path | None, max_problems: int, quiet: bool) -> None:
+    """Check a dataset record by record.
+
+    Every record decodes, the counts match the manifest, the image and label DBs hold the same keys
+    in the same order, and the manifest's checksums hold. Exits with 1, listing the first bad keys,
+    when anything does not.
+    """
+    from mtldata.verify import format_report, verify_dataset
+
+    progress = _Progress(quiet, "rec", "verify")
+    try:
+        report = verify_dataset(dataset, labels, limit=max(100, max_problems), progress=progress)
+    except MtlDataError as exc:
+        progress.close()
+        _fail(str(exc))
+    progress.close()
+    click.echo(format_report(report, show=max_problems))
+    if not report.ok:
+        sys.exit(EXIT_ERROR)
+
+
+@main.command()
+@_DATASET
+@click.option(
+    "-n", "--count", type=click.IntRange(min=1), default=64, show_default=True, help="Samples to show."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default="samples.png",
+    show_default=True,
+    help="Image file to write (PNG, JPEG, ...).",
+)
+@_TASKS
+@_LABELS
+@click.option("--columns", type=click.IntRange(min=1), help="Tiles per row. [default: a square grid]")
+@click.option(
+    "--tile", type=click.IntRange(min=16), default=128, show_default=True, help="Tile size in pixels."
+)
+@click.option("--seed", type=int, help="Pick the samples at random with this seed. [default: the first N]")
+def show(
+    dataset: Path,
+    count: int,
+    output: Path,
+    tasks_file: Path | None,
+    labels: Path | None,
+    columns: int | None,
+    tile: int,
+    seed: int | None,
+) -> None:
+    """Write a contact sheet of samples, each with its labels under it.
+
+    Labels are named from the manifest, or per task with --tasks (class names where given).
+    """
+    from mtldata.viz import save_contact_sheet
+
+    try:
+        layout = save_contact_sheet(
+            dataset, output, count, tasks=tasks_file, labels=labels, columns=columns, tile=tile, seed=seed
+        )
+    except (MtlDataError, OSError) as exc:
+        _fail(str(exc))
+    click.echo(f"wrote {output}: {layout.count} samples in {layout.rows} rows of {layout.columns}")
+
+
+@main.command()
+@_DATASET
+@_TASKS
+@_LABELS
+@click.option(
+    "--plot",
+    "plot_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also draw the figures into this image file (needs matplotlib: pip install 'mtldata[viz]').",
+)
+@click.option("--bins", type=click.IntRange(min=1), default=20, show_default=True, help="Histogram bins.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def stats(
+    dataset: Path,
+    tasks_file: Path | None,
+    labels: Path | None,
+    plot_file: Path | None,
+    bins: int,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Label figures per task: class balance, positive rates, value histograms, ignored and missing.
+
+    Without --tasks each label column is described on its own.
+    """
+    from mtldata.stats import dataset_stats, format_stats
+
+    progress = _Progress(quiet, "rec", "stats")
+    try:
+        if plot_file is not None:
+            from mtldata.viz import require_matplotlib
+
+            require_matplotlib()  # before reading every label, not after
+        figures = dataset_stats(dataset, tasks_file, labels, bins=bins, progress=progress)
+    except MtlDataError as exc:
+        progress.close()
+        _fail(str(exc))
+    progress.close()
+    if as_json:
+        import json
+
+        click.echo(json.dumps(figures.to_dict(), indent=2))
+    else:
+        click.echo(format_stats(figures))
+    if plot_file is not None:
+        from mtldata.viz import plot_stats
+
+        try:
+            plot_stats(figures, plot_file)
+        except (MtlDataError, OSError) as exc:
+            _fail(str(exc))
+        click.echo(f"wrote {plot_file}", err=as_json)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Image file to write. [default: curves.png in RUN_DIR]",
+)
+def plot(run_dir: Path, output: Path | None) -> None:
+    """Draw a training run's curves from its metrics.jsonl.
+
+    Per-task losses and metrics (train and val) and the task weights over time. RUN_DIR is the run
+    directory or the metrics.jsonl file itself. Needs matplotlib: pip install 'mtldata[viz]'.
+    """
+    from mtldata.viz import plot_curves
+
+    output = output or (run_dir if run_dir.is_dir() else run_dir.parent) / "curves.png"
+    try:
+        layout = plot_curves(run_dir, output)
+    except (MtlDataError, OSError) as exc:
+        _fail(str(exc))
+    for note in layout.notes:
+        click.echo(f"mtldata: note: {note}", err=True)
+    click.echo(f"wrote {output}: {', '.join(layout.panels)}")
+
+
+from mtldata.cli_train import tasks_command, train_command  # noqa: E402  (torch loads only when they run)
+
+main.add_command(train_command)
+main.add_command(tasks_command)
 
 if __name__ == "__main__":
     main()

@@ -28,6 +28,17 @@ class DatasetFormatError(MtlDataError):
     """A dataset on disk is not in a format mtldata can read, or is damaged."""
 
 
+class SampleRejectedError(MtlDataError):
+    """A backend cannot store a sample as converted (e.g. HDF5 holds one image size); the run stops.
+
+    The writer does not know the list line; the converter re-raises it as an InputError naming it.
+    """
+
+
+class MissingDependencyError(MtlDataError):
+    """An optional package a feature needs is not installed; the message says how to install it."""
+
+
 class CaffeFileError(DatasetFormatError):
     """A Caffe protobuf file (prototxt, caffemodel, binaryproto) that cannot be read as its message.
 

@@ -68,7 +68,8 @@ class Manifest:
     label_stats: list[dict[str, Any]]
     created: str
     mtldata_version: str
-    # Per stored file or LMDB, read back after writing; `mtldata verify` recomputes them.
+    # Relative path of each stored file or LMDB -> its checksum, read back after writing; `mtldata verify`
+    # recomputes them.
     checksums: dict[str, Any] = field(default_factory=dict)
     # A part of a sharded conversion: {"index", "count", "positions": [start, stop]}; None otherwise.
     shard: dict[str, Any] | None = None
@@ -108,12 +109,12 @@ def checksum(path: Path) -> dict[str, Any] | None:
 
 
 def dataset_checksums(directory: Path, files: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Checksums of the stores a writer names in `files` (name -> path relative to `directory`)."""
+    """Checksums of what a writer's `files` names (paths relative to `directory`, or lists of them), by path."""
     out = {}
-    for name, rel in files.items():
-        found = checksum(directory / rel) if isinstance(rel, str) else None
-        if found is not None:
-            out[name] = found
+    for value in files.values():
+        for rel in value if isinstance(value, list) else [value]:
+            if isinstance(rel, str) and (found := checksum(directory / rel)) is not None:
+                out[rel] = found
     return out
 
 

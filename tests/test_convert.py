@@ -256,3 +256,23 @@ def test_reader_reads_back_what_was_written(image_set, tmp_path):
     np.testing.assert_array_equal(reader.labels(5), np.float32(rows[5][1]))
     assert os.getpid() == reader._pid  # opened lazily, in this process
     reader.close()
+
+
+def test_ctrl_c_leaves_a_resumable_partial_dataset(image_set, tmp_path):
+    list_file, _ = image_set
+    convert(spec_for(list_file, tmp_path / "ref"))
+    out = tmp_path / "out"
+
+    def interrupt_at_7(done: int, total: int) -> None:
+        if done == 7:
+            raise KeyboardInterrupt  # what Ctrl-C raises in the main thread
+
+    with pytest.raises(KeyboardInterrupt):
+        convert(spec_for(list_file, out, workers=2, commit_every=3), interrupt_at_7)
+    assert not out.exists()
+    progress = json.loads((tmp_path / "out.partial" / "progress.json").read_text())
+    assert progress["next_position"] == 6  # the last commit before the interruption
+    result = convert(spec_for(list_file, out, workers=2, commit_every=3, resume=True))
+    assert result.count == 12
+    for db in ("images.lmdb", "labels.lmdb"):
+        assert db_items(out / db) == db_items(tmp_path / "ref" / db)

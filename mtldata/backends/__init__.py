@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from mtldata.errors import DatasetFormatError
+from mtldata.errors import DatasetFormatError, MtlDataError
 from mtldata.records import Sample
 
 MANIFEST_NAME = "manifest.json"
@@ -28,6 +28,8 @@ class WriterOptions:
     num_labels: int
     label_names: tuple[str, ...] = ()
     extra: dict[str, Any] | None = None  # backend-specific options (HDF5 dtype, shard size, ...)
+    encoded_images: bool = False  # samples carry encoded file bytes, not raw pixels
+    destination: Path | None = None  # where the dataset lives once published (for self-naming lists)
 
 
 @runtime_checkable
@@ -82,7 +84,22 @@ def register_writer(name: str) -> Callable[[WriterFactory], WriterFactory]:
 def _load_builtin_backends() -> None:
     # Imported here, not at module top, so that `mtldata.backends` stays cheap and each backend
     # module's heavy import (lmdb, h5py) happens only when it is used.
+    from mtldata.backends import hdf5 as _hdf5  # noqa: F401  (h5py itself only when a file is used)
     from mtldata.backends import lmdb as _lmdb  # noqa: F401
+
+
+def check_writer_options(backend: str, options: WriterOptions) -> None:
+    """Reject options `backend` cannot honour before anything is written.
+
+    A writer class may define a static `check_options(options)` raising MtlDataError; backends
+    without one accept anything.
+    """
+    _load_builtin_backends()
+    if backend not in WRITERS:
+        raise MtlDataError(f"unknown backend {backend!r}; available: {', '.join(sorted(WRITERS))}")
+    check = getattr(WRITERS[backend], "check_options", None)
+    if check is not None:
+        check(options)
 
 
 def make_writer(backend: str, staging: Path, options: WriterOptions) -> DatasetWriter:
@@ -109,6 +126,8 @@ def open_reader(path: str | Path, labels: str | Path | None = None) -> DatasetRe
 
     `path` is an mtldata dataset directory, a plain Caffe LMDB directory (one int label per
     record), or an image LMDB with `labels` naming its float-label LMDB (the multi-label layout).
+    It may also be an `.h5` file, an HDF5Data `source` list of them, or a folder holding
+    `hdf5_list.txt`.
     """
     _load_builtin_backends()
     from mtldata.backends.lmdb import LmdbReader
@@ -132,11 +151,16 @@ def open_reader(path: str | Path, labels: str | Path | None = None) -> DatasetRe
         raise DatasetFormatError(
             f"{path}: an interrupted conversion; finish it with `mtldata convert ... --resume`"
         )
+    if path.is_file() or (path / "hdf5_list.txt").is_file():
+        # An .h5 file, an HDF5Data `source` list, or a folder holding hdf5_list.txt.
+        from mtldata.backends.hdf5 import open_hdf5
+
+        return open_hdf5(path)
     if (path / "data.mdb").is_file():
         return LmdbReader(path, None)
     if (path / "images.lmdb" / "data.mdb").is_file():
         label_dir = path / "labels.lmdb"
         return LmdbReader(path / "images.lmdb", label_dir if label_dir.is_dir() else None)
     raise DatasetFormatError(
-        f"{path}: not a dataset mtldata knows (no manifest.json, no LMDB data.mdb)"
+        f"{path}: not a dataset mtldata knows (no manifest.json, no LMDB data.mdb, no hdf5_list.txt)"
     )

@@ -1,0 +1,647 @@
+"""HDF5 backend: shards for Caffe's HDF5Data layer, and a reader for any list of HDF5 files.
+
+A dataset is `part-00000.h5`, `part-00001.h5`, ... plus `hdf5_list.txt` (the layer's `source`).
+Each shard holds `data` (N, C, H, W), `label` (N, K) float32, optionally one (N, k) float32
+dataset per task, and `key` (the sample keys; Caffe loads only the datasets its tops name).
+
+HDF5 files are not crash-safe while open for writing, so a shard is written whole, to a temporary
+name, and renamed. The samples of the shard being filled wait in an append-only
+`part-NNNNN.pending` file: `commit` only fsyncs it, and a torn tail is cut on resume.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mtldata.backends import READERS, DatasetReader, WriterOptions, register_writer
+from mtldata.errors import DatasetFormatError, MtlDataError, SampleRejectedError
+from mtldata.records import ImagePayload, Sample
+
+LIST_NAME = "hdf5_list.txt"
+DTYPES = ("float32", "uint8")
+COMPRESSIONS = ("gzip", "lzf")
+RESERVED_NAMES = ("data", "label", "key")
+INT_MAX = 2**31 - 1  # Caffe loads a whole dataset into one blob, whose element count is an int
+DEFAULT_SHARD_BYTES = 512 << 20  # of `data`: well under the ~2 GB files older Caffe builds crashed on
+CHUNK_BYTES = 1 << 20
+PIXELS_ATTR = "mtldata_data"  # value "pixels": `data` holds integral pixel values 0..255, any dtype
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_FRAME = struct.Struct("<qIIII")  # index, key length, C, H, W; then key, K float32 labels, pixels
+_OPTION_KEYS = ("shard_size", "hdf5_dtype", "compression", "task_datasets")
+
+
+def _h5py() -> Any:
+    import h5py  # heavy: imported only when an HDF5 file is written or read
+
+    return h5py
+
+
+def shard_name(number: int) -> str:
+    return f"part-{number:05d}.h5"
+
+
+def _pending_name(number: int) -> str:
+    return f"part-{number:05d}.pending"
+
+
+def _key_index(key: str, where: Path) -> int:
+    head = key.split("_", 1)[0]
+    if not head.isdigit():
+        raise DatasetFormatError(f"{where}: key {key!r} does not start with a %08d sample number")
+    return int(head)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def task_datasets_option(taskset: Any) -> dict[str, Any]:
+    """The `task_datasets` writer option for a `mtldata.tasks.TaskSet` (plain JSON types)."""
+    return {"num_labels": taskset.num_labels, "tasks": [[t.name, t.start, t.stop] for t in taskset]}
+
+
+@dataclass(frozen=True)
+class Hdf5Options:
+    """The HDF5 writer's options, read from `WriterOptions.extra` and checked."""
+
+    shard_size: int | None = None  # None: as many samples as fit in DEFAULT_SHARD_BYTES
+    dtype: str = "float32"
+    compression: str | None = None
+    tasks: tuple[tuple[str, int, int], ...] = ()
+
+    @classmethod
+    def parse(cls, options: WriterOptions) -> Hdf5Options:
+        extra = dict(options.extra or {})
+        unknown = sorted(set(extra) - set(_OPTION_KEYS))
+        if unknown:
+            raise MtlDataError(f"unknown HDF5 option(s) {unknown}; known: {list(_OPTION_KEYS)}")
+        if options.encoded_images:
+            raise MtlDataError(
+                "HDF5 stores decoded pixels, not encoded image files: drop --encoded/--encode-type, "
+                "or use --backend lmdb"
+            )
+        size = extra.get("shard_size")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise MtlDataError(f"shard_size must be a positive integer, got {size!r}")
+        dtype = extra.get("hdf5_dtype") or "float32"
+        if dtype not in DTYPES:
+            raise MtlDataError(f"hdf5_dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        compression = extra.get("compression") or None
+        if compression is not None and compression not in COMPRESSIONS:
+            raise MtlDataError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+        return cls(size, dtype, compression, _parse_tasks(extra.get("task_datasets"), options.num_labels))
+
+    def resolve_shard_size(self, shape: tuple[int, int, int]) -> int:
+        values = shape[0] * shape[1] * shape[2]
+        if self.shard_size is None:
+            return max(1, DEFAULT_SHARD_BYTES // (values * np.dtype(self.dtype).itemsize))
+        if self.shard_size * values > INT_MAX:
+            raise SampleRejectedError(
+                f"--shard-size {self.shard_size} with {'x'.join(map(str, shape))} images gives a `data` "
+                f"dataset of {self.shard_size * values} values, more than the {INT_MAX} (INT_MAX) Caffe "
+                f"loads into one blob: use --shard-size {INT_MAX // values} or less"
+            )
+        return self.shard_size
+
+
+def _parse_tasks(value: Any, k: int) -> tuple[tuple[str, int, int], ...]:
+    if not value:
+        return ()
+    if not isinstance(value, dict) or not isinstance(value.get("tasks"), list):
+        raise MtlDataError(
+            f"task_datasets must be {{'num_labels': K, 'tasks': [[name, start, stop], ...]}}, got {value!r}"
+        )
+    if value.get("num_labels", k) != k:
+        raise MtlDataError(f"the tasks are defined over {value['num_labels']} labels but the data has {k}")
+    out: list[tuple[str, int, int]] = []
+    for entry in value["tasks"]:
+        name, start, stop = entry
+        if name in RESERVED_NAMES or name in (t[0] for t in out):
+            why = "is reserved for mtldata's own datasets" if name in RESERVED_NAMES else "is used twice"
+            raise MtlDataError(
+                f"task name {name!r} {why}: HDF5 dataset names must be unique "
+                f"and not one of {', '.join(RESERVED_NAMES)}"
+            )
+        if not 0 <= start < stop <= k:
+            raise MtlDataError(f"task {name!r}: columns {start}:{stop} do not lie within the {k} labels")
+        out.append((str(name), int(start), int(stop)))
+    return tuple(out)
+
+
+def _frames(path: Path, k: int, payload: bool = True) -> Iterator[tuple[int, int, int, str, Any, Any, tuple]]:
+    """The whole frames of a pending file: (offset, end, index, key, labels, pixels, shape).
+
+    Stops at a torn tail (a frame cut by a crash). Without `payload`, labels and pixels are None.
+    """
+    size = path.stat().st_size if path.exists() else 0
+    if not size:
+        return
+    with open(path, "rb") as fh:
+        offset = 0
+        while offset + _FRAME.size <= size:
+            index, key_len, c, h, w = _FRAME.unpack(fh.read(_FRAME.size))
+            end = offset + _FRAME.size + key_len + 4 * k + c * h * w
+            if end > size:
+                return
+            if payload:
+                key = fh.read(key_len).decode("utf-8")
+                labels = np.frombuffer(fh.read(4 * k), dtype=np.float32)
+                pixels = np.frombuffer(fh.read(c * h * w), dtype=np.uint8).reshape(c, h, w)
+            else:
+                key, labels, pixels = "", None, None
+                fh.seek(end)
+            yield offset, end, index, key, labels, pixels, (c, h, w)
+            offset = end
+
+
+def _frame(index: int, key: str, labels: np.ndarray, pixels: bytes, shape: tuple[int, int, int]) -> bytes:
+    raw_key = key.encode("utf-8")
+    return _FRAME.pack(index, len(raw_key), *shape) + raw_key + labels.tobytes() + pixels
+
+
+@register_writer("hdf5")
+class Hdf5Writer:
+    """Writes part-NNNNN.h5 shards of at most `shard_size` samples, and hdf5_list.txt at close."""
+
+    def __init__(self, staging: Path, options: WriterOptions) -> None:
+        self.opts = Hdf5Options.parse(options)
+        self.dir = Path(staging)
+        self.k = options.num_labels
+        self.destination = options.destination
+        self.shape: tuple[int, int, int] | None = None
+        self.shard_size = 0
+        for tmp in self.dir.glob("part-*.h5.tmp"):  # a crash while a shard was being written
+            tmp.unlink()
+        self.counts: list[int] = []
+        while (self.dir / shard_name(len(self.counts))).is_file():
+            self.counts.append(len(self._shard_indices(len(self.counts))))
+        for stale in self.dir.glob("part-*.pending"):
+            # Left by a crash between sealing a shard and removing its pending file.
+            if stale.name != _pending_name(len(self.counts)):
+                stale.unlink()
+        self._open_pending()
+        if self.counts:
+            with _h5py().File(self.dir / shard_name(0), "r") as f:
+                self._set_shape(tuple(int(d) for d in f["data"].shape[1:]))
+        elif self.pending_count:
+            self._set_shape(next(_frames(self._pending_path, self.k, payload=False))[6])
+
+    @staticmethod
+    def check_options(options: WriterOptions) -> None:
+        Hdf5Options.parse(options)
+
+    @property
+    def _pending_path(self) -> Path:
+        return self.dir / _pending_name(len(self.counts))
+
+    def _open_pending(self) -> None:
+        frames = list(_frames(self._pending_path, self.k, payload=False))
+        self._fh = open(self._pending_path, "ab")  # noqa: SIM115 - open until the shard is sealed
+        self._fh.truncate(frames[-1][1] if frames else 0)  # cut a torn tail
+        self.pending_count = len(frames)
+
+    def _set_shape(self, shape: tuple[int, int, int]) -> None:
+        self.shard_size = self.opts.resolve_shard_size(shape)
+        self.shape = shape
+
+    def _shard_indices(self, number: int) -> list[int]:
+        path = self.dir / shard_name(number)
+        with _h5py().File(path, "r") as f:
+            return [_key_index(k, path) for k in f["key"].asstr()[:]]
+
+    def put(self, sample: Sample) -> None:
+        image = sample.image
+        if image.encoded:
+            raise SampleRejectedError(
+                "HDF5 stores decoded pixels, not encoded image bytes (use --backend lmdb)"
+            )
+        shape = tuple(int(d) for d in image.shape)
+        if self.shape is None:
+            self._set_shape(shape)
+        elif shape != self.shape:
+            got, want = ("x".join(map(str, s)) for s in (shape, self.shape))
+            raise SampleRejectedError(
+                f"image is {got} (CxHxW) but this HDF5 dataset holds {want} images (the first image's "
+                f"size): HDF5 needs one image size, so pass --resize-width and --resize-height "
+                f"(or --check-size to skip images of another size)"
+            )
+        labels = np.ascontiguousarray(sample.labels, dtype=np.float32).reshape(-1)
+        if labels.size != self.k:
+            raise ValueError(f"sample {sample.key!r} has {labels.size} labels, the writer expects {self.k}")
+        self._fh.write(_frame(sample.index, sample.key, labels, image.data, shape))
+        self.pending_count += 1
+        if self.pending_count >= self.shard_size:
+            self._seal()
+
+    def commit(self) -> None:
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def _seal(self) -> None:
+        """Write the pending samples as the next shard, atomically, and start a new pending file."""
+        self.commit()
+        self._fh.close()
+        number, pending = len(self.counts), self._pending_path
+        self._write_shard(number, pending)
+        pending.unlink()
+        self.counts.append(self.pending_count)
+        self._open_pending()
+
+    def _write_shard(self, number: int, pending: Path) -> None:
+        h5py = _h5py()
+        assert self.shape is not None
+        n, (c, h, w), k = self.pending_count, self.shape, self.k
+        dtype = np.dtype(self.opts.dtype)
+        rows = max(1, min(n, CHUNK_BYTES // (c * h * w * dtype.itemsize)))
+
+        def storage(*sample_shape: int) -> dict[str, Any]:
+            # Contiguous, like Caffe's own files, unless compressed: then chunks of whole samples.
+            if self.opts.compression is None:
+                return {}
+            return {"chunks": (rows, *sample_shape), "compression": self.opts.compression}
+
+        final = self.dir / shard_name(number)
+        tmp = final.with_name(final.name + ".tmp")
+        with h5py.File(tmp, "w", libver=("earliest", "v108")) as f:  # readable by HDF5 1.8 (Caffe)
+            f.attrs[PIXELS_ATTR] = "pixels"
+            data = f.create_dataset("data", (n, c, h, w), dtype, **storage(c, h, w))
+            label = f.create_dataset("label", (n, k), np.float32, **storage(k))
+            tasks = [
+                (f.create_dataset(name, (n, stop - start), np.float32, **storage(stop - start)), start, stop)
+                for name, start, stop in self.opts.tasks
+            ]
+            keys = f.create_dataset("key", (n,), h5py.string_dtype("utf-8"))
+            block = max(rows, 256)
+            buffer: list[tuple[str, Any, Any]] = []
+            row = 0
+            for _, _, _, key, labels, pixels, _ in _frames(pending, k):
+                buffer.append((key, labels, pixels))
+                if len(buffer) == block or row + len(buffer) == n:
+                    end = row + len(buffer)
+                    label_rows = np.stack([b[1] for b in buffer])
+                    data[row:end] = np.stack([b[2] for b in buffer]).astype(dtype)
+                    label[row:end] = label_rows
+                    for ds, start, stop in tasks:
+                        ds[row:end] = label_rows[:, start:stop]
+                    keys[row:end] = np.array([b[0] for b in buffer], dtype=object)
+                    row, buffer = end, []
+            if row != n:
+                raise DatasetFormatError(f"{pending}: holds {row} whole samples, expected {n}")
+        _fsync_path(tmp)
+        os.replace(tmp, final)
+        _fsync_path(self.dir)
+
+    def truncate_from(self, index: int) -> None:
+        self._fh.flush()
+        starts = [f[0] for f in _frames(self._pending_path, self.k, payload=False) if f[2] >= index]
+        if starts:
+            self._fh.truncate(starts[0])
+            self.pending_count -= len(starts)
+        # A shard sealed after the last commit holds samples to drop: the last shards may go whole,
+        # and one may be split, its kept rows going back to the pending file.
+        while self.counts and self.pending_count == 0:
+            number = len(self.counts) - 1
+            indices = self._shard_indices(number)
+            if indices[-1] < index:
+                break
+            kept = bisect.bisect_left(indices, index)
+            self._fh.close()
+            self._pending_path.unlink()
+            if kept:
+                self._unseal(number, kept)
+            (self.dir / shard_name(number)).unlink()
+            _fsync_path(self.dir)
+            self.counts.pop()
+            self._open_pending()
+        if not self.counts and not self.pending_count:
+            self.shape, self.shard_size = None, 0
+
+    def _unseal(self, number: int, kept: int) -> None:
+        """Copy the first `kept` rows of shard `number` back into its pending file."""
+        path = self.dir / shard_name(number)
+        with _h5py().File(path, "r") as f, open(self.dir / _pending_name(number), "wb") as out:
+            keys = f["key"].asstr()[:kept]
+            labels = f["label"][:kept].astype(np.float32)
+            data = f["data"][:kept]
+            for i in range(kept):
+                pixels = data[i].astype(np.uint8)  # exact: the shard holds integral pixel values
+                shape = tuple(int(d) for d in pixels.shape)
+                out.write(_frame(_key_index(keys[i], path), keys[i], labels[i], pixels.tobytes(), shape))
+            out.flush()
+            os.fsync(out.fileno())
+
+    def close(self) -> dict[str, Any]:
+        if self.pending_count:
+            self._seal()  # the last, smaller shard
+        self._fh.close()
+        self._pending_path.unlink(missing_ok=True)
+        names = [shard_name(i) for i in range(len(self.counts))]
+        # Caffe resolves `source` entries against its working directory: name the published files
+        # absolutely, so a prototxt can point at the list from anywhere.
+        base = Path(os.path.abspath(self.destination)) if self.destination is not None else None
+        lines = [str(base / name) if base is not None else name for name in names]
+        (self.dir / LIST_NAME).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        datasets: dict[str, Any] = {}
+        if self.shape is not None:
+            datasets = {
+                "data": {
+                    "dtype": self.opts.dtype,
+                    "sample_shape": list(self.shape),
+                    "values": "pixels 0..255, BGR (or gray), no mean subtracted, no scale",
+                },
+                "label": {"dtype": "float32", "sample_shape": [self.k]},
+                **{
+                    name: {"dtype": "float32", "sample_shape": [stop - start], "columns": [start, stop]}
+                    for name, start, stop in self.opts.tasks
+                },
+                "key": {"dtype": "utf-8 string", "sample_shape": []},
+            }
+        return {
+            "list": LIST_NAME,
+            "shards": names,
+            "shard_counts": list(self.counts),
+            "samples_per_shard": self.shard_size or None,
+            "datasets": datasets,
+            "writer_options": {
+                "shard_size": self.opts.shard_size,
+                "hdf5_dtype": self.opts.dtype,
+                "compression": self.opts.compression,
+                "task_datasets": (
+                    {"num_labels": self.k, "tasks": [list(t) for t in self.opts.tasks]}
+                    if self.opts.tasks
+                    else None
+                ),
+            },
+        }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading
+
+
+def _sample_shape(trailing: tuple[int, ...], path: Path, name: str) -> tuple[int, int, int]:
+    # Caffe's legacy 4-D view pads missing axes with 1 at the end: (N, D) reads as D x 1 x 1.
+    if not 1 <= len(trailing) <= 3:
+        raise DatasetFormatError(
+            f"{path}: dataset {name!r} has shape (N, {', '.join(map(str, trailing))}); "
+            f"expected (N, C, H, W), (N, C, H) or (N, D)"
+        )
+    return tuple(trailing) + (1,) * (3 - len(trailing))  # type: ignore[return-value]
+
+
+def _label_width(trailing: tuple[int, ...], path: Path, name: str) -> int:
+    if not trailing:
+        return 1
+    if any(d != 1 for d in trailing[1:]):
+        raise DatasetFormatError(
+            f"{path}: dataset {name!r} has shape (N, {', '.join(map(str, trailing))}); label vectors "
+            f"must be stored as (N,), (N, K) or (N, K, 1, 1)"
+        )
+    return trailing[0]
+
+
+@dataclass(frozen=True)
+class _FileInfo:
+    path: Path
+    count: int
+    shape: tuple[int, int, int]
+    data_dtype: np.dtype
+    num_labels: int
+    pixels: bool  # written by mtldata: `data` holds integral pixel values, returned as uint8
+    has_keys: bool
+    datasets: dict[str, Any]
+
+
+class Hdf5Reader(DatasetReader):
+    """Reads `data` and `label` of one or more HDF5 files as one sequence of samples.
+
+    `sample(i).image` holds CHW uint8 bytes (format "raw") when the stored pixels are uint8,
+    integral, or mtldata's float pixels; for other float data (e.g. already-transformed Caffe
+    inputs) it holds float32 bytes with format "float32". `image_array(i)` gives the array either way.
+    Files are opened lazily and reopened in a new process (h5py handles must not cross fork()).
+    """
+
+    def __init__(
+        self,
+        files: Sequence[str | Path],
+        *,
+        manifest: dict[str, Any] | None = None,
+        source: Path | None = None,
+        lines: Sequence[int] | None = None,
+    ) -> None:
+        self.files = [Path(f) for f in files]
+        self.manifest = manifest
+        self.source = source
+        self.infos = [self._inspect(p, None if lines is None else lines[j]) for j, p in enumerate(self.files)]
+        for info in self.infos[1:]:
+            first = self.infos[0]
+            if (info.shape, info.num_labels) != (first.shape, first.num_labels):
+                raise DatasetFormatError(
+                    f"{info.path}: holds {'x'.join(map(str, info.shape))} samples with {info.num_labels} "
+                    f"labels, but {first.path} holds {'x'.join(map(str, first.shape))} with "
+                    f"{first.num_labels}: the files of one dataset must agree"
+                )
+        self._starts = (
+            np.concatenate([[0], np.cumsum([i.count for i in self.infos])]).astype(np.int64).tolist()
+        )
+        self._pid: int | None = None
+        self._handles: dict[int, Any] = {}
+
+    @classmethod
+    def from_manifest(cls, root: Path, manifest: dict[str, Any]) -> Hdf5Reader:
+        names = manifest.get("files", {}).get("shards", [])
+        return cls([root / name for name in names], manifest=manifest)
+
+    @staticmethod
+    def _inspect(path: Path, line: int | None) -> _FileInfo:
+        where = f"{path}" if line is None else f"{path} (line {line})"
+        if not path.is_file():
+            raise DatasetFormatError(f"{where}: no such HDF5 file")
+        h5py = _h5py()
+        try:
+            f = h5py.File(path, "r")
+        except OSError as exc:
+            raise DatasetFormatError(f"{where}: not a readable HDF5 file ({exc})") from exc
+        with f:
+            names = sorted(f.keys())
+            missing = [n for n in ("data", "label") if not isinstance(f.get(n), h5py.Dataset)]
+            if missing:
+                raise DatasetFormatError(
+                    f"{where}: no {' and no '.join(repr(m) for m in missing)} dataset (it has "
+                    f"{', '.join(names) or 'none'}); mtldata reads the tops `data` and `label`"
+                )
+            data, label = f["data"], f["label"]
+            if data.ndim < 2 or data.dtype.kind not in "uif":
+                raise DatasetFormatError(
+                    f"{where}: dataset 'data' is {data.dtype} {data.shape}; "
+                    f"expected numbers shaped (N, C, H, W)"
+                )
+            if label.dtype.kind not in "uif":
+                raise DatasetFormatError(
+                    f"{where}: dataset 'label' has dtype {label.dtype}; expected numbers"
+                )
+            if label.ndim == 0 or label.shape[0] != data.shape[0]:
+                raise DatasetFormatError(
+                    f"{where}: 'data' holds {data.shape[0]} samples but 'label' has shape {label.shape}"
+                )
+            key = f.get("key")
+            return _FileInfo(
+                path=path,
+                count=int(data.shape[0]),
+                shape=_sample_shape(tuple(int(d) for d in data.shape[1:]), path, "data"),
+                data_dtype=data.dtype,
+                num_labels=_label_width(tuple(int(d) for d in label.shape[1:]), path, "label"),
+                pixels=f.attrs.get(PIXELS_ATTR) in ("pixels", b"pixels"),
+                has_keys=isinstance(key, h5py.Dataset) and key.shape == (data.shape[0],),
+                datasets={
+                    n: {"dtype": str(f[n].dtype), "shape": list(f[n].shape)}
+                    for n in names
+                    if isinstance(f[n], h5py.Dataset)
+                },
+            )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_pid=None, _handles={})
+        return state
+
+    def _file(self, j: int) -> Any:
+        if self._pid != os.getpid():
+            # In a forked child the parent's handles are dropped, not closed.
+            self._handles, self._pid = {}, os.getpid()
+        handle = self._handles.get(j)
+        if handle is None:
+            handle = self._handles[j] = _h5py().File(self.files[j], "r")
+        return handle
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"sample {i} out of range for {n} samples")
+        i %= n
+        j = bisect.bisect_right(self._starts, i) - 1
+        return j, i - self._starts[j]
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def key(self, i: int) -> str:
+        j, row = self._locate(i)
+        if self.infos[j].has_keys:
+            value = self._file(j)["key"][row]
+            return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        return f"{i % len(self):08d}_{self.files[j].name}#{row}"
+
+    def labels(self, i: int) -> np.ndarray:
+        j, row = self._locate(i)
+        return np.asarray(self._file(j)["label"][row], dtype=np.float32).reshape(-1)
+
+    def image_array(self, i: int) -> np.ndarray:
+        """Sample i's image as a (C, H, W) array: uint8 for pixel data, float32 for other float data."""
+        j, row = self._locate(i)
+        info = self.infos[j]
+        values = np.asarray(self._file(j)["data"][row]).reshape(info.shape)
+        if values.dtype == np.uint8:
+            return values
+        if values.dtype.kind in "ui" or info.pixels:
+            if values.size and (
+                values.min() < 0 or values.max() > 255 or not np.array_equal(values, np.floor(values))
+            ):
+                raise DatasetFormatError(
+                    f"{info.path}: sample {row} of 'data' holds values in [{values.min()}, {values.max()}], "
+                    f"not integral pixels 0..255"
+                )
+            return values.astype(np.uint8)
+        return values.astype(np.float32)
+
+    def sample(self, i: int) -> Sample:
+        image = self.image_array(i)
+        fmt = "raw" if image.dtype == np.uint8 else "float32"
+        payload = ImagePayload(image.tobytes(), False, tuple(int(d) for d in image.shape), fmt)
+        return Sample(index=i % len(self), key=self.key(i), image=payload, labels=self.labels(i))
+
+    def __iter__(self) -> Iterator[Sample]:
+        for i in range(len(self)):
+            yield self.sample(i)
+
+    def describe(self) -> dict[str, Any]:
+        if self.manifest is not None or (self.infos and all(info.pixels for info in self.infos)):
+            layout = "mtldata"
+        elif self.source is not None:
+            layout = "HDF5Data source list"
+        else:
+            layout = "HDF5 file"
+        return {
+            "backend": "hdf5",
+            "layout": layout,
+            "list": str(self.source) if self.source is not None else None,
+            "files": [str(p) for p in self.files],
+            "datasets": self.infos[0].datasets if self.infos else {},
+        }
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for handle in self._handles.values():
+                handle.close()
+        self._handles, self._pid = {}, None
+
+
+READERS["hdf5"] = Hdf5Reader.from_manifest
+
+
+def read_hdf5_list(path: Path) -> tuple[list[Path], list[int]]:
+    """The files an HDF5Data `source` list names, and the line of each.
+
+    Entries are whitespace-separated, as Caffe reads them. A relative entry is looked up next to the
+    list first, then in the working directory (where Caffe looks).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as exc:
+        raise DatasetFormatError(f"{path}: neither an HDF5 file nor a text list of them ({exc})") from exc
+    files, lines = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        for entry in line.split():
+            candidates = [Path(entry)] if os.path.isabs(entry) else [path.parent / entry, Path.cwd() / entry]
+            found = next((c for c in candidates if c.is_file()), None)
+            if found is None:
+                tried = " or ".join(str(c) for c in candidates)
+                raise DatasetFormatError(
+                    f"{path}:{number}: HDF5 file {entry!r} not found (looked for {tried})"
+                )
+            with open(found, "rb") as fh:
+                if fh.read(8) != HDF5_SIGNATURE:
+                    raise DatasetFormatError(
+                        f"{path}:{number}: {entry!r} is not an HDF5 file; is {path.name} an image list? "
+                        f"(convert those with `mtldata convert`)"
+                    )
+            files.append(found)
+            lines.append(number)
+    if not files:
+        raise DatasetFormatError(f"{path}: the list names no HDF5 files")
+    return files, lines
+
+
+def open_hdf5(path: str | Path) -> Hdf5Reader:
+    """A reader for an .h5 file, an HDF5Data source list, or a folder holding hdf5_list.txt."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / LIST_NAME
+    with open(path, "rb") as fh:
+        is_hdf5 = fh.read(8) == HDF5_SIGNATURE
+    if is_hdf5:
+        return Hdf5Reader([path])
+    files, lines = read_hdf5_list(path)
+    return Hdf5Reader(files, source=path, lines=lines)
