@@ -39,6 +39,9 @@ PROGRESS_NAME = "progress.json"
 ERRORS_NAME = "errors.tsv"
 PARTIAL_SUFFIX = ".partial"
 CHUNK_SIZE = 16
+# Commit every `commit_every` samples (convert_imageset: 1,000) or this many image bytes, whichever
+# comes first: what a transaction holds stays in memory until it commits.
+COMMIT_BYTES = 64 << 20
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -157,17 +160,26 @@ def _exit_when_orphaned(parent_pid: int) -> None:
     os._exit(1)
 
 
-def _decode_chunk(paths: list[str | None], options: ImageOptions) -> list[ImagePayload | str | None]:
-    """Worker: decode each path (None entries are list errors, passed through)."""
+PayloadEncoder = Callable[[ImagePayload, np.ndarray], ImagePayload]
+WorkItem = tuple[str, np.ndarray] | None  # (image path, labels), or None for a list error
+
+
+def _decode_chunk(
+    items: list[WorkItem], options: ImageOptions, encoder: PayloadEncoder | None
+) -> list[ImagePayload | str | None]:
+    """Worker: decode each image, then let the backend encode it (None entries pass through)."""
     out: list[ImagePayload | str | None] = []
-    for path in paths:
-        if path is None:
+    for item in items:
+        if item is None:
             out.append(None)
             continue
+        path, labels = item
         try:
-            out.append(prepare_image(path, options))
+            payload = prepare_image(path, options)
         except ImageDecodeError as exc:
             out.append(str(exc))
+            continue
+        out.append(encoder(payload, labels) if encoder is not None else payload)
     return out
 
 
@@ -180,12 +192,12 @@ def _mp_context() -> multiprocessing.context.BaseContext:
 
 
 def _ordered_decode(
-    chunks: Iterator[list[str | None]], options: ImageOptions, workers: int
+    chunks: Iterator[list[WorkItem]], options: ImageOptions, workers: int, encoder: PayloadEncoder | None
 ) -> Iterator[list[ImagePayload | str | None]]:
     """Decode chunks in parallel, yielding results in submission order with a bounded window."""
     if workers <= 1:
         for chunk in chunks:
-            yield _decode_chunk(chunk, options)
+            yield _decode_chunk(chunk, options, encoder)
         return
     window = 2 * workers + 2  # enough to keep every worker busy, few enough to bound memory
     with ProcessPoolExecutor(
@@ -194,7 +206,7 @@ def _ordered_decode(
         pending: deque[Future] = deque()
         try:
             for chunk in chunks:
-                pending.append(pool.submit(_decode_chunk, chunk, options))
+                pending.append(pool.submit(_decode_chunk, chunk, options, encoder))
                 if len(pending) >= window:
                     yield pending.popleft().result()
             while pending:
@@ -297,7 +309,7 @@ def convert(spec: ConvertSpec, progress: ProgressCallback | None = None) -> Conv
     root = spec.resolved_root()
     workers = spec.workers or os.cpu_count() or 1
     total = summary.num_lines
-    since_commit = 0
+    since_commit = since_commit_bytes = 0
 
     def save_state() -> None:
         errors_file.flush()
@@ -306,10 +318,10 @@ def convert(spec: ConvertSpec, progress: ProgressCallback | None = None) -> Conv
         write_json_atomic(staging / PROGRESS_NAME, state.to_dict())
 
     def commit() -> None:
-        nonlocal since_commit
+        nonlocal since_commit, since_commit_bytes
         writer.commit()
         save_state()
-        since_commit = 0
+        since_commit = since_commit_bytes = 0
 
     def record_error(line: int, path: str, reason: str) -> None:
         if spec.strict:
@@ -325,19 +337,27 @@ def convert(spec: ConvertSpec, progress: ProgressCallback | None = None) -> Conv
         next(items)
     items = islice(items, shard_stop - skip)  # this part's positions only (all of them if unsharded)
 
-    def chunks() -> Iterator[list[str | None]]:
+    def chunks() -> Iterator[list[WorkItem]]:
         while True:
             chunk = [next(items, None) for _ in range(CHUNK_SIZE)]
             chunk = [item for item in chunk if item is not None]
             if not chunk:
                 return
             pending_items.append(chunk)
-            yield [str(root / item.path) if isinstance(item, ListEntry) else None for item in chunk]
+            yield [
+                (str(root / item.path), np.asarray(item.labels, dtype=np.float32))
+                if isinstance(item, ListEntry)
+                else None
+                for item in chunk
+            ]
 
     pending_items: deque[list[ListEntry | ListLineError]] = deque()
     position = skip
     try:
-        for results in _ordered_decode(chunks(), spec.image, workers):
+        # A backend may offer an encoder (a picklable function) that turns a decoded payload into
+        # its stored form, so that serialisation runs in the decode workers, not here.
+        encoder = getattr(writer, "encode_payload", None)
+        for results in _ordered_decode(chunks(), spec.image, workers, encoder):
             for item, result in zip(pending_items.popleft(), results, strict=True):
                 if isinstance(item, ListLineError):
                     record_error(item.line, "", item.reason)
@@ -357,9 +377,10 @@ def convert(spec: ConvertSpec, progress: ProgressCallback | None = None) -> Conv
                     state.shapes[shape_key] = state.shapes.get(shape_key, 0) + 1
                     state.formats[result.format] = state.formats.get(result.format, 0) + 1
                     since_commit += 1
+                    since_commit_bytes += len(result.data)
                 position += 1
                 state.next_position = position
-                if since_commit >= spec.commit_every:
+                if since_commit >= spec.commit_every or since_commit_bytes >= COMMIT_BYTES:
                     commit()
                 if progress is not None:
                     progress(position - shard_start, shard_stop - shard_start)

@@ -21,6 +21,9 @@ class ImagePayload:
     # "raw", or the encoded format: "jpeg", "png", ...; "float32": `data` holds float32 CHW values
     # (already-transformed HDF5 data mtldata did not write; see Hdf5Reader.image_array).
     format: str = "raw"
+    # Set by a backend's encode_payload (run in the decode workers): `data` is then the record
+    # exactly as that backend stores it (for LMDB, the serialised Datum), not the pixels.
+    stored: bool = False
 
 
 @dataclass(frozen=True)

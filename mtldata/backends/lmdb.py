@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,17 +68,34 @@ class RecordDigest:
         return {"records": self.records, "sha256": self._sha.hexdigest()}
 
 
-def database_digest(path: Path) -> dict[str, Any]:
-    """The RecordDigest of the LMDB environment at `path`: {"records": n, "sha256": hex}."""
+def database_digest(path: Path, window_bytes: int = 64 << 20) -> dict[str, Any]:
+    """The RecordDigest of the LMDB environment at `path`: {"records": n, "sha256": hex}.
+
+    Reads through a map that is dropped every `window_bytes` of values: pages read through a
+    map stay resident in this process, so one long pass would grow the RSS to the DB's size.
+    """
     digest = RecordDigest()
-    env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True, max_readers=1)
-    try:
-        with env.begin(buffers=True) as txn:
-            for key, value in txn.cursor():
-                digest.update(bytes(key), value)
-    finally:
-        env.close()
-    return digest.result()
+    last_key: bytes | None = None
+    while True:
+        env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True, max_readers=1)
+        try:
+            with env.begin(buffers=True) as txn:
+                cursor = txn.cursor()
+                if last_key is None:
+                    more = cursor.first()
+                else:
+                    more = cursor.set_range(last_key) and (bytes(cursor.key()) != last_key or cursor.next())
+                window = 0
+                while more and window < window_bytes:
+                    key, value = bytes(cursor.key()), cursor.value()
+                    digest.update(key, value)
+                    window += len(value)
+                    last_key = key
+                    more = cursor.next()
+        finally:
+            env.close()
+        if not more:
+            return digest.result()
 
 
 class _GrowingEnv:
@@ -85,12 +103,14 @@ class _GrowingEnv:
 
     def __init__(self, path: Path, initial_map_size: int) -> None:
         self.path = path
-        # writemap: pages are written in place in the shared map instead of being copied out
-        # with write(); about 4x faster commits of image-sized values, still synced per commit.
-        self.env = lmdb.open(str(path), map_size=initial_map_size, subdir=True, max_dbs=0, writemap=True)
-
+        self.env = self._open(initial_map_size)
         self._txn: Any = None
         self._batch: list[tuple[bytes, bytes]] = []  # what the open transaction holds, for a replay
+
+    def _open(self, map_size: int) -> Any:
+        # writemap: pages are written in place in the shared map instead of being copied out
+        # with write(); about 4x faster commits of image-sized values, still synced per commit.
+        return lmdb.open(str(self.path), map_size=map_size, subdir=True, max_dbs=0, writemap=True)
 
     def put(self, key: bytes, value: bytes) -> None:
         """Put into the open write transaction (started on demand); durable only after commit."""
@@ -125,6 +145,12 @@ class _GrowingEnv:
             self._txn.commit()
         self._txn = None
         self._batch.clear()
+        # Every page written through the map stays resident in this process (as shared file
+        # pages) until it is unmapped, so the RSS would grow with the dataset: remap after each
+        # commit, which costs well under a millisecond.
+        map_size = self.env.info()["map_size"]
+        self.env.close()
+        self.env = self._open(map_size)
 
     def write_batch(self, items: list[tuple[bytes, bytes]]) -> None:
         """Put and commit `items` in one transaction."""
@@ -168,12 +194,17 @@ class LmdbWriter:
         self.labels = _GrowingEnv(staging / LABELS_DIR, map_size)
         self.num_labels = options.num_labels
 
+    @staticmethod
+    def encode_payload(image: ImagePayload, labels: np.ndarray) -> ImagePayload:
+        """Serialise the image Datum; the converter runs this in its decode workers."""
+        label = int(labels[0])  # Caffe's convert_multilabel: the int part of the first label
+        value = image_datum(image.data, label, None if image.encoded else image.shape)
+        return replace(image, data=value, stored=True)
+
     def put(self, sample: Sample) -> None:
         key = sample.key.encode("utf-8")
-        image = sample.image
-        label = int(sample.labels[0])  # Caffe's convert_multilabel: the int part of the first label
-        shape = None if image.encoded else image.shape
-        self.images.put(key, image_datum(image.data, label, shape))
+        image = sample.image if sample.image.stored else self.encode_payload(sample.image, sample.labels)
+        self.images.put(key, image.data)
         self.labels.put(key, label_datum(sample.labels))
 
     def commit(self) -> None:

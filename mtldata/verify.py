@@ -1,0 +1,273 @@
+"""Dataset verification: every record decodes, counts and keys agree, the manifest's checksums hold.
+
+For LMDB datasets the image and label environments are walked side by side in key order (LMDB
+keeps keys sorted, so "the same keys" and "the same keys in the same order" are one check), and
+each environment's record digest is recomputed on the way for the manifest's `checksums`.
+Other backends are checked through their reader: every sample loads and decodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from mtldata.backends import open_reader, read_manifest
+from mtldata.caffe.datum import parse_datum
+from mtldata.errors import MtlDataError
+from mtldata.image import ImageDecodeError, decode_bytes
+from mtldata.manifest import checksum
+
+DATASET = "(dataset)"  # how format_report names a problem that belongs to no single record
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong: the record's key (None for a whole DB or file) and why."""
+
+    key: str | None
+    reason: str
+
+
+@dataclass
+class VerifyReport:
+    """What `verify` found. Only the first `limit` problems are kept; `problem_count` counts them all."""
+
+    path: Path
+    counts: dict[str, int | None] = field(default_factory=dict)
+    checked: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    problem_count: int = 0
+    limit: int = 100
+
+    @property
+    def ok(self) -> bool:
+        return self.problem_count == 0
+
+    @property
+    def bad_keys(self) -> list[str]:
+        """The keys of the kept problems, each once, in the order found."""
+        return list(dict.fromkeys(p.key for p in self.problems if p.key is not None))
+
+    def add(self, key: str | bytes | None, reason: str) -> None:
+        self.problem_count += 1
+        if len(self.problems) < self.limit:
+            if isinstance(key, bytes):
+                key = key.decode("utf-8", errors="replace")
+            self.problems.append(Problem(key, reason))
+
+
+def verify_dataset(
+    path: str | Path,
+    labels: str | Path | None = None,
+    *,
+    limit: int = 100,
+    progress: Callable[[int, int], None] | None = None,
+) -> VerifyReport:
+    """Check a dataset (as `open_reader` takes it) record by record; damage goes into the report.
+
+    Raises DatasetFormatError only when `path` is not a dataset at all.
+    """
+    from mtldata.backends.lmdb import LmdbReader
+
+    path = Path(path)
+    reader = open_reader(path, labels)
+    report = VerifyReport(path=path, limit=limit)
+    try:
+        manifest = read_manifest(path) if path.is_dir() and labels is None else None
+        if manifest is None:
+            report.notes.append("no manifest: counts and checksums not checked")
+        if isinstance(reader, LmdbReader):
+            walked = _walk_lmdb(report, reader.images_path, reader.labels_path, manifest, progress)
+        else:
+            walked = _walk_reader(report, reader, progress)
+    finally:
+        reader.close()
+    if manifest is not None:
+        _check_counts(report, path, manifest)
+        _check_checksums(report, path, manifest, walked)
+    return report
+
+
+def _records(txn: Any, digest: Any) -> Iterator[tuple[bytes, bytes]]:
+    for key, value in txn.cursor():
+        digest.update(key, value)
+        yield key, value
+
+
+def _walk_lmdb(
+    report: VerifyReport,
+    images: Path,
+    labels: Path | None,
+    manifest: dict[str, Any] | None,
+    progress: Callable[[int, int], None] | None,
+) -> dict[Path, dict[str, Any]]:
+    """Walk the image DB (and the label DB beside it); return each DB's record digest by its path."""
+    import lmdb
+
+    from mtldata.backends.lmdb import RecordDigest
+
+    gray = bool(manifest and manifest.get("options", {}).get("gray"))
+    shapes = set((manifest or {}).get("image", {}).get("shapes") or ())
+    num_labels = manifest.get("num_labels") if manifest else None
+    dbs = {"images": images} if labels is None else {"images": images, "labels": labels}
+    digests = {name: RecordDigest() for name in dbs}
+    done = 0
+    try:
+        with ExitStack() as stack:
+            txns = {}
+            for name, db in dbs.items():
+                env = stack.enter_context(
+                    lmdb.open(str(db), readonly=True, lock=False, readahead=False, subdir=True, max_readers=1)
+                )
+                txns[name] = stack.enter_context(env.begin())
+            total = txns["images"].stat()["entries"]
+            image_records = _records(txns["images"], digests["images"])
+            label_records = _records(txns["labels"], digests["labels"]) if labels is not None else iter(())
+            image = next(image_records, None)
+            label = next(label_records, None)
+            while image is not None or label is not None:
+                if label is not None and (image is None or label[0] < image[0]):
+                    report.add(label[0], f"label record without an image record in {images.name}")
+                    label = next(label_records, None)
+                    continue
+                if (reason := _image_problem(image[1], gray, shapes)) is not None:
+                    report.add(image[0], reason)
+                if label is not None and label[0] == image[0]:
+                    if (reason := _label_problem(label[1], num_labels)) is not None:
+                        report.add(label[0], f"label record: {reason}")
+                    label = next(label_records, None)
+                elif labels is not None:
+                    report.add(image[0], f"no label record in {labels.name}")
+                image = next(image_records, None)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+    except lmdb.Error as exc:  # a damaged environment: what was read so far is reported, then this
+        report.add(None, f"LMDB error after {done} image records: {exc}")
+    report.counts.update({name: digest.records for name, digest in digests.items()})
+    report.checked.append("every image record decodes")
+    if labels is not None:
+        report.checked += ["every label record parses", "image and label DBs hold the same keys"]
+    return {dbs[name]: digest.result() for name, digest in digests.items()}
+
+
+def _image_problem(value: bytes, gray: bool, shapes: set[str]) -> str | None:
+    """Why an image record is unusable (None if it is fine)."""
+    try:
+        datum = parse_datum(value)
+    except DecodeError as exc:
+        return f"not a Caffe Datum ({exc})"
+    if datum.encoded:
+        try:
+            pixels = decode_bytes(datum.data, gray)
+        except ImageDecodeError as exc:
+            return f"encoded image does not decode ({exc})"
+        shape = (1 if pixels.ndim == 2 else pixels.shape[2], pixels.shape[0], pixels.shape[1])
+    else:
+        shape = (datum.channels, datum.height, datum.width)
+        size = shape[0] * shape[1] * shape[2]
+        if min(shape) <= 0 or len(datum.data) != size:
+            return (
+                f"raw image holds {len(datum.data)} bytes, its shape {'x'.join(map(str, shape))} needs {size}"
+            )
+    if shapes and "x".join(map(str, shape)) not in shapes:
+        return f"image is {'x'.join(map(str, shape))} (CxHxW), a size the manifest does not list"
+    return None
+
+
+def _label_problem(value: bytes, num_labels: int | None) -> str | None:
+    try:
+        datum = parse_datum(value)
+    except DecodeError as exc:
+        return f"not a Caffe Datum ({exc})"
+    n = len(datum.float_data)
+    if n == 0:
+        return "holds no float_data labels"
+    if (datum.channels, datum.height, datum.width) != (n, 1, 1):
+        return f"shape {datum.channels}x{datum.height}x{datum.width} does not match its {n} labels"
+    if num_labels is not None and n != num_labels:
+        return f"holds {n} labels, the manifest says {num_labels}"
+    return None
+
+
+def _walk_reader(report: VerifyReport, reader: Any, progress: Callable[[int, int], None] | None) -> dict:
+    """Any backend: every sample loads through its reader and, when encoded, decodes."""
+    n = len(reader)
+    for i in range(n):
+        try:
+            sample = reader.sample(i)
+            if sample.image.encoded:
+                decode_bytes(sample.image.data)
+        except (MtlDataError, OSError) as exc:  # OSError: h5py's word for a damaged file
+            report.add(_key_or_position(reader, i), str(exc))
+        if progress is not None:
+            progress(i + 1, n)
+    report.counts["samples"] = n
+    report.checked.append("every sample loads and decodes")
+    return {}
+
+
+def _key_or_position(reader: Any, i: int) -> str:
+    try:
+        return reader.key(i)
+    except (MtlDataError, OSError):  # the key itself is unreadable
+        return f"sample {i}"
+
+
+def _check_counts(report: VerifyReport, root: Path, manifest: dict[str, Any]) -> None:
+    want = manifest.get("count")
+    report.counts["manifest"] = want
+    for name in ("images", "labels", "samples"):
+        got = report.counts.get(name)
+        if got is not None and want is not None and got != want:
+            report.add(None, f"the manifest counts {want} samples but {got} {name[:-1]} records were found")
+    errors = manifest.get("errors") or {}
+    if errors.get("file") and (root / errors["file"]).is_file():
+        with open(root / errors["file"], encoding="utf-8") as fh:
+            rows = sum(1 for _ in fh)
+        if rows != errors.get("count"):
+            want_rows = errors.get("count")
+            report.add(
+                None, f"the manifest counts {want_rows} skipped samples but {errors['file']} lists {rows}"
+            )
+    report.checked.append("counts match the manifest")
+
+
+def _check_checksums(
+    report: VerifyReport, root: Path, manifest: dict[str, Any], walked: dict[Path, dict[str, Any]]
+) -> None:
+    recorded = manifest.get("checksums") or {}
+    if not recorded:
+        report.notes.append("the manifest records no checksums (written before mtldata recorded them)")
+        return
+    for rel, want in recorded.items():
+        got = walked.get(root / rel) or checksum(root / rel)
+        if got != want:
+            found = "nothing" if got is None else ", ".join(f"{k} {v}" for k, v in got.items())
+            expected = ", ".join(f"{k} {v}" for k, v in want.items())
+            report.add(None, f"{rel}: checksum mismatch: expected {expected}; found {found}")
+    report.checked.append(f"checksums ({', '.join(recorded)})")
+
+
+def format_report(report: VerifyReport, show: int = 20) -> str:
+    """The text `mtldata verify` prints: what was checked, the counts, the first `show` problems."""
+    counts = ", ".join(f"{name} {n}" for name, n in report.counts.items() if n is not None)
+    lines = [f"dataset:  {report.path}", f"records:  {counts}", f"checked:  {'; '.join(report.checked)}"]
+    lines += [f"note:     {note}" for note in report.notes]
+    if report.ok:
+        lines.append("OK")
+        return "\n".join(lines)
+    lines.append(f"FAILED: {report.problem_count} problem(s)")
+    for problem in report.problems[:show]:
+        lines.append(f"  {problem.key or DATASET}: {problem.reason}")
+    if report.problem_count > min(show, len(report.problems)):
+        lines.append(f"  ... and {report.problem_count - min(show, len(report.problems))} more")
+    if report.bad_keys:
+        lines.append("first bad keys: " + " ".join(report.bad_keys[:show]))
+    return "\n".join(lines)

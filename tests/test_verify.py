@@ -1,0 +1,209 @@
+"""`verify` on real converted datasets, intact and damaged by the test through the lmdb module."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lmdb
+import pytest
+from click.testing import CliRunner
+from conftest import write_image, write_list
+
+from mtldata.backends.lmdb import database_digest
+from mtldata.caffe.caffe_pb2 import Datum
+from mtldata.caffe.datum import image_datum, label_datum
+from mtldata.cli import main
+from mtldata.convert import ConvertSpec, convert
+from mtldata.errors import DatasetFormatError
+from mtldata.image import ImageOptions
+from mtldata.verify import format_report, verify_dataset
+
+
+@pytest.fixture
+def dataset(image_set, tmp_path) -> Path:
+    list_file, _ = image_set
+    convert(ConvertSpec(list_file=list_file, output=tmp_path / "ds", workers=1))
+    return tmp_path / "ds"
+
+
+def keys_of(db: Path) -> list[bytes]:
+    env = lmdb.open(str(db), readonly=True, lock=False)
+    with env.begin() as txn:
+        keys = [bytes(k) for k in txn.cursor().iternext(values=False)]
+    env.close()
+    return keys
+
+
+def edit(db: Path, put: dict[bytes, bytes] | None = None, delete: list[bytes] | None = None) -> None:
+    env = lmdb.open(str(db), map_size=1 << 26)
+    with env.begin(write=True) as txn:
+        for key, value in (put or {}).items():
+            txn.put(key, value)
+        for key in delete or []:
+            assert txn.delete(key)
+    env.close()
+
+
+def get(db: Path, key: bytes) -> bytes:
+    env = lmdb.open(str(db), readonly=True, lock=False)
+    with env.begin() as txn:
+        value = bytes(txn.get(key))
+    env.close()
+    return value
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_a_fresh_dataset_verifies(dataset):
+    report = verify_dataset(dataset)
+    assert report.ok, format_report(report)
+    assert report.counts == {"images": 12, "labels": 12, "manifest": 12}
+    assert report.problems == [] and report.notes == []
+    assert "checksums (images.lmdb, labels.lmdb)" in report.checked
+    assert format_report(report).endswith("OK")
+
+
+def test_the_manifest_records_a_digest_of_each_db(dataset, image_set, tmp_path):
+    checksums = json.loads((dataset / "manifest.json").read_text())["checksums"]
+    assert set(checksums) == {"images.lmdb", "labels.lmdb"}
+    for name, recorded in checksums.items():
+        assert recorded["records"] == 12 and len(recorded["sha256"]) == 64
+        assert database_digest(dataset / name) == recorded
+    # The digest is of the records, not of data.mdb: a conversion with other workers agrees.
+    convert(ConvertSpec(list_file=image_set[0], output=tmp_path / "ds2", workers=2))
+    assert json.loads((tmp_path / "ds2" / "manifest.json").read_text())["checksums"] == checksums
+
+
+def test_a_truncated_image_record_is_named(dataset):
+    images = dataset / "images.lmdb"
+    key = keys_of(images)[5]
+    value = get(images, key)
+    edit(images, put={key: value[: len(value) // 2]})
+    report = verify_dataset(dataset)
+    assert not report.ok
+    assert report.bad_keys == [key.decode()]
+    assert "not a Caffe Datum" in report.problems[0].reason
+    mismatch = [p for p in report.problems if p.key is None]
+    assert len(mismatch) == 1 and mismatch[0].reason.startswith("images.lmdb: checksum mismatch")
+
+
+def test_a_raw_image_with_too_few_pixels_is_named(dataset):
+    images = dataset / "images.lmdb"
+    key = keys_of(images)[2]
+    # A well-formed Datum whose data is shorter than its shape says.
+    short = Datum(channels=3, height=20, width=24, data=b"\x00" * 10, encoded=False)
+    edit(images, put={key: short.SerializeToString()})
+    report = verify_dataset(dataset)
+    assert report.bad_keys == [key.decode()]
+    assert "raw image holds 10 bytes, its shape 3x20x24 needs 1440" in report.problems[0].reason
+
+
+def test_a_label_db_with_a_missing_key_is_named(dataset):
+    labels = dataset / "labels.lmdb"
+    key = keys_of(labels)[7]
+    edit(labels, delete=[key])
+    report = verify_dataset(dataset)
+    assert not report.ok
+    assert report.bad_keys == [key.decode()]
+    assert report.counts["labels"] == 11
+    reasons = [p.reason for p in report.problems]
+    assert reasons[0] == "no label record in labels.lmdb"
+    assert "the manifest counts 12 samples but 11 label records were found" in reasons
+    assert any(r.startswith("labels.lmdb: checksum mismatch") for r in reasons)
+
+
+def test_a_label_without_an_image_is_named(dataset):
+    labels = dataset / "labels.lmdb"
+    edit(labels, put={b"00000003_zzz.jpg": get(labels, keys_of(labels)[3])})
+    report = verify_dataset(dataset)
+    assert report.bad_keys == ["00000003_zzz.jpg"]
+    assert report.problems[0].reason == "label record without an image record in images.lmdb"
+
+
+def test_a_label_record_of_the_wrong_width_is_named(dataset):
+    labels = dataset / "labels.lmdb"
+    key = keys_of(labels)[0]
+    edit(labels, put={key: label_datum([1.0, 2.0])})
+    report = verify_dataset(dataset)
+    assert report.bad_keys == [key.decode()]
+    assert report.problems[0].reason == "label record: holds 2 labels, the manifest says 4"
+
+
+def test_encoded_records_are_decoded_and_a_corrupt_one_is_named(image_set, tmp_path):
+    list_file, _ = image_set
+    out = tmp_path / "enc"
+    convert(ConvertSpec(list_file=list_file, output=out, workers=1, image=ImageOptions(encoded=True)))
+    assert verify_dataset(out).ok
+    key = keys_of(out / "images.lmdb")[4]
+    edit(out / "images.lmdb", put={key: image_datum(b"\xff\xd8\xff" + b"\x00" * 64, 0, None)})
+    report = verify_dataset(out)
+    assert report.bad_keys == [key.decode()]
+    assert report.problems[0].reason.startswith("encoded image does not decode")
+
+
+def test_a_count_disagreeing_with_errors_tsv_is_reported(tmp_path):
+    write_image(tmp_path / "a.png")
+    list_file = write_list(tmp_path / "list.txt", ["a.png 1 2", "missing.png 3 4"])
+    out = tmp_path / "ds"
+    convert(ConvertSpec(list_file=list_file, output=out, workers=1))
+    assert verify_dataset(out).ok  # one sample skipped and listed: consistent
+    (out / "errors.tsv").write_text("", encoding="utf-8")
+    report = verify_dataset(out)
+    assert [p.reason for p in report.problems][0].startswith(
+        "the manifest counts 1 skipped samples but errors.tsv lists 0"
+    )
+
+
+def test_plain_caffe_lmdbs_are_checked_without_a_manifest(dataset):
+    report = verify_dataset(dataset / "images.lmdb", dataset / "labels.lmdb")
+    assert report.ok and report.counts == {"images": 12, "labels": 12}
+    assert report.notes == ["no manifest: counts and checksums not checked"]
+    alone = verify_dataset(dataset / "images.lmdb")
+    assert alone.ok and alone.counts == {"images": 12}
+
+
+def test_only_the_first_problems_are_kept_but_all_are_counted(dataset):
+    labels = dataset / "labels.lmdb"
+    edit(labels, delete=keys_of(labels))
+    report = verify_dataset(dataset, limit=5)
+    assert report.problem_count == 12 + 2  # every key, the count, the checksum
+    assert len(report.problems) == 5
+    text = format_report(report, show=3)
+    assert "FAILED: 14 problem(s)" in text and "... and 11 more" in text
+
+
+def test_other_backends_are_checked_through_their_reader_and_file_checksums(image_set, tmp_path):
+    list_file, _ = image_set
+    out = tmp_path / "h5"
+    convert(ConvertSpec(list_file=list_file, output=out, workers=1, backend="hdf5"))
+    report = verify_dataset(out)
+    assert report.ok, format_report(report)
+    assert report.counts == {"samples": 12, "manifest": 12}
+    recorded = json.loads((out / "manifest.json").read_text())["checksums"]
+    shard = next(name for name in recorded if name.endswith(".h5"))
+    # Flip one byte near the end of the file (pixel data): the reader may not notice, the checksum does.
+    raw = bytearray((out / shard).read_bytes())
+    raw[-100] ^= 0xFF
+    (out / shard).write_bytes(bytes(raw))
+    report = verify_dataset(out)
+    assert any(p.key is None and p.reason.startswith(f"{shard}: checksum mismatch") for p in report.problems)
+
+
+def test_not_a_dataset_is_an_error(tmp_path):
+    with pytest.raises(DatasetFormatError):
+        verify_dataset(tmp_path)
+
+
+def test_cli_exit_codes_and_bad_keys(dataset):
+    ok = run("verify", dataset, "-q")
+    assert ok.exit_code == 0 and ok.output.rstrip().endswith("OK")
+    labels = dataset / "labels.lmdb"
+    key = keys_of(labels)[1]
+    edit(labels, delete=[key])
+    bad = run("verify", dataset, "-q")
+    assert bad.exit_code == 1
+    assert f"{key.decode()}: no label record in labels.lmdb" in bad.output
+    assert f"first bad keys: {key.decode()}" in bad.output
