@@ -7,6 +7,7 @@ arithmetic is float32 in Caffe's order (subtract the mean, then multiply by the 
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,10 @@ CHANNEL_ORDERS = ("bgr", "rgb")
 
 class TransformError(MtlDataError, ValueError):
     """A transform_param Caffe would reject, or an image it cannot be applied to."""
+
+
+def _finite_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -45,24 +50,20 @@ class TransformSpec:
     channel_order: str = "bgr"
 
     def __post_init__(self) -> None:
-        if (
-            isinstance(self.scale, bool)
-            or not isinstance(self.scale, (int, float))
-            or not math.isfinite(self.scale)
-        ):
+        if not _finite_real(self.scale):
             raise TransformError(f"scale must be a finite number, got {self.scale!r}")
         object.__setattr__(self, "scale", float(self.scale))
-        if isinstance(self.crop_size, bool) or not isinstance(self.crop_size, int) or self.crop_size < 0:
-            raise TransformError(f"crop_size must be an integer >= 0, got {self.crop_size!r}")
+        crop = self.crop_size
+        if isinstance(crop, bool) or not isinstance(crop, numbers.Integral) or crop < 0:
+            raise TransformError(f"crop_size must be an integer >= 0, got {crop!r}")
+        object.__setattr__(self, "crop_size", int(crop))
         for name in ("mirror", "force_color", "force_gray"):
             if not isinstance(getattr(self, name), bool):
                 raise TransformError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.force_color and self.force_gray:
             raise TransformError("cannot set both force_color and force_gray")
         values = tuple(self.mean_values)
-        if not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
-        ):
+        if not all(_finite_real(v) for v in values):
             raise TransformError(f"mean_values must be finite numbers, got {values!r}")
         object.__setattr__(self, "mean_values", tuple(float(v) for v in values))
         if self.mean_file is not None:
@@ -116,6 +117,7 @@ class CaffeTransform:
         self._scale = torch.tensor(spec.scale, dtype=torch.float32)
         self._mean_values = torch.tensor(spec.mean_values, dtype=torch.float32) if spec.mean_values else None
         self._mean: torch.Tensor | None = None
+        self._mean_on: dict[torch.device, torch.Tensor] = {}  # the mean file, copied once per device
         if spec.mean_file is not None:
             from mtldata.caffe.blob import read_mean_file
 
@@ -245,7 +247,9 @@ class CaffeTransform:
                     f"the mean file {self.spec.mean_file} is {tuple(self._mean.shape)} (C, H, W) but the "
                     f"image is {(channels, height, width)}; Caffe needs the mean of the uncropped size"
                 )
-            return self._mean.to(device)
+            if device not in self._mean_on:
+                self._mean_on[device] = self._mean.to(device)
+            return self._mean_on[device]
         if self._mean_values is not None:
             values = self._mean_values
             if values.numel() == 1:
