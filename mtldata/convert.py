@@ -42,6 +42,7 @@ CHUNK_SIZE = 16
 # Commit every `commit_every` samples (convert_imageset: 1,000) or this many image bytes, whichever
 # comes first: what a transaction holds stays in memory until it commits.
 COMMIT_BYTES = 64 << 20
+MANIFEST_ERRORS = 20  # the manifest quotes this many skipped samples; errors.tsv lists them all
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -395,7 +396,7 @@ def convert(spec: ConvertSpec, progress: ProgressCallback | None = None) -> Conv
     finally:
         errors_file.close()
 
-    manifest = _build_manifest(spec, summary, state, files, k)
+    manifest = _build_manifest(spec, summary, state, files, k, read_errors(staging / ERRORS_NAME))
     # Read back from disk once the writer is closed (so a resumed run needs no saved digest state).
     manifest.checksums = dataset_checksums(staging, files)
     write_manifest(staging, manifest)
@@ -450,7 +451,12 @@ def _publish(staging: Path, out: Path) -> None:
 
 
 def _build_manifest(
-    spec: ConvertSpec, summary: Any, state: _State, files: dict[str, Any], k: int
+    spec: ConvertSpec,
+    summary: Any,
+    state: _State,
+    files: dict[str, Any],
+    k: int,
+    errors: list[SampleError],
 ) -> Manifest:
     names = list(spec.label_names) or [f"label_{j}" for j in range(k)]
     shapes = {tuple(int(x) for x in s.split("x")): n for s, n in state.shapes.items()}
@@ -496,7 +502,11 @@ def _build_manifest(
             "num_labels_inferred": summary.inferred,
         },
         options=options,
-        errors={"count": state.error_count, "file": ERRORS_NAME},
+        errors={
+            "count": state.error_count,
+            "file": ERRORS_NAME,
+            "first": [asdict(e) for e in errors[:MANIFEST_ERRORS]],
+        },
         label_stats=state.stats.summary(names),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         mtldata_version=__version__,

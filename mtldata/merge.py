@@ -19,7 +19,7 @@ from typing import Any
 
 from mtldata import __version__
 from mtldata.backends import WriterOptions, make_writer, open_reader, read_manifest
-from mtldata.convert import ERRORS_NAME, PARTIAL_SUFFIX, _fsync_dir, _publish
+from mtldata.convert import ERRORS_NAME, MANIFEST_ERRORS, PARTIAL_SUFFIX, _fsync_dir, _publish
 from mtldata.errors import DatasetFormatError, DatasetStateError, MtlDataError
 from mtldata.manifest import LabelStats, Manifest, dataset_checksums, write_manifest
 
@@ -230,7 +230,11 @@ def _merged_manifest(
         image=_combined_image([m["image"] for m in manifests]),
         files={**files, "errors": ERRORS_NAME},
         source={**first["source"], "merged_from": [str(p) for p in parts]},
-        errors={"count": sum(m["errors"]["count"] for m in manifests), "file": ERRORS_NAME},
+        errors={
+            "count": sum(m["errors"]["count"] for m in manifests),
+            "file": ERRORS_NAME,
+            "first": [e for m in manifests for e in m["errors"].get("first", [])][:MANIFEST_ERRORS],
+        },
         label_stats=stats.summary(list(first["label_names"])),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         mtldata_version=__version__,

@@ -165,6 +165,7 @@ def test_bad_samples_are_skipped_and_reported_with_line_numbers(tmp_path):
     assert keys == ["00000000_ok1.jpg", "00000007_ok3.jpg"]  # gaps where lines were skipped, as Caffe
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["errors"]["count"] == 6 and manifest["count"] == 2
+    assert manifest["errors"]["first"][0] == {"line": 2, "path": "missing.jpg", "reason": "file not found"}
 
 
 def test_strict_stops_at_the_first_error_and_leaves_nothing(tmp_path):
