@@ -398,7 +398,7 @@ def convert(spec: ConvertSpec, progress: ProgressCallback | None = None) -> Conv
 
     manifest = _build_manifest(spec, summary, state, files, k, read_errors(staging / ERRORS_NAME))
     # Read back from disk once the writer is closed (so a resumed run needs no saved digest state).
-    manifest.checksums = dataset_checksums(staging, files)
+    manifest.checksums = dataset_checksums(staging, files, getattr(writer, "checksums", None))
     write_manifest(staging, manifest)
     (staging / PROGRESS_NAME).unlink()
     _fsync_dir(staging)

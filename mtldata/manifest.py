@@ -108,12 +108,17 @@ def checksum(path: Path) -> dict[str, Any] | None:
     return None
 
 
-def dataset_checksums(directory: Path, files: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Checksums of what a writer's `files` names (paths relative to `directory`, or lists of them), by path."""
-    out = {}
+def dataset_checksums(
+    directory: Path, files: dict[str, Any], known: dict[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Checksums of what a writer's `files` names (paths relative to `directory`, or lists of them), by path.
+
+    `known` holds checksums a writer computed while writing; those paths are not read again.
+    """
+    out = dict(known or {})
     for value in files.values():
         for rel in value if isinstance(value, list) else [value]:
-            if isinstance(rel, str) and (found := checksum(directory / rel)) is not None:
+            if isinstance(rel, str) and rel not in out and (found := checksum(directory / rel)) is not None:
                 out[rel] = found
     return out
 

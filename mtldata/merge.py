@@ -204,7 +204,7 @@ def merge(
                 if errors.is_file():
                     out.write(errors.read_bytes())
         manifest = _merged_manifest(parts, manifests, files, stats, done)
-        manifest.checksums = dataset_checksums(staging, files)
+        manifest.checksums = dataset_checksums(staging, files, getattr(writer, "checksums", None))
         write_manifest(staging, manifest)
         _fsync_dir(staging)
         _publish(staging, output)

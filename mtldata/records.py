@@ -24,6 +24,7 @@ class ImagePayload:
     # Set by a backend's encode_payload (run in the decode workers): `data` is then the record
     # exactly as that backend stores it (for LMDB, the serialised Datum), not the pixels.
     stored: bool = False
+    stored_sha256: bytes | None = None  # sha256 of `data` when `stored`, for the manifest's checksums
 
 
 @dataclass(frozen=True)

@@ -49,10 +49,11 @@ def sniff_format(data: bytes) -> str:
 
 
 class RecordDigest:
-    """sha256 over an LMDB's records in key order, each fed as length-prefixed key and value.
+    """sha256 over an LMDB's records in key order: per record, length-prefixed key + sha256(value).
 
     It depends only on the keys, the values and their order, never on data.mdb's bytes (which
     change with commit timing), so two environments holding the same records give the same digest.
+    Hashing each value on its own lets the converter hash values in its decode workers.
     """
 
     def __init__(self) -> None:
@@ -60,12 +61,26 @@ class RecordDigest:
         self.records = 0
 
     def update(self, key: bytes, value: bytes) -> None:
-        self._sha.update(len(key).to_bytes(4, "little") + key + len(value).to_bytes(8, "little"))
-        self._sha.update(value)
+        self.update_hashed(key, hashlib.sha256(value).digest())
+
+    def update_hashed(self, key: bytes, value_sha256: bytes) -> None:
+        self._sha.update(len(key).to_bytes(4, "little") + key + value_sha256)
         self.records += 1
 
     def result(self) -> dict[str, Any]:
         return {"records": self.records, "sha256": self._sha.hexdigest()}
+
+
+def _journal_entries(data: bytes) -> Iterator[tuple[int, int, bytes, bytes]]:
+    """(start, end, key, value sha256) of each entry of a digest journal."""
+    pos = 0
+    while pos + 4 <= len(data):
+        n = int.from_bytes(data[pos : pos + 4], "little")
+        end = pos + 4 + n + 32
+        if end > len(data):  # a torn tail from an interruption
+            return
+        yield pos, end, data[pos + 4 : pos + 4 + n], data[pos + 4 + n : end]
+        pos = end
 
 
 def database_digest(path: Path, window_bytes: int = 64 << 20) -> dict[str, Any]:
@@ -106,14 +121,21 @@ class _GrowingEnv:
         self.env = self._open(initial_map_size)
         self._txn: Any = None
         self._batch: list[tuple[bytes, bytes]] = []  # what the open transaction holds, for a replay
+        # The digest journal: (key, sha256(value)) of every committed record, in put order, so
+        # the manifest's checksum needs no second read of the whole database at the end.
+        self.journal_path = path.with_name(path.name + ".digests")
+        self._journal = open(self.journal_path, "ab")  # noqa: SIM115 - open for the writer's life
+        self._journal_batch = bytearray()
 
     def _open(self, map_size: int) -> Any:
         # writemap: pages are written in place in the shared map instead of being copied out
         # with write(); about 4x faster commits of image-sized values, still synced per commit.
         return lmdb.open(str(self.path), map_size=map_size, subdir=True, max_dbs=0, writemap=True)
 
-    def put(self, key: bytes, value: bytes) -> None:
+    def put(self, key: bytes, value: bytes, value_sha256: bytes | None = None) -> None:
         """Put into the open write transaction (started on demand); durable only after commit."""
+        digest = value_sha256 if value_sha256 is not None else hashlib.sha256(value).digest()
+        self._journal_batch += len(key).to_bytes(4, "little") + key + digest
         self._batch.append((key, value))
         if self._txn is None:
             self._txn = self.env.begin(write=True)
@@ -145,6 +167,10 @@ class _GrowingEnv:
             self._txn.commit()
         self._txn = None
         self._batch.clear()
+        self._journal.write(self._journal_batch)
+        self._journal.flush()
+        os.fsync(self._journal.fileno())
+        self._journal_batch.clear()
         # Every page written through the map stays resident in this process (as shared file
         # pages) until it is unmapped, so the RSS would grow with the dataset: remap after each
         # commit, which costs well under a millisecond.
@@ -159,6 +185,17 @@ class _GrowingEnv:
         self.commit()
 
     def delete_from(self, index: int) -> int:
+        self._journal_batch.clear()
+        self._journal.flush()
+        journal = self.journal_path.read_bytes()
+        keep = 0
+        for _, end, key, _ in _journal_entries(journal):
+            found = key_index(key)
+            if found is not None and found >= index:
+                break
+            keep = end
+        self._journal.truncate(keep)
+        self._journal.seek(keep)
         doomed: list[bytes] = []
         with self.env.begin() as txn:
             for key in txn.cursor().iternext(values=False):
@@ -171,8 +208,18 @@ class _GrowingEnv:
                     txn.delete(key)
         return len(doomed)
 
+    def digest(self) -> dict[str, Any]:
+        """The RecordDigest of what has been committed, from the journal (call after the last commit)."""
+        self._journal.flush()
+        digest = RecordDigest()
+        for _, _, key, value_sha256 in _journal_entries(self.journal_path.read_bytes()):
+            digest.update_hashed(key, value_sha256)
+        return digest.result()
+
     def close(self) -> None:
         self.commit()
+        self._journal.close()
+        self.journal_path.unlink()
         self.env.sync(True)
         used = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
         self.env.close()
@@ -196,15 +243,15 @@ class LmdbWriter:
 
     @staticmethod
     def encode_payload(image: ImagePayload, labels: np.ndarray) -> ImagePayload:
-        """Serialise the image Datum; the converter runs this in its decode workers."""
+        """Serialise and hash the image Datum; the converter runs this in its decode workers."""
         label = int(labels[0])  # Caffe's convert_multilabel: the int part of the first label
         value = image_datum(image.data, label, None if image.encoded else image.shape)
-        return replace(image, data=value, stored=True)
+        return replace(image, data=value, stored=True, stored_sha256=hashlib.sha256(value).digest())
 
     def put(self, sample: Sample) -> None:
         key = sample.key.encode("utf-8")
         image = sample.image if sample.image.stored else self.encode_payload(sample.image, sample.labels)
-        self.images.put(key, image.data)
+        self.images.put(key, image.data, image.stored_sha256)
         self.labels.put(key, label_datum(sample.labels))
 
     def commit(self) -> None:
@@ -219,6 +266,7 @@ class LmdbWriter:
 
     def close(self) -> dict[str, Any]:
         self.commit()
+        self.checksums = {IMAGES_DIR: self.images.digest(), LABELS_DIR: self.labels.digest()}
         self.images.close()
         self.labels.close()
         return {"images": IMAGES_DIR, "labels": LABELS_DIR}
@@ -244,7 +292,9 @@ class LmdbReader(DatasetReader):
         self._img_txn: Any = None
         self._lbl_txn: Any = None
         self._envs: list[Any] = []
-        self._shape = tuple(manifest["image"]["shape"]) if manifest and manifest["image"].get("shape") else None
+        self._shape = (
+            tuple(manifest["image"]["shape"]) if manifest and manifest["image"].get("shape") else None
+        )
 
     @classmethod
     def from_manifest(cls, root: Path, manifest: dict[str, Any]) -> LmdbReader:
