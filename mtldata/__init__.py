@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "ConvertSpec", "open_reader"]
+__all__ = ["__version__", "ConvertSpec", "open_reader", "open_dataset", "LabelSlicer"]
 
 
 def __getattr__(name: str):  # PEP 562: lazy exports keep `import mtldata` light for worker processes
@@ -21,4 +21,12 @@ def __getattr__(name: str):  # PEP 562: lazy exports keep `import mtldata` light
         from mtldata.backends import open_reader
 
         return open_reader
+    if name == "open_dataset":  # imports torch
+        from mtldata.dataset import open_dataset
+
+        return open_dataset
+    if name == "LabelSlicer":
+        from mtldata.tasks import LabelSlicer
+
+        return LabelSlicer
     raise AttributeError(f"module 'mtldata' has no attribute {name!r}")

@@ -160,7 +160,7 @@ def main() -> None:
     "--tasks",
     "tasks_file",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    help="tasks.toml naming each task's label columns; used by --task-datasets.",
+    help="tasks.toml naming each task's label columns; used by --task-datasets and --emit-prototxt.",
 )
 @click.option(
     "--task-datasets",
@@ -249,9 +249,17 @@ def convert(
     from mtldata.image import ImageOptions
 
     if emit_prototxt and (tasks_file is None or num_shards > 1):
-        _fail("--emit-prototxt needs --tasks (the tasks to write loss layers for) and a single-part conversion")
+        _fail(
+            "--emit-prototxt needs --tasks (the tasks to write loss layers for) and a single-part conversion"
+        )
     backend_options = _backend_options(
-        backend, shard_size, hdf5_dtype, compression, tasks_file, task_datasets, num_labels
+        backend,
+        shard_size,
+        hdf5_dtype,
+        compression,
+        tasks_file if task_datasets or not emit_prototxt else None,  # --emit-prototxt reads it on its own
+        task_datasets,
+        num_labels,
     )
     if output is None:
         output = Path(f"{list_file.stem}_{backend}")
@@ -349,7 +357,7 @@ def _backend_options(
         _fail(
             "--task-datasets needs --tasks tasks.toml (which label columns each task owns)"
             if task_datasets
-            else "--tasks is used by --task-datasets (--backend hdf5); add that flag or drop --tasks"
+            else "--tasks is used by --task-datasets (--backend hdf5) or --emit-prototxt; add one or drop --tasks"
         )
     if backend != "hdf5":
         return {}
@@ -490,8 +498,11 @@ def info(dataset: Path, labels: Path | None, as_json: bool) -> None:
     help="Number of sample images.",
 )
 @click.option("--no-train", is_flag=True, help="Stop after converting and summarising (no training run).")
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=25, show_default=True, help="Epochs of the training run."
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def demo(directory: Path | None, count: int, quiet: bool, no_train: bool = False) -> None:
+def demo(directory: Path | None, count: int, quiet: bool, no_train: bool = False, epochs: int = 25) -> None:
     """Make a small multi-task sample set (real JPEGs + a list file), convert it and summarise it,
     then train a small model on it for a few epochs and print its per-task metrics."""
     from mtldata.convert import ConvertSpec
@@ -522,7 +533,7 @@ def demo(directory: Path | None, count: int, quiet: bool, no_train: bool = False
     if not no_train:
         from mtldata.cli_train import demo_training
 
-        demo_training(directory, output, quiet)
+        demo_training(directory, output, quiet, epochs)
 
 
 _DATASET = click.argument("dataset", type=click.Path(path_type=Path, exists=True))

@@ -107,7 +107,7 @@ def test_info_on_a_missing_or_foreign_path_fails_clearly(tmp_path):
 
 
 def test_demo_builds_and_summarises_a_sample_set(tmp_path):
-    result = run("demo", "-d", tmp_path / "demo", "-n", "24", "-q")
+    result = run("demo", "-d", tmp_path / "demo", "-n", "24", "-q", "--no-train")  # training: test_train_cli
     assert result.exit_code == 0, result.output
     assert "samples:   24" in result.output
     assert (tmp_path / "demo" / "demo_lmdb" / "manifest.json").is_file()

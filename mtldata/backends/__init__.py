@@ -146,7 +146,9 @@ def open_reader(path: str | Path, labels: str | Path | None = None) -> DatasetRe
             return LmdbReader.from_manifest(path, manifest)
         if backend in READERS:
             return READERS[backend](path, manifest)
-        raise DatasetFormatError(f"{path}: manifest names backend {backend!r}, which this mtldata cannot read")
+        raise DatasetFormatError(
+            f"{path}: manifest names backend {backend!r}, which this mtldata cannot read"
+        )
     if path.name.endswith(".partial") or (path.parent / (path.name + ".partial")).exists():
         raise DatasetFormatError(
             f"{path}: an interrupted conversion; finish it with `mtldata convert ... --resume`"

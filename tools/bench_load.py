@@ -1,0 +1,395 @@
+"""Loading throughput of `mtldata.open_dataset` + DataLoader against bare baselines, in one run.
+
+Makes N photo-like JPEGs, converts them to a raw and an encoded LMDB (and HDF5 when that backend is
+installed) with mtldata's converter, then measures samples/s of:
+
+* open_dataset(output="uint8") + DataLoader(batch 256, collate_uint8) with 0 and 2 workers, and with
+  2 workers also MultiTaskCollate(reuse_shared_memory=True) (workers refill released batch memory);
+* (a) a bare lmdb cursor copying each raw Datum's pixels into a batch array with numpy;
+* (b) an ImageFolder-style dataset opening each JPEG with PIL, same DataLoader settings;
+* (c) a bare decode loop (simplejpeg when installed, else PIL) over the encoded bytes, in memory.
+
+Targets: raw LMDB >= 0.5x the bare cursor, encoded >= 0.8x the bare decode loop, per worker
+(with 2 workers the rate is divided by 2 before comparing).
+
+    python tools/bench_load.py                 # ~1-2 min on 2 cores
+    python tools/bench_load.py --quick         # a few seconds: smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import lmdb
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from mtldata.caffe.datum import parse_datum
+from mtldata.convert import ConvertSpec, convert
+from mtldata.dataset import MultiTaskCollate, collate_uint8, open_dataset
+from mtldata.image import ImageOptions
+from mtldata.tasks import TaskSet, TaskSpec
+
+TASKS = TaskSet(
+    (
+        TaskSpec("cls", slice(0, 1), "softmax", classes=3),
+        TaskSpec("attr", slice(1, 4), "sigmoid"),
+        TaskSpec("reg", slice(4, 5), "euclidean"),
+    ),
+    num_labels=5,
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+def photo_like(rng: np.random.Generator, size: int) -> np.ndarray:
+    """An RGB uint8 image with smooth gradients, a few shapes and sensor-like noise."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    img = np.empty((size, size, 3), np.float32)
+    for c in range(3):
+        a, b, d = rng.uniform(-120, 120, 3)
+        img[..., c] = 128 + a * x + b * y + d * np.sin(rng.uniform(2, 9) * x + rng.uniform(0, 6) * y)
+    for _ in range(rng.integers(2, 6)):  # discs and boxes with their own colour
+        cx, cy, r = rng.uniform(0, 1, 2).tolist() + [rng.uniform(0.05, 0.3)]
+        mask = (
+            (x - cx) ** 2 + (y - cy) ** 2 < r * r
+            if rng.random() < 0.5
+            else ((abs(x - cx) < r) & (abs(y - cy) < r * rng.uniform(0.3, 1)))
+        )
+        img[mask] = img[mask] * 0.3 + rng.uniform(0, 255, 3) * 0.7
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_images(root: Path, n: int, size: int, seed: int = 0) -> Path:
+    """Write n JPEGs and a 5-label list file (cls, attr x3, reg) under root; return the list path."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        rel = f"images/{i:06d}.jpg"
+        path = root / rel
+        if not path.exists():
+            Image.fromarray(photo_like(rng, size)).save(path, quality=90)
+        labels = [i % 3, i % 2, (i // 2) % 2, (i // 3) % 2, round(0.01 * (i % 100), 2)]
+        lines.append(rel + " " + " ".join(f"{v:g}" for v in labels))
+    list_file = root / "list.txt"
+    list_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return list_file
+
+
+def build(root: Path, list_file: Path) -> dict[str, Path]:
+    """Convert the list raw and encoded (and to HDF5 if that backend exists); reuse earlier outputs."""
+    from mtldata.backends import WRITERS, _load_builtin_backends
+
+    _load_builtin_backends()
+    outputs = {"raw": (ImageOptions(), "lmdb"), "encoded": (ImageOptions(encoded=True), "lmdb")}
+    try:
+        import mtldata.backends.hdf5  # noqa: F401  (registers the writer when it exists)
+    except ImportError:
+        pass
+    if "hdf5" in WRITERS:
+        outputs["hdf5"] = (ImageOptions(), "hdf5")
+    made = {}
+    for name, (options, backend) in outputs.items():
+        out = root / f"ds_{name}"
+        if not (out / "manifest.json").is_file():
+            spec = ConvertSpec(
+                list_file=list_file, output=out, image=options, backend=backend, workers=2, overwrite=True
+            )
+            convert(spec)
+        made[name] = out
+    return made
+
+
+# --------------------------------------------------------------------------------------------------
+# Baselines
+
+
+def _raw_data_offset(value: bytes) -> int:
+    """Byte offset of the pixels in a raw Datum (fields 1-3 are varints, then tag 0x22 + length)."""
+    pos = 0
+    while True:
+        tag = value[pos]
+        pos += 1
+        length = 0
+        shift = 0
+        while True:
+            byte = value[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        if tag == 0x22:
+            return pos
+
+
+def bare_cursor(images_lmdb: Path, batch: int, shape: tuple[int, int, int], fresh: bool) -> int:
+    """(a): iterate the cursor, copy each record's pixels into a (batch, C, H, W) array: one array
+    reused throughout, or (`fresh`) a new one per batch, as a loader that hands batches out must."""
+    count = int(np.prod(shape))
+    out = np.empty((batch, *shape), np.uint8)
+    env = lmdb.open(str(images_lmdb), readonly=True, lock=False, readahead=False)
+    n = 0
+    with env.begin(buffers=False) as txn:
+        offset = None
+        for j, (_, value) in enumerate(txn.cursor()):
+            if offset is None:
+                offset = _raw_data_offset(value)
+            if fresh and j % batch == 0:
+                out = np.empty((batch, *shape), np.uint8)
+            out[j % batch] = np.frombuffer(value, np.uint8, count=count, offset=offset).reshape(shape)
+            n += 1
+    env.close()
+    return n
+
+
+def encoded_bytes(images_lmdb: Path) -> list[bytes]:
+    env = lmdb.open(str(images_lmdb), readonly=True, lock=False)
+    with env.begin() as txn:
+        data = [parse_datum(v).data for _, v in txn.cursor()]
+    env.close()
+    return data
+
+
+def jpeg_decoder() -> tuple[str, Callable[[bytes], np.ndarray]]:
+    """simplejpeg when installed, else PIL; both give HxWx3 BGR."""
+    try:
+        import simplejpeg
+    except ImportError:
+
+        def decode_pil(b: bytes) -> np.ndarray:
+            with Image.open(io.BytesIO(b)) as im:
+                return np.asarray(im.convert("RGB"))[:, :, ::-1]
+
+        return "PIL", decode_pil
+
+    def decode_simplejpeg(b: bytes) -> np.ndarray:
+        return simplejpeg.decode_jpeg(b, colorspace="BGR", fastdct=False, fastupsample=False)
+
+    return "simplejpeg", decode_simplejpeg
+
+
+def bare_decode(blobs: list[bytes], batch: int, shape: tuple[int, int, int], fresh: bool) -> int:
+    """(c): decode every encoded image (HxWx3 BGR) and copy it into a batch array, nothing else."""
+    c, h, w = shape
+    out = np.empty((batch, h, w, c), np.uint8)
+    decode = jpeg_decoder()[1]
+    for j, b in enumerate(blobs):
+        if fresh and j % batch == 0:
+            out = np.empty((batch, h, w, c), np.uint8)
+        out[j % batch] = decode(b)
+    return len(blobs)
+
+
+class ImageFolderStyle(Dataset):
+    """(b): what torchvision's ImageFolder does per sample: open the file with PIL, make a tensor."""
+
+    def __init__(self, root: Path, list_file: Path) -> None:
+        self.items = []
+        for line in list_file.read_text(encoding="utf-8").splitlines():
+            path, *labels = line.split()
+            self.items.append((str(root / path), float(labels[0])))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        path, label = self.items[i]
+        with Image.open(path) as im:
+            pixels = np.array(im.convert("RGB"))  # writable, as ImageFolder's to_tensor gets
+        return torch.from_numpy(pixels).permute(2, 0, 1), torch.tensor(label)
+
+
+# --------------------------------------------------------------------------------------------------
+# Timing
+
+
+def cpu_seconds() -> float | None:
+    """CPU time used so far by this process and its live children (DataLoader workers), or None
+    where /proc is missing. Interleaved runs leave the other loaders' workers idle, so a run's
+    difference is its own work, whatever other processes on the machine are doing."""
+    total = time.process_time()
+    try:
+        tick = os.sysconf("SC_CLK_TCK")
+        children: set[str] = set()
+        for task in Path("/proc/self/task").iterdir():
+            children.update((task / "children").read_text().split())
+        for pid in children:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    except (OSError, ValueError):
+        return None
+    return total
+
+
+def best_rates(runs: dict[str, Callable[[], int]], repeat: int) -> dict[str, tuple[float, float | None]]:
+    """Best samples/s (wall clock) and best samples per CPU-second of each run over `repeat` rounds,
+    after one untimed warm-up round (page cache, worker start-up). The rounds interleave the runs,
+    so a burst of load from other processes hits them all alike instead of one measurement."""
+    for run in runs.values():
+        run()
+    wall = dict.fromkeys(runs, 0.0)
+    cpu: dict[str, float | None] = dict.fromkeys(runs, 0.0)
+    for _ in range(repeat):
+        for name, run in runs.items():
+            cpu0, start = cpu_seconds(), time.perf_counter()
+            n = run()
+            elapsed, cpu1 = time.perf_counter() - start, cpu_seconds()
+            wall[name] = max(wall[name], n / elapsed)
+            if cpu0 is None or cpu1 is None or cpu[name] is None:
+                cpu[name] = None
+            else:
+                cpu[name] = max(cpu[name], n / max(cpu1 - cpu0, 1e-9))
+    return {name: (wall[name], cpu[name]) for name in runs}
+
+
+def loader_epoch(dataset: Dataset, batch: int, workers: int, collate: Callable | None) -> Callable[[], int]:
+    """One epoch of a DataLoader (persistent workers) over `dataset`; returns the samples seen."""
+    loader = DataLoader(
+        dataset,
+        batch_size=batch,
+        num_workers=workers,
+        collate_fn=collate,
+        persistent_workers=workers > 0,
+        prefetch_factor=2 if workers else None,
+    )
+    close = getattr(dataset, "close", None)
+
+    def epoch() -> int:
+        n = 0
+        for images, _ in loader:
+            n += images.shape[0]
+        if close is not None:
+            # py-lmdb opens an environment once per process: let the bare cursor open it in turn
+            # (the reader reopens on the next epoch; workers hold their own).
+            close()
+        return n
+
+    return epoch
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, help="work directory (kept; reused when it holds the data)")
+    parser.add_argument("-n", "--num-images", type=int, default=2048)
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", default="0,2", help="comma-separated DataLoader worker counts")
+    parser.add_argument("--repeat", type=int, default=3, help="timed rounds (the best of each kept)")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run (a few seconds)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.num_images, args.size, args.batch_size, args.repeat = 48, 64, 16, 1
+    workers = [int(w) for w in args.workers.split(",")]
+    torch.set_num_threads(1)  # as in a DataLoader worker; keeps the comparison per core
+
+    with tempfile.TemporaryDirectory(prefix="bench_load_") as tmp:
+        root = args.dir or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        list_file = make_images(root, args.num_images, args.size)
+        datasets = build(root, list_file)
+        setup = time.perf_counter() - started
+        shape = (3, args.size, args.size)
+        b, rep = args.batch_size, args.repeat
+        images_lmdb = datasets["raw"] / "images.lmdb"
+        blobs = encoded_bytes(datasets["encoded"] / "images.lmdb")
+        decoder = jpeg_decoder()[0]
+
+        baselines = {
+            "raw": "(a) bare cursor",
+            "encoded": f"(c) bare {decoder} decode",
+            "hdf5": "(a) bare cursor",
+        }
+        targets = {"raw": 0.5, "encoded": 0.8}
+        runs: dict[str, Callable[[], int]] = {}
+        # name -> (workers, baseline name, target)
+        meta: dict[str, tuple[int, str | None, float | None]] = {}
+        for fresh, tag in ((False, "one reused batch array"), (True, "a new batch array each batch")):
+            runs[f"(a) bare cursor, {tag}"] = lambda f=fresh: bare_cursor(images_lmdb, b, shape, f)
+            runs[f"(c) bare {decoder} decode, {tag}"] = lambda f=fresh: bare_decode(blobs, b, shape, f)
+        for w in workers:
+            name = f"(b) ImageFolder-style (PIL), {w} workers"
+            runs[name] = loader_epoch(ImageFolderStyle(root, list_file), b, w, None)
+            meta[name] = (w, None, None)
+        pooled = MultiTaskCollate(reuse_shared_memory=True)
+        for kind, path in datasets.items():
+            for w in workers:
+                for collate, tag in ((collate_uint8, ""), (pooled, ", reused shm")):
+                    if w == 0 and collate is pooled:
+                        continue  # no shared memory without workers
+                    name = f"open_dataset {kind}, {w} workers{tag}"
+                    ds = open_dataset(path, tasks=TASKS, output="uint8")
+                    runs[name] = loader_epoch(ds, b, w, collate)
+                    ds.close()
+                    meta[name] = (w, baselines[kind], targets.get(kind))
+        rates = best_rates(runs, rep)
+
+        print(
+            f"bench_load: {args.num_images} JPEGs of {args.size}x{args.size}, batch {b}, best of {rep} "
+            f"interleaved epoch(s) after a warm-up, torch threads 1, {os.cpu_count()} cores (setup {setup:.1f} s)"
+        )
+        width = max(len(name) for name in rates)
+        header = (
+            f"{'loader':<{width}} {'samples/s':>10} {'per worker':>10} {'per CPU-s':>10}  "
+            f"{'ratio':>5} {'CPU ratio':>9}  target"
+        )
+        print(header)
+        print("-" * len(header))
+        all_met = True
+        for name, (got, per_cpu) in rates.items():
+            w, base, target = meta.get(name, (0, None, None))
+            per_worker = got / max(w, 1)
+            cpu_text = f"{per_cpu:>10,.0f}" if per_cpu is not None else f"{'-':>10}"
+            line = f"{name:<{width}} {got:>10,.0f} {per_worker:>10,.0f} {cpu_text}"
+            if base is not None:
+                base_wall, base_cpu = rates[f"{base}, one reused batch array"]
+                ratio = per_worker / base_wall
+                cpu_ratio = per_cpu / base_cpu if per_cpu is not None and base_cpu else None
+                line += (
+                    f"  {ratio:>5.2f} {cpu_ratio:>9.2f}"
+                    if cpu_ratio is not None
+                    else f"  {ratio:>5.2f} {'-':>9}"
+                )
+                if target is not None:
+                    met = ratio >= target
+                    all_met &= met
+                    line += f"  {'met' if met else 'NOT met'} (>= {target})"
+                    if not met and cpu_ratio is not None and cpu_ratio >= target:
+                        line += ", met per CPU-second"
+            print(line)
+        print(
+            "ratio: per-worker samples/s over the (a)/(c) baseline with one reused batch array (the targets); "
+            "CPU ratio: the same per CPU-second of all the loader's processes, much less skewed by other load"
+        )
+        print("all targets met" if all_met else "some targets NOT met")
+        load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+        print(f"load average at the end: {load} on {os.cpu_count()} cores (other processes skew the numbers)")
+        if "hdf5" not in datasets:
+            print("hdf5: skipped (no HDF5 backend installed)")
+    return 0
+
+
+def _has_simplejpeg() -> bool:
+    try:
+        import simplejpeg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())
