@@ -262,13 +262,22 @@ def _decode_simplejpeg(data: bytes, gray: bool) -> np.ndarray | None:
         import simplejpeg
     except ImportError:
         return None
+    # The header tells the colour space in microseconds; only a file carrying EXIF (which may
+    # rotate it) needs Pillow's parser to read the orientation.
     try:
-        im = Image.open(io.BytesIO(data))
-    except Exception:  # noqa: BLE001 - let the Pillow path produce the error message
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except (ValueError, RuntimeError):
+        return None  # let the Pillow path produce the error message
+    if colorspace not in ("YCbCr", "RGB", "Gray") or height * width > (Image.MAX_IMAGE_PIXELS or 1 << 62):
         return None
-    with im:
-        if im.format != "JPEG" or im.mode not in ("RGB", "L") or _orientation(im) != 1:
+    if data.find(b"Exif\x00", 0, 1 << 16) != -1:
+        try:
+            im = Image.open(io.BytesIO(data))
+        except Exception:  # noqa: BLE001 - let the Pillow path produce the error message
             return None
+        with im:
+            if _orientation(im) != 1:
+                return None
     try:
         out = simplejpeg.decode_jpeg(
             data, colorspace="GRAY" if gray else "BGR", fastdct=False, fastupsample=False, strict=True

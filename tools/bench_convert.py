@@ -5,7 +5,7 @@ and with a plain loop (PIL decode -> Datum -> LMDB, one process), each in a fres
 that peak RSS is measured per run. Peak RSS is also measured at a second, longer list (the same
 images listed several times) to show that memory does not grow with the number of lines.
 
-    python tools/bench_convert.py                 # ~2,000 images, a couple of minutes on 2 cores
+    python tools/bench_convert.py                 # 4,000 images, about three minutes on 2 cores
     python tools/bench_convert.py --quick         # a smoke run
 """
 
@@ -140,18 +140,24 @@ def run(script: str, *args: object) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median time (its RSS figures come along with it)."""
+    return sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("-n", "--images", type=int, default=2000, help="distinct JPEGs in the corpus")
+    parser.add_argument("-n", "--images", type=int, default=4000, help="distinct JPEGs in the corpus")
     parser.add_argument("--workers", type=int, default=2, help="mtldata --workers")
-    parser.add_argument("--repeat", type=int, default=4, help="the long list repeats the corpus this often")
+    parser.add_argument("--repeat", type=int, default=2, help="the long list repeats the corpus this often")
     parser.add_argument("--dir", type=Path, help="work folder (default: a temporary one, removed after)")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each converter; the median counts")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     args = parser.parse_args()
     if args.quick:
-        args.images, args.repeat = 64, 2
+        args.images, args.repeat, args.runs = 64, 2, 1
     work = args.dir or Path(tempfile.mkdtemp(prefix="mtldata-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -166,11 +172,19 @@ def main() -> int:
         )
         rows = []
         for mode, encoded in (("raw", "0"), ("encoded", "1")):
-            base = run(BASELINE_RUN, short, work / f"base_{mode}", encoded)
-            ours = run(MTLDATA_RUN, short, work / f"ours_{mode}", encoded, args.workers)
+            # Alternate the two a few times and keep the median: one short run is at the mercy of
+            # whatever else the machine does in those seconds.
+            base_runs, our_runs = [], []
+            for r in range(args.runs):
+                base_runs.append(run(BASELINE_RUN, short, work / f"base_{mode}_{r}", encoded))
+                our_runs.append(run(MTLDATA_RUN, short, work / f"ours_{mode}_{r}", encoded, args.workers))
+                shutil.rmtree(work / f"base_{mode}_{r}")
+                shutil.rmtree(work / f"ours_{mode}_{r}")
+            base, ours = median_run(base_runs), median_run(our_runs)
             assert ours["count"] == base["count"] == len(names), (ours, base)
             rows.append((mode, len(names) / base["seconds"], len(names) / ours["seconds"], base, ours))
         print()
+        print(f"median of {args.runs} run(s) each")
         print(
             f"{'mode':<9}{'baseline img/s':>16}{'mtldata img/s':>15}{'ratio':>8}   target >= {TARGET_SPEEDUP}x"
         )
