@@ -55,6 +55,12 @@ class ListSummary:
     inferred: bool
 
 
+def _quote(text: str, limit: int = 80) -> str:
+    """The line as a message quotes it: stripped, and cut when long."""
+    text = text.strip()
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
 def _is_number(token: str) -> bool:
     return _NUMBER.fullmatch(token) is not None
 
@@ -129,7 +135,7 @@ def parse_line(
     spans = [(m.start(), m.group()) for m in _TOKEN.finditer(text)]
     if len(spans) < num_labels + 1:
         found = max(len(spans) - 1, 0)
-        return error(f"expected a path and {num_labels} labels, found {found} label(s)")
+        return error(f"expected a path and {num_labels} labels, found {found} label(s) in {_quote(text)}")
     label_tokens = [tok for _, tok in spans[-num_labels:]]
     path = text[: spans[-num_labels][0]].strip()
     path_tokens = path.split()
@@ -139,7 +145,7 @@ def parse_line(
         if path_exists is None or not path_exists(path):
             extra = len(path_tokens) - 1
             return error(
-                f"expected {num_labels} labels but the line ends in {num_labels + extra} numbers "
+                f"expected {num_labels} labels but {_quote(text)} ends in {num_labels + extra} numbers "
                 f"(wrong label count?)"
             )
     values: list[float] = []

@@ -135,3 +135,9 @@ def test_property_inferred_k_matches(path, values):
     text = path + " " + " ".join(_fmt(v) for v in values)
     assert infer_num_labels(text) == len(values)
     assert all(math.isfinite(v) for v in parse_line(text, len(values), 1).labels)
+
+
+def test_count_errors_quote_the_line():
+    assert parse("  a b.jpg 1 ", 3).reason.endswith("in 'a b.jpg 1'")
+    long_line = "x" * 200 + " 1"
+    assert parse(long_line, 3).reason.endswith("...'") and len(parse(long_line, 3).reason) < 150
