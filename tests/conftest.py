@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lmdb
 import numpy as np
 import pytest
 from PIL import Image
@@ -31,6 +32,15 @@ def write_image(path: Path, size: tuple[int, int] = (24, 20), seed: int = 0, mod
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, quality=90) if path.suffix.lower() in (".jpg", ".jpeg") else image.save(path)
     return path
+
+
+def db_items(path: Path) -> list[tuple[bytes, bytes]]:
+    """Every (key, value) of a real LMDB environment, in cursor (key) order."""
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    with env.begin() as txn:
+        items = [(bytes(k), bytes(v)) for k, v in txn.cursor()]
+    env.close()
+    return items
 
 
 def write_list(path: Path, rows: list[str]) -> Path:

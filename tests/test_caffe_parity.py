@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lmdb
 import pytest
+from conftest import db_items
 
 from mtldata.caffe.datum import parse_datum
 from mtldata.convert import ConvertSpec, convert
@@ -14,17 +14,9 @@ from mtldata.image import ImageOptions
 FIELDS = ("channels", "height", "width", "data", "label", "encoded")
 
 
-def records(path: Path) -> list[tuple[bytes, bytes]]:
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    with env.begin() as txn:
-        out = [(bytes(k), bytes(v)) for k, v in txn.cursor()]
-    env.close()
-    return out
-
-
 def assert_same_datums(ours: Path, caffe: Path) -> None:
     """Same keys in the same order and, per key, the same Datum fields, presence and values."""
-    mine, theirs = records(ours), records(caffe)
+    mine, theirs = db_items(ours), db_items(caffe)
     assert [k for k, _ in mine] == [k for k, _ in theirs]
     for (key, a), (_, b) in zip(mine, theirs, strict=True):
         da, db = parse_datum(a), parse_datum(b)
@@ -70,8 +62,8 @@ def test_shuffle_holds_the_same_datums_renumbered(caffe_fixtures, tmp_path):
         workers=1,
     )
     convert(spec)
-    mine = records(tmp_path / "shuffled" / "images.lmdb")
-    theirs = records(caffe_fixtures / "lmdb" / "shuffled")  # Caffe's order is unseedable: compare as sets
+    mine = db_items(tmp_path / "shuffled" / "images.lmdb")
+    theirs = db_items(caffe_fixtures / "lmdb" / "shuffled")  # Caffe's order is unseedable: compare as sets
     assert sorted(v for _, v in mine) == sorted(v for _, v in theirs)
     strip = sorted(k.split(b"_", 1)[1] for k, _ in mine)
     assert strip == sorted(k.split(b"_", 1)[1] for k, _ in theirs)
@@ -91,4 +83,4 @@ def test_multilabel_pair_equals_the_caffe_multitask_fixture(caffe_fixtures, tmp_
     assert_same_datums(tmp_path / "mt" / "images.lmdb", caffe_fixtures / "mt" / "img_lmdb")
     # Label DB: channels=K, 1x1, unpacked float_data, nothing else; 31 bytes each, as pycaffe wrote.
     assert_same_datums(tmp_path / "mt" / "labels.lmdb", caffe_fixtures / "mt" / "label_lmdb")
-    assert {len(v) for _, v in records(tmp_path / "mt" / "labels.lmdb")} == {31}
+    assert {len(v) for _, v in db_items(tmp_path / "mt" / "labels.lmdb")} == {31}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CAFFE_FIXTURES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -32,7 +33,7 @@ from mtldata.caffe.prototxt import (
 )
 from mtldata.errors import CaffeFileError, DatasetFormatError
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "caffe"
+FIXTURES = CAFFE_FIXTURES
 
 
 @pytest.fixture(scope="module")

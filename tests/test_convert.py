@@ -12,7 +12,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 import pytest
-from conftest import write_image, write_list
+from conftest import db_items, write_image, write_list
 
 from mtldata.backends import open_reader
 from mtldata.backends.lmdb import database_digest
@@ -20,14 +20,6 @@ from mtldata.caffe.datum import parse_datum
 from mtldata.convert import ConvertSpec, convert
 from mtldata.errors import DatasetStateError, InputError
 from mtldata.image import ImageOptions, load_image, to_chw
-
-
-def db_items(path: Path) -> list[tuple[bytes, bytes]]:
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    with env.begin() as txn:
-        items = [(bytes(k), bytes(v)) for k, v in txn.cursor()]
-    env.close()
-    return items
 
 
 def spec_for(list_file: Path, out: Path, **kw) -> ConvertSpec:

@@ -10,6 +10,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 import pytest
+from conftest import CAFFE_FIXTURES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile, ImageOps
@@ -26,7 +27,7 @@ from mtldata.image import (
     to_chw,
 )
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "caffe"
+FIXTURES = CAFFE_FIXTURES
 
 # convert_imageset flags of each golden DB (see the fixture README, section 3).
 DB_OPTIONS = {

@@ -7,25 +7,16 @@ import shutil
 from pathlib import Path
 
 import h5py
-import lmdb
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import write_list
+from conftest import db_items, write_list
 
 from mtldata.backends import open_reader
 from mtldata.cli import main
 from mtldata.convert import ConvertSpec, convert
 from mtldata.errors import DatasetFormatError, DatasetStateError, MtlDataError
 from mtldata.merge import merge
-
-
-def db_items(path: Path) -> list[tuple[bytes, bytes]]:
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    with env.begin() as txn:
-        items = [(bytes(k), bytes(v)) for k, v in txn.cursor()]
-    env.close()
-    return items
 
 
 def h5_contents(path: Path) -> list[dict[str, np.ndarray]]:

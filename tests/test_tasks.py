@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CAFFE_FIXTURES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mtldata.errors import MtlDataError, TaskSpecError
 from mtldata.tasks import LabelSlicer, TaskSet, TaskSpec, dump_tasks, load_tasks
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "caffe"
+FIXTURES = CAFFE_FIXTURES
 
 EXAMPLE = """
 num_labels = 5            # optional; checked against the dataset when given

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CAFFE_FIXTURES
 
 from mtldata.errors import MtlDataError
 from mtldata.transforms import CaffeTransform, TransformError, TransformSpec
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "caffe"
+FIXTURES = CAFFE_FIXTURES
 
 
 @pytest.fixture(scope="module")

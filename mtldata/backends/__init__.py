@@ -166,3 +166,15 @@ def open_reader(path: str | Path, labels: str | Path | None = None) -> DatasetRe
     raise DatasetFormatError(
         f"{path}: not a dataset mtldata knows (no manifest.json, no LMDB data.mdb, no hdf5_list.txt)"
     )
+
+
+def dataset_num_labels(path: str | Path, labels: str | Path | None = None) -> int | None:
+    """K of a dataset: from its manifest, else the length of its first label vector (None if empty)."""
+    reader = open_reader(path, labels)
+    try:
+        manifest = getattr(reader, "manifest", None)
+        if isinstance(manifest, dict) and isinstance(manifest.get("num_labels"), int):
+            return manifest["num_labels"]
+        return int(np.asarray(reader.labels(0)).size) if len(reader) else None
+    finally:
+        reader.close()

@@ -15,10 +15,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from google.protobuf import text_format
 
-from mtldata.backends import open_reader, read_manifest
+from mtldata.backends import dataset_num_labels, read_manifest
 from mtldata.caffe.blob import write_bytes_atomic
 from mtldata.caffe.caffe_pb2 import (
     TEST,
@@ -27,9 +26,9 @@ from mtldata.caffe.caffe_pb2 import (
     LayerParameter,
     LossParameter,
     NetParameter,
-    NetStateRule,
     TransformationParameter,
 )
+from mtldata.caffe.netstate import layers_in_state
 from mtldata.caffe.prototxt import read_net
 from mtldata.errors import DatasetFormatError, TaskSpecError
 from mtldata.tasks import TaskSet, TaskSpec
@@ -61,7 +60,6 @@ _DATA_TYPES = ("Data", "HDF5Data")
 _PASS_THROUGH = ("Flatten", "Reshape", "Split")  # label blobs keep their columns through these
 _DEFAULT_NORMALIZATION = {"softmax": LossParameter.VALID, "sigmoid": LossParameter.BATCH_SIZE}
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
-PHASES = {"train": TRAIN, "test": TEST}
 
 
 class NetImportWarning(UserWarning):
@@ -100,35 +98,11 @@ class NetTasks:
 # Phases
 
 
-def _rule_met(rule: NetStateRule, phase: int, level: int, stages: frozenset[str]) -> bool:
-    """Caffe's Net::StateMeetsRule."""
-    if rule.HasField("phase") and rule.phase != phase:
-        return False
-    if rule.HasField("min_level") and level < rule.min_level:
-        return False
-    if rule.HasField("max_level") and level > rule.max_level:
-        return False
-    if any(s not in stages for s in rule.stage):
-        return False
-    return not any(s in stages for s in rule.not_stage)
-
-
 def filter_phase(
     net: NetParameter, phase: str, level: int = 0, stages: tuple[str, ...] = ()
 ) -> list[LayerParameter]:
     """The layers Caffe keeps in `phase` ("train" or "test"), as Net::FilterNet decides."""
-    if phase not in PHASES:
-        raise ValueError(f"phase must be 'train' or 'test', got {phase!r}")
-    value, stage_set = PHASES[phase], frozenset(stages)
-    kept = []
-    for layer in net.layer:
-        if layer.include:
-            keep = any(_rule_met(r, value, level, stage_set) for r in layer.include)
-        else:
-            keep = not any(_rule_met(r, value, level, stage_set) for r in layer.exclude)
-        if keep:
-            kept.append(layer)
-    return kept
+    return layers_in_state(net, phase, level, stages)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -501,16 +475,9 @@ def prototxt_num_labels(prototxt: str | Path) -> int | None:
         return None
     try:
         dataset, labels = source_paths(train, prototxt)
-        reader = open_reader(dataset, labels or None)
+        return dataset_num_labels(dataset, labels or None)
     except DatasetFormatError:
         return None
-    try:
-        manifest = getattr(reader, "manifest", None)
-        if isinstance(manifest, dict) and isinstance(manifest.get("num_labels"), int):
-            return manifest["num_labels"]
-        return int(np.asarray(reader.labels(0)).size) if len(reader) else None
-    finally:
-        reader.close()
 
 
 # ---------------------------------------------------------------------------------------------------

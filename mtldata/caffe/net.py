@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from mtldata.caffe import caffe_pb2
 from mtldata.caffe.blob import array_to_blob, blob_shape, blob_to_array
 from mtldata.caffe.layers import DATA_LAYER_TYPES, LAYERS, CaffeNetError, Layer
+from mtldata.caffe.netstate import PHASES, layers_in_state
 from mtldata.caffe.prototxt import read_caffemodel, read_net, write_caffemodel
 from mtldata.errors import DatasetFormatError
 
@@ -36,40 +37,20 @@ __all__ = [
     "save_caffemodel",
 ]
 
-PHASES = {"train": caffe_pb2.TRAIN, "test": caffe_pb2.TEST}
-
-
-def _state_meets_rule(phase: int, level: int, stages: Sequence[str], rule: caffe_pb2.NetStateRule) -> bool:
-    if rule.HasField("phase") and rule.phase != phase:
-        return False
-    if rule.HasField("min_level") and level < rule.min_level:
-        return False
-    if rule.HasField("max_level") and level > rule.max_level:
-        return False
-    if any(s not in stages for s in rule.stage):
-        return False
-    return not any(s in stages for s in rule.not_stage)
-
 
 def filter_net(
     net: caffe_pb2.NetParameter, phase: str, stages: Sequence[str] = (), level: int = 0
 ) -> caffe_pb2.NetParameter:
-    """The layers Caffe keeps for this state (Net::FilterNet): any include rule met, else no exclude met."""
-    code = PHASES[phase]
+    """The net with the layers Caffe keeps for this state (Net::FilterNet)."""
+    try:
+        kept = layers_in_state(net, phase, level, stages)
+    except ValueError as exc:
+        raise CaffeNetError(str(exc)) from None
     out = caffe_pb2.NetParameter()
     out.CopyFrom(net)
     del out.layer[:]
-    for layer in net.layer:
-        if layer.include and layer.exclude:
-            raise CaffeNetError(
-                f"layer {layer.name!r}: specify either include rules or exclude rules, not both"
-            )
-        if layer.include:
-            keep = any(_state_meets_rule(code, level, stages, r) for r in layer.include)
-        else:
-            keep = not any(_state_meets_rule(code, level, stages, r) for r in layer.exclude)
-        if keep:
-            out.layer.add().CopyFrom(layer)
+    for layer in kept:
+        out.layer.add().CopyFrom(layer)
     return out
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from mtldata.backends import open_reader
+from mtldata.backends import dataset_num_labels, open_reader
 from mtldata.caffe.multitask import (
     NetImportWarning,
     data_sources,
@@ -119,7 +119,7 @@ def resolve_config(cfg: TrainConfig) -> tuple[TrainConfig, TaskSet]:
     cfg = cfg.replace(**{name: os.path.abspath(getattr(cfg, name)) for name in paths if getattr(cfg, name)})
     if not cfg.dataset:
         raise ConfigError("no training dataset: give DATASET (or a prototxt whose TRAIN Data layer names it)")
-    k = _num_labels(cfg.dataset, cfg.labels)
+    k = dataset_num_labels(cfg.dataset, cfg.labels or None)
     if cfg.tasks:
         tasks = load_tasks(Path(cfg.tasks), num_labels=k)
     elif imported is not None:
@@ -131,17 +131,6 @@ def resolve_config(cfg: TrainConfig) -> tuple[TrainConfig, TaskSet]:
             f"the tasks are defined over num_labels = {tasks.num_labels} but {cfg.dataset} holds {k} labels"
         )
     return cfg, tasks
-
-
-def _num_labels(path: str, labels: str) -> int | None:
-    reader = open_reader(path, labels or None)
-    try:
-        manifest = getattr(reader, "manifest", None)
-        if isinstance(manifest, dict) and isinstance(manifest.get("num_labels"), int):
-            return manifest["num_labels"]
-        return int(np.asarray(reader.labels(0)).size) if len(reader) else None
-    finally:
-        reader.close()
 
 
 def _apply_prototxt(cfg: TrainConfig) -> tuple[TrainConfig, TaskSet]:
@@ -171,7 +160,7 @@ def _apply_prototxt(cfg: TrainConfig) -> tuple[TrainConfig, TaskSet]:
             mirror=bool(transform.mirror),
         )
     cfg = cfg.replace(**changes)
-    k = _num_labels(cfg.dataset, cfg.labels) if cfg.dataset else None
+    k = dataset_num_labels(cfg.dataset, cfg.labels or None) if cfg.dataset else None
     return cfg, import_net(net, num_labels=k, origin=str(origin)).tasks
 
 
