@@ -240,8 +240,12 @@ def _ordered_decode(
     # One slot more than chunks in flight: the slot a new chunk gets was freed by the chunk whose
     # results the caller has finished with (they are copied out of the arena before they are yielded).
     slots = window + 1
-    arena = mmap.mmap(-1, slots * ARENA_SLOT_BYTES) if context.get_start_method() == "fork" else None
-    _ARENA = arena
+    # Only with fork (the workers must inherit the mapping), and one conversion at a time per process:
+    # another thread's conversion already using the arena falls back to pickled results.
+    use_arena = context.get_start_method() == "fork" and _ARENA is None
+    arena = mmap.mmap(-1, slots * ARENA_SLOT_BYTES) if use_arena else None
+    if arena is not None:
+        _ARENA = arena
     try:
         with ProcessPoolExecutor(
             max_workers=workers, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),)
@@ -259,8 +263,8 @@ def _ordered_decode(
                 for future in pending:
                     future.cancel()
     finally:
-        _ARENA = None
         if arena is not None:
+            _ARENA = None
             arena.close()
 
 

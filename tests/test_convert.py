@@ -272,3 +272,18 @@ def test_ctrl_c_leaves_a_resumable_partial_dataset(image_set, tmp_path):
     assert result.manifest["checksums"] == reference["checksums"]
     for db in ("images.lmdb", "labels.lmdb"):
         assert db_items(out / db) == db_items(tmp_path / "ref" / db)
+
+
+def test_without_the_shared_arena_results_travel_pickled_and_are_the_same(image_set, tmp_path, monkeypatch):
+    import mmap
+
+    import mtldata.convert as convert_module
+
+    list_file, _ = image_set
+    convert(spec_for(list_file, tmp_path / "arena", workers=2))
+    busy = mmap.mmap(-1, 4096)  # as if another thread's conversion held the arena
+    monkeypatch.setattr(convert_module, "_ARENA", busy)
+    convert(spec_for(list_file, tmp_path / "pickled", workers=2))
+    assert convert_module._ARENA is busy  # left alone for its owner
+    for db in ("images.lmdb", "labels.lmdb"):
+        assert db_items(tmp_path / "pickled" / db) == db_items(tmp_path / "arena" / db)
