@@ -457,7 +457,19 @@ def _broadcast_shape(x: Tensor, axis: int, shape: Sequence[int]) -> list[int]:
     return [1] * axis + list(shape) + [1] * (x.ndim - axis - len(shape))
 
 
-class Scale(Layer):
+class _AxisParamLayer(Layer):
+    """Scale and Bias: a learned blob covering `num_axes` axes of the bottom from `axis` (-1: all)."""
+
+    axis: int
+
+    def _param_shape(self, num_axes: int, x: Tensor) -> tuple[int, ...]:
+        end = x.ndim if num_axes == -1 else self.axis + num_axes
+        if num_axes < -1 or end > x.ndim:
+            raise self.error(f"num_axes {num_axes} does not fit a {x.ndim}-D bottom from axis {self.axis}")
+        return tuple(x.shape[self.axis : end])
+
+
+class Scale(_AxisParamLayer):
     """x * gamma (learned, or the second bottom) broadcast from `axis`, plus an optional learned beta."""
 
     type_name = "Scale"
@@ -468,13 +480,8 @@ class Scale(Layer):
         p, x = self.layer_param.scale_param, bottoms[0]
         self.axis = _canonical_axis(p.axis, x.ndim)
         if len(bottoms) == 1:
-            end = x.ndim if p.num_axes == -1 else self.axis + p.num_axes
-            if p.num_axes < -1 or end > x.ndim:
-                raise self.error(
-                    f"num_axes {p.num_axes} does not fit a {x.ndim}-D bottom from axis {self.axis}"
-                )
-            self.set_blob("weight", fill(_filler_or(p, "filler", 1.0), x.shape[self.axis : end]))
-            shape = x.shape[self.axis : end]
+            shape = self._param_shape(p.num_axes, x)
+            self.set_blob("weight", fill(_filler_or(p, "filler", 1.0), shape))
         else:
             shape = bottoms[1].shape
         if p.bias_term:
@@ -494,7 +501,7 @@ class Scale(Layer):
         return [y]
 
 
-class Bias(Layer):
+class Bias(_AxisParamLayer):
     type_name = "Bias"
     blob_names = ("bias",)
     max_bottoms = 2
@@ -503,12 +510,7 @@ class Bias(Layer):
         p, x = self.layer_param.bias_param, bottoms[0]
         self.axis = _canonical_axis(p.axis, x.ndim)
         if len(bottoms) == 1:
-            end = x.ndim if p.num_axes == -1 else self.axis + p.num_axes
-            if p.num_axes < -1 or end > x.ndim:
-                raise self.error(
-                    f"num_axes {p.num_axes} does not fit a {x.ndim}-D bottom from axis {self.axis}"
-                )
-            self.set_blob("bias", fill(_filler_or(p, "filler", 0.0), x.shape[self.axis : end]))
+            self.set_blob("bias", fill(_filler_or(p, "filler", 0.0), self._param_shape(p.num_axes, x)))
 
     def forward(self, x, *given):
         beta = given[0] if given else self.bias
