@@ -13,10 +13,11 @@ Batches: `__getitems__` reads a whole DataLoader batch at once and writes the pi
 one (N, C, H, W) tensor (in shared memory inside a worker, so sending it to the main process copies
 nothing); `collate_uint8` hands that tensor on as it is. Any other collate function still sees the
 usual list of `(image, targets)` pairs. Batch memory is recycled once nothing views it any more
-(in the main process always; in workers with `MultiTaskCollate(reuse_shared_memory=True)`), since
-touching fresh memory can cost more than loading the batch. Decoded (encoded-record) uint8 batches are laid out
-channels_last (the decoder's HxWxC order, so no transpose on the loading core); their values and
-shape are the same, and `.contiguous()` gives NCHW strides. Transformed float batches are contiguous.
+(in the main process always; in workers whenever the batch went through a `MultiTaskCollate`, such
+as `collate_uint8`), since touching fresh memory can cost more than loading the batch. Decoded
+(encoded-record) uint8 batches are laid out channels_last (the decoder's HxWxC order, so no
+transpose on the loading core); their values and shape are the same, and `.contiguous()` gives
+NCHW strides. Transformed float batches are contiguous.
 """
 
 from __future__ import annotations
@@ -374,8 +375,8 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, channels_last: bool = Fal
     Fresh memory is expensive here: its page faults can cost more than filling the batch. In the
     main process the memory comes from a pool this process refills only once no tensor views it
     any more; inside a DataLoader worker the batch lives in shared memory, as default_collate does,
-    so that sending it to the main process copies nothing (from the worker's pool when
-    `MultiTaskCollate(reuse_shared_memory=True)` turned it on).
+    so that sending it to the main process copies nothing (from the worker's pool once a
+    `MultiTaskCollate` turned it on).
     """
     layout = (shape[0], shape[2], shape[3], shape[1]) if channels_last else tuple(shape)
     nbytes = math.prod(layout) * torch.empty((), dtype=dtype).element_size()
@@ -480,11 +481,18 @@ class MultiTaskCollate:
     `dataset.transform.apply_batch`), but stacks float images too. A batch from the dataset's
     `__getitems__` is already stacked and is passed on without a copy. Works with `pin_memory`.
 
-    `reuse_shared_memory=True` lets each DataLoader worker keep `pool_size` shared-memory batch
-    buffers and refill one once the main process has released every tensor viewing it, instead of
-    mapping fresh shared memory per batch (whose page faults can cost more than loading the
-    batch). Only with that option: do not send a received batch to yet another process without
-    cloning it, since the worker may refill its memory once this process lets go of it.
+    Each DataLoader worker keeps `pool_size` shared-memory batch buffers and refills one only once
+    the main process has released every tensor viewing it, instead of mapping fresh shared memory
+    per batch (whose page faults can cost more than loading the batch). By default the batch the
+    main process gets views the buffer through a storage torch does not count as shared, so
+    sending it on to another process (a multiprocessing queue, say) copies it out first, as for
+    any ordinary tensor: a batch is never overwritten while anyone can see it, and nothing is
+    copied otherwise.
+
+    `reuse_shared_memory=True` hands out the worker's shared storage itself (the behaviour before
+    this became the default, kept for code that relies on `is_shared()`). With it, do not send a
+    received batch to yet another process without cloning it, since torch then passes the
+    buffer along without a copy and the worker may refill it once this process lets go of it.
     """
 
     def __init__(self, reuse_shared_memory: bool = False, pool_size: int = 4) -> None:
@@ -498,7 +506,7 @@ class MultiTaskCollate:
 
     def __call__(self, batch: Sequence[tuple[torch.Tensor, Targets]]) -> tuple[torch.Tensor, Targets]:
         images, targets = _collate(batch)
-        if not self.reuse_shared_memory or get_worker_info() is None:
+        if get_worker_info() is None:
             return images, targets
         storage = images.untyped_storage()
         if not storage.is_shared():
@@ -506,7 +514,7 @@ class MultiTaskCollate:
         slot = _enable_worker_pool(self.pool_size).keep(storage)
         if slot is None:  # every buffer is still out: this one is not reused
             return images, targets
-        return _PooledBatch(images, targets, _worker_pool().busy, slot)
+        return _PooledBatch(images, targets, _worker_pool().busy, slot, not self.reuse_shared_memory)
 
 
 def _collate(batch: Sequence[tuple[torch.Tensor, Targets]]) -> tuple[torch.Tensor, Targets]:
@@ -582,20 +590,37 @@ class _PooledBatch(tuple):
     """`(images, targets)` on its way from a worker: unpickled in the main process as a plain tuple
     whose images' storage, once released there, hands its buffer back to the worker's pool."""
 
-    def __new__(cls, images: torch.Tensor, targets: Targets, busy: torch.Tensor, slot: int) -> _PooledBatch:
+    def __new__(
+        cls, images: torch.Tensor, targets: Targets, busy: torch.Tensor, slot: int, private: bool
+    ) -> _PooledBatch:
         self = super().__new__(cls, (images, targets))
-        self.busy, self.slot = busy, slot
+        self.busy, self.slot, self.private = busy, slot, private
         return self
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_receive_pooled, (self[0], self[1], self.busy, self.slot))
+        return (_receive_pooled, (self[0], self[1], self.busy, self.slot, self.private))
 
 
 def _receive_pooled(
-    images: torch.Tensor, targets: Targets, busy: torch.Tensor, slot: int
+    images: torch.Tensor, targets: Targets, busy: torch.Tensor, slot: int, private: bool = False
 ) -> tuple[torch.Tensor, Targets]:
+    if private:
+        images = _private_view(images)
     weakref.finalize(images.untyped_storage(), _release_slot, busy, slot)
     return images, targets
+
+
+def _private_view(images: torch.Tensor) -> torch.Tensor:
+    """`images` over a new storage that torch does not take for shared memory (a numpy view of the
+    worker's buffer, which it keeps mapped), so that sending the batch on to another process copies
+    it (torch moves non-shared storages to fresh shared memory first) instead of passing the
+    worker's buffer along. Every view of the batch keeps this storage, hence the buffer, alive."""
+    shared = images.untyped_storage()
+    memory = torch.empty(0, dtype=torch.uint8).set_(shared).numpy()
+    private = torch.from_numpy(memory).untyped_storage()
+    return torch.empty(0, dtype=images.dtype).set_(
+        private, images.storage_offset(), images.shape, images.stride()
+    )
 
 
 def _release_slot(busy: torch.Tensor, slot: int) -> None:

@@ -353,6 +353,46 @@ def test_reused_shared_memory_never_overwrites_a_held_batch(ds_path, output):
         assert all(same(batch, k) for k, batch in enumerate(pinned))
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/self/maps (Linux)")
+@pytest.mark.parametrize("output", ["uint8", "float"])
+def test_default_collate_reuses_worker_memory_but_never_under_a_held_or_forwarded_batch(ds_path, output):
+    from multiprocessing.reduction import ForkingPickler
+
+    ds = open_dataset(ds_path, tasks=MT_TASKS, output=output)
+    reference = list(DataLoader(ds, batch_size=2, collate_fn=collate_uint8))
+    loader = DataLoader(
+        ds,
+        batch_size=2,
+        num_workers=2,
+        persistent_workers=True,
+        multiprocessing_context="fork",
+        collate_fn=MultiTaskCollate(pool_size=8),  # collate_uint8's mode, room for two held epochs
+    )
+
+    def same(batch: tuple[torch.Tensor, dict], k: int) -> bool:
+        (x, t), (rx, rt) = batch, reference[k]
+        return torch.equal(x, rx) and all(torch.equal(t[n], rt[n]) for n in MT_TASKS.names)
+
+    held = list(loader)  # 3 batches a worker, kept whole
+    forwarded = list(loader)
+    for x, _ in forwarded:
+        # Not shared as far as torch is concerned: a multiprocessing queue copies it out of the
+        # worker's buffer (into fresh shared memory, in place) instead of passing the buffer on.
+        assert not x.untyped_storage().is_shared()
+        inode = _shm_inode(x)
+        ForkingPickler.dumps(x)
+        assert x.untyped_storage().is_shared() and _shm_inode(x) != inode
+    inodes = []
+    for _epoch in range(3):
+        for k, batch in enumerate(loader):
+            assert same(batch, k)
+            inodes.append(_shm_inode(batch[0]))
+    assert all(same(batch, k) for k, batch in enumerate(held))
+    assert all(same(batch, k) for k, batch in enumerate(forwarded))
+    assert not {_shm_inode(x) for x, _ in held + forwarded} & set(inodes)
+    assert len(set(inodes)) < len(inodes)  # the workers refilled released buffers
+
+
 def test_collate_options_are_checked():
     with pytest.raises(ValueError, match="pool_size must be >= 1"):
         MultiTaskCollate(reuse_shared_memory=True, pool_size=0)

@@ -325,14 +325,16 @@ class LmdbReader(DatasetReader):
                 continue
             env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True, max_readers=1)
             self._envs.append(env)
-            opened.append(env.begin(buffers=False))
+            # buffers=True: get() returns a view of the mapped page instead of a bytes copy; every
+            # value is parsed (protobuf copies what it keeps) before the next call on the txn.
+            opened.append(env.begin(buffers=True))
         self._img_txn, self._lbl_txn = opened
         self._pid = os.getpid()
 
     def _load_keys(self) -> list[bytes]:
         if self._keys is None:
             self._open()
-            self._keys = list(self._img_txn.cursor().iternext(values=False))
+            self._keys = [bytes(k) for k in self._img_txn.cursor().iternext(values=False)]
             if self._lbl_txn is not None:
                 n_labels = self._lbl_txn.stat()["entries"]
                 if n_labels != len(self._keys):
@@ -372,17 +374,18 @@ class LmdbReader(DatasetReader):
             datum = parse_datum(value)
         except Exception as exc:  # protobuf raises DecodeError, among others
             raise DatasetFormatError(f"{self.images_path}: record {key!r} is not a Datum ({exc})") from exc
+        data = datum.data  # each read of a bytes field copies it out of the message: read it once
         if datum.encoded:
             shape = self._shape or (0, 0, 0)
-            payload = ImagePayload(datum.data, True, shape, sniff_format(datum.data))
+            payload = ImagePayload(data, True, shape, sniff_format(data))
         else:
             shape = (datum.channels, datum.height, datum.width)
-            if len(datum.data) != shape[0] * shape[1] * shape[2]:
+            if len(data) != shape[0] * shape[1] * shape[2]:
                 raise DatasetFormatError(
-                    f"{self.images_path}: record {key!r} holds {len(datum.data)} bytes, "
+                    f"{self.images_path}: record {key!r} holds {len(data)} bytes, "
                     f"its shape {shape} needs {shape[0] * shape[1] * shape[2]}"
                 )
-            payload = ImagePayload(datum.data, False, shape)
+            payload = ImagePayload(data, False, shape)
         labels = self._label_value(key) if self._lbl_txn is not None else datum_labels(datum)
         return Sample(index=i, key=key.decode("utf-8", errors="replace"), image=payload, labels=labels)
 

@@ -36,8 +36,9 @@ def label_datum(labels: Sequence[float] | np.ndarray) -> bytes:
     return datum.SerializeToString()
 
 
-def parse_datum(value: bytes) -> Datum:
-    """Parse an LMDB value into a Datum message."""
+def parse_datum(value: bytes | memoryview) -> Datum:
+    """Parse an LMDB value (bytes, or a buffer such as LMDB's `buffers=True` views) into a Datum
+    message; the message keeps a copy of what it needs, never the buffer."""
     datum = Datum()
     datum.ParseFromString(value)
     return datum
