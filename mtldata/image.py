@@ -254,6 +254,28 @@ def load_image(path: str | os.PathLike, gray: bool = False) -> np.ndarray:
     return _decode(path, gray)
 
 
+def _has_app1(data: bytes) -> bool:
+    """Whether a JPEG's header holds an APP1 segment (EXIF or XMP, either of which may carry an
+    orientation), walking the marker segments up to the start of scan; True when unsure."""
+    pos, end = 2, len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return True  # not a marker where one belongs: let Pillow judge
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xDA:  # start of scan: the header is over
+            return False
+        if marker == 0xE1:
+            return True
+        if 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
+            pos += 2
+            continue
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return True
+
+
 def _decode_simplejpeg(data: bytes, gray: bool) -> np.ndarray | None:
     """Decode a plain (non-rotated, YCbCr/gray) JPEG with simplejpeg; None when it is not applicable."""
     if data[:3] != b"\xff\xd8\xff":
@@ -270,7 +292,7 @@ def _decode_simplejpeg(data: bytes, gray: bool) -> np.ndarray | None:
         return None  # let the Pillow path produce the error message
     if colorspace not in ("YCbCr", "RGB", "Gray") or height * width > (Image.MAX_IMAGE_PIXELS or 1 << 62):
         return None
-    if data.find(b"Exif\x00", 0, 1 << 16) != -1:
+    if _has_app1(data):
         try:
             im = Image.open(io.BytesIO(data))
         except Exception:  # noqa: BLE001 - let the Pillow path produce the error message

@@ -637,3 +637,28 @@ def test_to_chw():
     assert chw.shape == (3, 2, 4) and chw.flags.c_contiguous
     assert np.array_equal(chw[1], img[:, :, 1])
     assert to_chw(img[:, :, 0]).shape == (1, 2, 4)
+
+
+def test_app1_scan_sends_every_exif_or_xmp_jpeg_to_pillow(tmp_path):
+    from mtldata.image import _has_app1
+
+    rgb = np.random.default_rng(3).integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    im = Image.fromarray(rgb)
+
+    def saved(**kw) -> bytes:
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", **kw)
+        return buf.getvalue()
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    assert not _has_app1(saved())
+    assert not _has_app1(saved(progressive=True))
+    assert _has_app1(saved(exif=exif.tobytes()))
+    assert _has_app1(saved(xmp=b'<x:xmpmeta xmlns:x="adobe:ns:meta/"></x:xmpmeta>'))
+    assert _has_app1(saved()[:5])  # a header cut short: unsure, so Pillow decides
+    # An EXIF-rotated file decodes rotated through decode_bytes, as through load_image.
+    path = tmp_path / "rotated.jpg"
+    path.write_bytes(saved(exif=exif.tobytes()))
+    np.testing.assert_array_equal(decode_bytes(path.read_bytes()), load_image(path))
+    assert decode_bytes(path.read_bytes()).shape == (32, 24, 3)
