@@ -30,10 +30,11 @@ import numpy as np
 
 from mtldata import __version__
 from mtldata.backends import WriterOptions, check_writer_options, make_writer
+from mtldata.durable import fsync_path, write_json_atomic
 from mtldata.errors import DatasetStateError, InputError, MtlDataError, SampleRejectedError
 from mtldata.image import ImageDecodeError, ImageOptions, prepare_image
 from mtldata.listfile import ListEntry, ListLineError, iter_list, summarize_list
-from mtldata.manifest import LabelStats, Manifest, dataset_checksums, write_json_atomic, write_manifest
+from mtldata.manifest import LabelStats, Manifest, dataset_checksums, write_manifest
 from mtldata.records import ImagePayload, Sample
 
 PROGRESS_NAME = "progress.json"
@@ -332,14 +333,6 @@ def _prepare_staging(spec: ConvertSpec, fingerprint: dict[str, Any]) -> tuple[Pa
     return staging, None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def convert(spec: ConvertSpec, progress: ProgressCallback | None = None) -> ConvertResult:
     """Convert an image list into a dataset directory, as described by `spec`."""
     started = time.monotonic()
@@ -474,7 +467,7 @@ def convert(spec: ConvertSpec, progress: ProgressCallback | None = None) -> Conv
     manifest.checksums = dataset_checksums(staging, files, getattr(writer, "checksums", None))
     write_manifest(staging, manifest)
     (staging / PROGRESS_NAME).unlink()
-    _fsync_dir(staging)
+    fsync_path(staging)
     _publish(staging, spec.output)
     errors = read_errors(spec.output / ERRORS_NAME)
     return ConvertResult(
@@ -518,7 +511,7 @@ def _publish(staging: Path, out: Path) -> None:
         old = out.with_name(f"{out.name}.old-{os.getpid()}")
         os.rename(out, old)
     os.rename(staging, out)
-    _fsync_dir(out.parent)
+    fsync_path(out.parent)
     if old is not None:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
 

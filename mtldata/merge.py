@@ -19,7 +19,8 @@ from typing import Any
 
 from mtldata import __version__
 from mtldata.backends import WriterOptions, make_writer, open_reader, read_manifest
-from mtldata.convert import ERRORS_NAME, MANIFEST_ERRORS, PARTIAL_SUFFIX, _fsync_dir, _publish
+from mtldata.convert import ERRORS_NAME, MANIFEST_ERRORS, PARTIAL_SUFFIX, _publish
+from mtldata.durable import fsync_path
 from mtldata.errors import DatasetFormatError, DatasetStateError, MtlDataError
 from mtldata.manifest import LabelStats, Manifest, dataset_checksums, write_manifest
 
@@ -206,7 +207,7 @@ def merge(
         manifest = _merged_manifest(parts, manifests, files, stats, done)
         manifest.checksums = dataset_checksums(staging, files, getattr(writer, "checksums", None))
         write_manifest(staging, manifest)
-        _fsync_dir(staging)
+        fsync_path(staging)
         _publish(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from mtldata.backends import READERS, DatasetReader, WriterOptions, register_writer
+from mtldata.durable import fsync_path
 from mtldata.errors import DatasetFormatError, MtlDataError, SampleRejectedError
 from mtldata.records import ImagePayload, Sample
 
@@ -57,14 +58,6 @@ def _key_index(key: str, where: Path) -> int:
     if not head.isdigit():
         raise DatasetFormatError(f"{where}: key {key!r} does not start with a %08d sample number")
     return int(head)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def task_datasets_option(taskset: Any) -> dict[str, Any]:
@@ -299,9 +292,9 @@ class Hdf5Writer:
                     row, buffer = end, []
             if row != n:
                 raise DatasetFormatError(f"{pending}: holds {row} whole samples, expected {n}")
-        _fsync_path(tmp)
+        fsync_path(tmp)
         os.replace(tmp, final)
-        _fsync_path(self.dir)
+        fsync_path(self.dir)
 
     def truncate_from(self, index: int) -> None:
         self._fh.flush()
@@ -322,7 +315,7 @@ class Hdf5Writer:
             if kept:
                 self._unseal(number, kept)
             (self.dir / shard_name(number)).unlink()
-            _fsync_path(self.dir)
+            fsync_path(self.dir)
             self.counts.pop()
             self._open_pending()
         if not self.counts and not self.pending_count:

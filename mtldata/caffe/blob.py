@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ from google.protobuf import unknown_fields
 from google.protobuf.message import DecodeError
 
 from mtldata.caffe.caffe_pb2 import BlobProto
+from mtldata.durable import write_bytes_atomic
 from mtldata.errors import CaffeFileError, DatasetFormatError
 
 _LEGACY_DIMS = ("num", "channels", "height", "width")
@@ -89,18 +88,3 @@ def read_mean_file(path: str | Path) -> np.ndarray:
 def write_blob_proto(path: str | Path, arr: np.ndarray) -> None:
     """Write `arr` as a binary BlobProto file (float32, `shape` set), replacing `path` atomically."""
     write_bytes_atomic(path, array_to_blob(arr).SerializeToString())
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, then rename it over `path`."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    # os.open with 0o666 lets the umask decide the mode, as a plain open() would.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -18,7 +18,6 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from mtldata.backends import dataset_num_labels, read_manifest
-from mtldata.caffe.blob import write_bytes_atomic
 from mtldata.caffe.caffe_pb2 import (
     TEST,
     TRAIN,
@@ -30,6 +29,7 @@ from mtldata.caffe.caffe_pb2 import (
 )
 from mtldata.caffe.netstate import layers_in_state
 from mtldata.caffe.prototxt import read_net
+from mtldata.durable import write_bytes_atomic
 from mtldata.errors import DatasetFormatError, TaskSpecError
 from mtldata.tasks import TaskSet, TaskSpec
 

@@ -17,8 +17,9 @@ import numpy as np
 from google.protobuf import descriptor, text_format, unknown_fields
 from google.protobuf.message import DecodeError, Message
 
-from mtldata.caffe.blob import blob_to_array, write_bytes_atomic
+from mtldata.caffe.blob import blob_to_array
 from mtldata.caffe.caffe_pb2 import NetParameter, SolverParameter
+from mtldata.durable import write_bytes_atomic
 from mtldata.errors import CaffeFileError, DatasetFormatError
 
 M = TypeVar("M", bound=Message)

@@ -1,0 +1,52 @@
+"""Durable file writes: a reader sees the old file or the whole new one, and a crash loses neither."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """Flush a file or a directory (a rename or a new entry in it) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_atomically(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
+    """Let `write` fill a temporary file beside `path`, sync it, rename it over `path`, sync the folder.
+
+    On any failure the temporary file is removed and `path` is left as it was.
+    """
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    # os.open with 0o666 lets the umask decide the mode, as a plain open() would.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(target.parent)
+    return target
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """`data` into `path`, atomically and durably."""
+    return replace_atomically(path, lambda fh: fh.write(data))
+
+
+def write_json_atomic(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
+    """`payload` as indented JSON into `path`, atomically and durably."""
+    text = json.dumps(payload, indent=2) + "\n"
+    return write_bytes_atomic(path, text.encode("utf-8"))
