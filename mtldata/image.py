@@ -121,12 +121,8 @@ def _open(source: str | os.PathLike | bytes) -> Image.Image:
         if isinstance(source, (bytes, bytearray, memoryview)):
             return Image.open(io.BytesIO(bytes(source)))
         return Image.open(source)
-    except FileNotFoundError:
-        raise ImageDecodeError("file not found") from None
-    except IsADirectoryError:
-        raise ImageDecodeError("is a directory, not an image file") from None
-    except PermissionError:
-        raise ImageDecodeError("permission denied") from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        raise _file_error(exc) from None
     except UnidentifiedImageError:
         raise ImageDecodeError("not a recognised image file (unknown or invalid format)") from None
     except Image.DecompressionBombError as exc:
@@ -135,17 +131,22 @@ def _open(source: str | os.PathLike | bytes) -> Image.Image:
         raise ImageDecodeError(f"cannot read image: {exc}") from None
 
 
+def _file_error(exc: OSError) -> ImageDecodeError:
+    """The reason a file could not be read, as the error reports give it."""
+    if isinstance(exc, FileNotFoundError):
+        return ImageDecodeError("file not found")
+    if isinstance(exc, IsADirectoryError):
+        return ImageDecodeError("is a directory, not an image file")
+    if isinstance(exc, PermissionError):
+        return ImageDecodeError("permission denied")
+    return ImageDecodeError(f"cannot read file: {exc.strerror or exc}")
+
+
 def _read_file(path: str | os.PathLike) -> bytes:
     try:
         return Path(os.fspath(path)).read_bytes()
-    except FileNotFoundError:
-        raise ImageDecodeError("file not found") from None
-    except IsADirectoryError:
-        raise ImageDecodeError("is a directory, not an image file") from None
-    except PermissionError:
-        raise ImageDecodeError("permission denied") from None
     except OSError as exc:
-        raise ImageDecodeError(f"cannot read file: {exc.strerror or exc}") from None
+        raise _file_error(exc) from None
 
 
 def _orientation(im: Image.Image) -> int:
