@@ -462,14 +462,14 @@ def convert(spec: ConvertSpec, progress: ProgressCallback | None = None) -> Conv
     finally:
         errors_file.close()
 
-    manifest = _build_manifest(spec, summary, state, files, k, read_errors(staging / ERRORS_NAME))
-    # Read back from disk once the writer is closed (so a resumed run needs no saved digest state).
+    errors = read_errors(staging / ERRORS_NAME)
+    manifest = _build_manifest(spec, summary, state, files, k, errors)
+    # Checksums the writer kept while writing (LMDB's digest journal), else read back from disk.
     manifest.checksums = dataset_checksums(staging, files, getattr(writer, "checksums", None))
     write_manifest(staging, manifest)
     (staging / PROGRESS_NAME).unlink()
     fsync_path(staging)
     _publish(staging, spec.output)
-    errors = read_errors(spec.output / ERRORS_NAME)
     return ConvertResult(
         output=spec.output,
         count=state.written,
