@@ -28,7 +28,7 @@ import os
 import weakref
 from collections.abc import Callable, Iterator, Sequence, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from torch.utils.data import Dataset, Sampler, default_collate, get_worker_info
 from mtldata.backends import DatasetReader, open_reader
 from mtldata.errors import DatasetFormatError
 from mtldata.image import decode_bytes
+from mtldata.processes import current_pid
 from mtldata.records import Sample
 from mtldata.tasks import LabelSlicer, TaskSet, TaskSpec, load_tasks
 from mtldata.transforms import CaffeTransform, TransformError, TransformSpec
@@ -248,7 +249,7 @@ class MultiTaskDataset(Dataset):
             sample = self.reader.sample(i)
             rows.append(np.asarray(sample.labels).ravel())
             keys.append(sample.key)
-            stack.add(self._pixels(sample))
+            stack.add(*self._pixels(sample, stack))
             del sample
         targets = self._targets(rows, keys)
         images = self._finish(stack.result())
@@ -299,17 +300,20 @@ class MultiTaskDataset(Dataset):
         # Images of different sizes: each stays its own tensor (a crop_size can even them out).
         return [self._finish_one(img) for img in images]
 
-    def _pixels(self, sample: Sample) -> np.ndarray:
-        """(C, H, W) pixels of a sample: a view of the record's bytes, or of the decoder's HxWxC array."""
+    def _pixels(self, sample: Sample, stack: _BatchBuilder) -> tuple[np.ndarray, bool]:
+        """(C, H, W) pixels of a sample: a view of the record's bytes, or of the decoder's HxWxC
+        array; and whether they were decoded straight into the batch's next image (`stack`)."""
         payload = sample.image
         data = payload.data
         if not payload.encoded:
             # "raw": uint8 pixels; "float32": float data (an HDF5 file of already-transformed inputs)
             dtype = np.float32 if payload.format == "float32" else np.uint8
-            return np.frombuffer(data, dtype).reshape(payload.shape)
+            return np.frombuffer(data, dtype).reshape(payload.shape), False
         gray = self._decode_mode == "gray" or (self._decode_mode == "native" and _is_gray(data))
-        decoded = decode_bytes(data, gray=gray)
-        return decoded[None] if decoded.ndim == 2 else decoded.transpose(2, 0, 1)
+        slot = stack.next_slot()
+        decoded = decode_bytes(data, gray=gray, out=slot)
+        placed = decoded is slot
+        return (decoded[None] if decoded.ndim == 2 else decoded.transpose(2, 0, 1)), placed
 
     def _finish_batch(self, batch: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if self.output == "uint8" or (self.transform is None and batch.dtype == torch.float32):
@@ -334,7 +338,7 @@ class MultiTaskDataset(Dataset):
         """This process's generator for crops and mirrors: `seed` in the main process, mixed with
         torch's per-worker seed in a DataLoader worker (so runs repeat under torch.manual_seed)."""
         info = get_worker_info()
-        owner = (os.getpid(), None if info is None else info.seed)
+        owner = (current_pid(), None if info is None else info.seed)
         if self._generator is None or self._generator_owner != owner:
             seed = self.seed % 2**64
             if info is not None:
@@ -381,8 +385,7 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, channels_last: bool = Fal
     layout = (shape[0], shape[2], shape[3], shape[1]) if channels_last else tuple(shape)
     nbytes = math.prod(layout) * torch.empty((), dtype=dtype).element_size()
     if get_worker_info() is not None:
-        pool = _worker_pool()
-        storage = pool.take(nbytes) if pool is not None else torch.UntypedStorage._new_shared(nbytes)
+        storage = _enable_worker_pool(0).new_buffer(nbytes)
         out = torch.empty(0, dtype=dtype).set_(storage, 0, layout)
     else:
         out = _LOCAL_POOL.tensor(nbytes, dtype, layout)
@@ -401,11 +404,11 @@ class _LocalPool:
     def __init__(self, keep: int = 3) -> None:
         self.keep = keep
         self.free: list[np.ndarray] = []
-        self.pid = os.getpid()
+        self.pid = current_pid()
 
     def tensor(self, nbytes: int, dtype: torch.dtype, layout: tuple[int, ...]) -> torch.Tensor:
-        if self.pid != os.getpid():  # a forked child: start its own pool
-            self.free, self.pid = [], os.getpid()
+        if self.pid != current_pid():  # a forked child: start its own pool
+            self.free, self.pid = [], current_pid()
         memory = None
         for k, candidate in enumerate(self.free):
             if nbytes <= candidate.nbytes <= 2 * nbytes:
@@ -441,10 +444,23 @@ class _BatchBuilder:
         self.batch_np: np.ndarray | None = None
         self.singles: list[torch.Tensor] | None = None
 
-    def add(self, pixels: np.ndarray) -> None:
+    def next_slot(self) -> np.ndarray | None:
+        """Where the next image goes in the batch, shaped as a decoder writes it (HxWxC, or HxW for
+        one channel), once the batch exists and that place is contiguous; else None. Decoding
+        straight into it saves copying every image once more."""
+        if self.batch_np is None or self.count >= self.n:
+            return None
+        slot = self.batch_np[self.count]
+        slot = slot[0] if slot.shape[0] == 1 else slot.transpose(1, 2, 0)
+        return slot if slot.flags.c_contiguous else None
+
+    def add(self, pixels: np.ndarray, placed: bool = False) -> None:
+        """Append one (C, H, W) image; `placed` says it already sits in the slot `next_slot` gave."""
         dtype = torch.uint8 if pixels.dtype == np.uint8 else torch.float32
         j = self.count
         self.count += 1
+        if placed:
+            return
         if self.singles is None:
             if self.batch is None:
                 channels_last = pixels.shape[0] > 1 and pixels.transpose(1, 2, 0).flags.c_contiguous
@@ -487,7 +503,8 @@ class MultiTaskCollate:
     main process gets views the buffer through a storage torch does not count as shared, so
     sending it on to another process (a multiprocessing queue, say) copies it out first, as for
     any ordinary tensor: a batch is never overwritten while anyone can see it, and nothing is
-    copied otherwise.
+    copied otherwise. The targets travel inside the message (they are small): the images' buffer
+    is the only memory a batch shares, which keeps the per-batch cost of the hand-over low.
 
     `reuse_shared_memory=True` hands out the worker's shared storage itself (the behaviour before
     this became the default, kept for code that relies on `is_shared()`). With it, do not send a
@@ -511,10 +528,10 @@ class MultiTaskCollate:
         storage = images.untyped_storage()
         if not storage.is_shared():
             return images, targets
-        slot = _enable_worker_pool(self.pool_size).keep(storage)
-        if slot is None:  # every buffer is still out: this one is not reused
-            return images, targets
-        return _PooledBatch(images, targets, _worker_pool().busy, slot, not self.reuse_shared_memory)
+        pool = _enable_worker_pool(self.pool_size)
+        # None when every buffer is still out (or this one is not the pool's): not reused then
+        flag = pool.keep(storage, in_buffer=not self.reuse_shared_memory)
+        return _SentBatch(images, targets, flag)
 
 
 def _collate(batch: Sequence[tuple[torch.Tensor, Targets]]) -> tuple[torch.Tensor, Targets]:
@@ -535,96 +552,143 @@ def _collate(batch: Sequence[tuple[torch.Tensor, Targets]]) -> tuple[torch.Tenso
 
 collate_uint8 = MultiTaskCollate()
 
+# Room after every batch buffer a worker allocates; its last byte is the buffer's flag "held by
+# the main process", which the main process clears through its own mapping of the buffer.
+_FLAG_ROOM = 64
+
 
 class _SharedPool:
     """A worker's shared-memory batch buffers, each refilled only once the main process let go of it.
 
-    A buffer is kept (`keep`) when its batch is sent; `busy[slot]` is itself in shared memory: the
-    worker sets it then, and the main process clears it from a finalizer on the received storage,
-    which runs when the last tensor viewing that storage is gone (torch keeps one Python object per
-    storage while it lives). `take` hands out a released buffer and forgets it, so a batch the worker
-    drops without sending (a uint8 batch turned into float, say) simply frees its memory.
+    A buffer is kept (`keep`) when its batch is sent, with a flag the worker sets then and the main
+    process clears from a finalizer on the received storage, which runs when the last tensor viewing
+    that storage is gone (torch keeps one Python object per storage while it lives). The flag is
+    the buffer's own last byte, or (`in_buffer=False`, for batches handed out as shared storage,
+    whose finalizer cannot hold a view of them) a slot of the shared `busy` tensor, which then
+    travels with every batch. `take` hands out a released buffer and forgets it, so a batch the
+    worker drops without sending (a uint8 batch turned into float, say) simply frees its memory.
     """
 
     def __init__(self, slots: int) -> None:
-        self.busy = torch.zeros(slots, dtype=torch.uint8).share_memory_()
-        self.storages: list[torch.UntypedStorage | None] = [None] * slots
+        self.held: list[tuple[torch.UntypedStorage, np.ndarray] | None] = [None] * slots
+        self.busy: torch.Tensor | None = None
+        self.mine: weakref.WeakSet[torch.UntypedStorage] = weakref.WeakSet()
 
-    def take(self, nbytes: int) -> torch.UntypedStorage:
-        for slot, storage in enumerate(self.storages):
-            if storage is not None and not self.busy[slot]:
-                self.storages[slot] = None
-                if storage.nbytes() >= nbytes:
-                    return storage
-        return torch.UntypedStorage._new_shared(nbytes)
+    def new_buffer(self, nbytes: int) -> torch.UntypedStorage:
+        """Shared memory for `nbytes` of batch plus its flag room: a released buffer when one is
+        large enough, else a new one."""
+        for slot, entry in enumerate(self.held):
+            if entry is not None and not entry[1][0]:
+                self.held[slot] = None
+                if entry[0].nbytes() >= nbytes + _FLAG_ROOM:
+                    return entry[0]
+        storage = torch.UntypedStorage._new_shared(nbytes + _FLAG_ROOM)
+        self.mine.add(storage)
+        return storage
 
-    def keep(self, storage: torch.UntypedStorage) -> int | None:
-        """Hold `storage` until the main process releases it; its slot, or None when all are taken."""
-        free = [slot for slot, kept in enumerate(self.storages) if kept is None]
+    def keep(self, storage: torch.UntypedStorage, in_buffer: bool) -> _Flag | None:
+        """Hold `storage` until the main process releases it; where its flag is, or None when every
+        slot is taken or the storage is not one of this pool's buffers."""
+        if storage not in self.mine:
+            return None
+        free = [slot for slot, entry in enumerate(self.held) if entry is None]
         # else replace a released buffer nobody took (this batch was not allocated from the pool)
-        free += [slot for slot, kept in enumerate(self.storages) if kept is not None and not self.busy[slot]]
+        free += [slot for slot, entry in enumerate(self.held) if entry is not None and not entry[1][0]]
         if not free:
             return None
-        self.storages[free[0]] = storage
-        self.busy[free[0]] = 1
-        return free[0]
+        slot = free[0]
+        if in_buffer:
+            offset = storage.nbytes() - 1
+            flag = torch.empty(0, dtype=torch.uint8).set_(storage, offset, (1,)).numpy()
+            where = _Flag(offset, None, 0)
+        else:
+            if self.busy is None or len(self.busy) < len(self.held):  # (buffers already held keep theirs)
+                self.busy = torch.zeros(len(self.held), dtype=torch.uint8).share_memory_()
+            flag = self.busy[slot : slot + 1].numpy()
+            where = _Flag(None, self.busy, slot)
+        flag[0] = 1
+        self.held[slot] = (storage, flag)
+        return where
+
+
+class _Flag(NamedTuple):
+    """Where the main process clears a sent buffer's flag: at `offset` in the buffer, or in
+    `busy[slot]`."""
+
+    offset: int | None
+    busy: torch.Tensor | None
+    slot: int
 
 
 _POOL: tuple[int, _SharedPool] | None = None  # this worker process's pool, once a collate enabled it
 
 
 def _worker_pool() -> _SharedPool | None:
-    return _POOL[1] if _POOL is not None and _POOL[0] == os.getpid() else None
+    return _POOL[1] if _POOL is not None and _POOL[0] == current_pid() else None
 
 
 def _enable_worker_pool(slots: int) -> _SharedPool:
+    """This worker's pool, made on first use, with at least `slots` slots (a worker's batches are
+    allocated from it before its collate function tells how many buffers to keep; with no
+    `MultiTaskCollate` it keeps none)."""
     global _POOL
     pool = _worker_pool()
     if pool is None:
         pool = _SharedPool(slots)
-        _POOL = (os.getpid(), pool)
+        _POOL = (current_pid(), pool)
+    elif len(pool.held) < slots:
+        pool.held.extend([None] * (slots - len(pool.held)))
     return pool
 
 
-class _PooledBatch(tuple):
+class _SentBatch(tuple):
     """`(images, targets)` on its way from a worker: unpickled in the main process as a plain tuple
-    whose images' storage, once released there, hands its buffer back to the worker's pool."""
+    whose images' storage, once released there, clears its buffer's flag for the worker's pool
+    (unless `flag` is None: a buffer the pool does not keep)."""
 
-    def __new__(
-        cls, images: torch.Tensor, targets: Targets, busy: torch.Tensor, slot: int, private: bool
-    ) -> _PooledBatch:
+    def __new__(cls, images: torch.Tensor, targets: Targets, flag: _Flag | None) -> _SentBatch:
         self = super().__new__(cls, (images, targets))
-        self.busy, self.slot, self.private = busy, slot, private
+        self.flag = flag
         return self
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_receive_pooled, (self[0], self[1], self.busy, self.slot, self.private))
+        images, targets = self
+        if all(isinstance(t, torch.Tensor) and not t.requires_grad for t in targets.values()):
+            # as numpy arrays the targets are pickled into the message; as tensors each would be
+            # moved to shared memory of its own and handed over through a descriptor of its own
+            targets = {name: t.numpy() for name, t in targets.items()}
+        return (_receive_batch, (images, targets, self.flag))
 
 
-def _receive_pooled(
-    images: torch.Tensor, targets: Targets, busy: torch.Tensor, slot: int, private: bool = False
+def _receive_batch(
+    images: torch.Tensor, targets: dict[str, Any], flag: _Flag | None
 ) -> tuple[torch.Tensor, Targets]:
-    if private:
-        images = _private_view(images)
-    weakref.finalize(images.untyped_storage(), _release_slot, busy, slot)
+    targets = {name: torch.from_numpy(t) if isinstance(t, np.ndarray) else t for name, t in targets.items()}
+    if flag is None:
+        return images, targets
+    if flag.offset is not None:
+        memory = torch.empty(0, dtype=torch.uint8).set_(images.untyped_storage()).numpy()
+        images = _private_view(images, memory)
+        weakref.finalize(images.untyped_storage(), _clear_flag, memory[flag.offset : flag.offset + 1])
+    else:
+        weakref.finalize(images.untyped_storage(), _clear_flag, flag.busy[flag.slot : flag.slot + 1].numpy())
     return images, targets
 
 
-def _private_view(images: torch.Tensor) -> torch.Tensor:
-    """`images` over a new storage that torch does not take for shared memory (a numpy view of the
-    worker's buffer, which it keeps mapped), so that sending the batch on to another process copies
-    it (torch moves non-shared storages to fresh shared memory first) instead of passing the
-    worker's buffer along. Every view of the batch keeps this storage, hence the buffer, alive."""
-    shared = images.untyped_storage()
-    memory = torch.empty(0, dtype=torch.uint8).set_(shared).numpy()
+def _private_view(images: torch.Tensor, memory: np.ndarray) -> torch.Tensor:
+    """`images` over a new storage that torch does not take for shared memory (`memory`, a numpy
+    view of the worker's buffer, which keeps it mapped), so that sending the batch on to another
+    process copies it (torch moves non-shared storages to fresh shared memory first) instead of
+    passing the worker's buffer along. Every view of the batch keeps this storage, hence the
+    buffer, alive."""
     private = torch.from_numpy(memory).untyped_storage()
     return torch.empty(0, dtype=images.dtype).set_(
         private, images.storage_offset(), images.shape, images.stride()
     )
 
 
-def _release_slot(busy: torch.Tensor, slot: int) -> None:
-    busy[slot] = 0
+def _clear_flag(flag: np.ndarray) -> None:
+    flag[0] = 0
 
 
 class ShardedSequentialSampler(Sampler[int]):

@@ -277,8 +277,9 @@ def _has_app1(data: bytes) -> bool:
     return True
 
 
-def _decode_simplejpeg(data: bytes, gray: bool) -> np.ndarray | None:
-    """Decode a plain (non-rotated, YCbCr/gray) JPEG with simplejpeg; None when it is not applicable."""
+def _decode_simplejpeg(data: bytes, gray: bool, out: np.ndarray | None = None) -> np.ndarray | None:
+    """Decode a plain (non-rotated, YCbCr/gray) JPEG with simplejpeg; None when it is not applicable.
+    Writes into `out` (see decode_bytes) when its shape is the image's."""
     if data[:3] != b"\xff\xd8\xff":
         return None
     try:
@@ -301,28 +302,39 @@ def _decode_simplejpeg(data: bytes, gray: bool) -> np.ndarray | None:
         with im:
             if _orientation(im) != 1:
                 return None
+    shape = (height, width) if gray else (height, width, 3)
+    if out is not None and (out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous):
+        out = None
     try:
-        out = simplejpeg.decode_jpeg(
-            data, colorspace="GRAY" if gray else "BGR", fastdct=False, fastupsample=False, strict=True
+        decoded = simplejpeg.decode_jpeg(
+            data,
+            colorspace="GRAY" if gray else "BGR",
+            fastdct=False,
+            fastupsample=False,
+            strict=True,
+            buffer=out,
         )
     except (ValueError, RuntimeError):
         # strict=True also rejects data libjpeg only warns about (e.g. extraneous bytes before a
         # marker), which Pillow decodes; let the Pillow path decide, like load_image would.
         return None
-    if gray:
-        out = out.reshape(out.shape[0], out.shape[1])
-    return np.ascontiguousarray(out)
+    if out is not None:
+        return out
+    return np.ascontiguousarray(decoded.reshape(shape))
 
 
-def decode_bytes(data: bytes, gray: bool = False) -> np.ndarray:
+def decode_bytes(data: bytes, gray: bool = False, out: np.ndarray | None = None) -> np.ndarray:
     """Decode encoded Datum bytes to HxWx3 BGR (or HxW gray) uint8, the same pixels as load_image.
 
     Uses simplejpeg for JPEG when it is installed (and the image needs no EXIF rotation), Pillow otherwise.
+    `out`, a C-contiguous uint8 array, receives the pixels when it has the image's shape and the
+    simplejpeg path applies (a loader decodes straight into its batch so); the result is then `out`
+    itself, else a new array, with `out` left in an unspecified state.
     """
     data = bytes(data)
-    out = _decode_simplejpeg(data, gray)
-    if out is not None:
-        return out
+    decoded = _decode_simplejpeg(data, gray, out)
+    if decoded is not None:
+        return decoded
     return _decode(data, gray)
 
 

@@ -220,6 +220,25 @@ def test_encoded_dataset_decodes_to_the_raw_pixels(tmp_path):
     assert torch.equal(forced[2][0], raw[2][0])
 
 
+def test_encoded_batch_of_mixed_sizes_and_formats_decodes_each_image_right(tmp_path):
+    # JPEGs decode straight into their place in the batch; a PNG, or an image of another size
+    # that turns the batch into a list, must still come out as its own pixels.
+    sizes = [(24, 20), (24, 20), (24, 20), (24, 16), (24, 20)]
+    names = ["0.jpg", "1.png", "2.jpg", "3.jpg", "4.jpg"]
+    for k, (name, size) in enumerate(zip(names, sizes, strict=True)):
+        write_image(tmp_path / "images" / name, size=size, seed=k)
+    lst = write_list(tmp_path / "list.txt", [f"images/{n} {k}" for k, n in enumerate(names)])
+    out = tmp_path / "ds"
+    convert(ConvertSpec(list_file=lst, output=out, image=ImageOptions(encoded=True), workers=0))
+    ds = open_dataset(out, output="uint8")
+    want = [to_chw(load_image(tmp_path / "images" / n)) for n in names]
+    batch = ds.__getitems__(range(5))
+    assert [np.array_equal(img.numpy(), w) for (img, _), w in zip(batch, want, strict=True)] == [True] * 5
+    same_size = ds.__getitems__([0, 1, 2, 4])
+    images, _ = collate_uint8(same_size)
+    assert torch.equal(images, torch.from_numpy(np.stack([want[k] for k in (0, 1, 2, 4)])))
+
+
 def test_uint8_collate_and_pin_memory(ds_path, tmp_path):
     ds = open_dataset(ds_path, tasks=MT_TASKS, output="uint8")
     with warnings.catch_warnings():
@@ -387,6 +406,8 @@ def test_default_collate_reuses_worker_memory_but_never_under_a_held_or_forwarde
         for k, batch in enumerate(loader):
             assert same(batch, k)
             inodes.append(_shm_inode(batch[0]))
+            # the small targets travel inside the message, not as shared memory of their own
+            assert not any(t.is_shared() for t in batch[1].values())
     assert all(same(batch, k) for k, batch in enumerate(held))
     assert all(same(batch, k) for k, batch in enumerate(forwarded))
     assert not {_shm_inode(x) for x, _ in held + forwarded} & set(inodes)

@@ -388,6 +388,34 @@ def test_decode_bytes_simplejpeg_equals_pillow(tmp_path, monkeypatch, gray):
         assert np.array_equal(fast, load_image(path, gray=gray)), name
 
 
+@pytest.mark.parametrize("gray", [False, True])
+def test_decode_bytes_into_out_writes_the_same_pixels_there(gray):
+    pytest.importorskip("simplejpeg")
+    rgb = smooth_rgb(37, 29, seed=11)
+    data = jpeg_bytes(rgb)
+    want = decode_bytes(data, gray=gray)
+    out = np.zeros(want.shape, np.uint8)
+    got = decode_bytes(data, gray=gray, out=out)
+    assert got is out and np.array_equal(out, want)
+    # a place of another shape, dtype or layout is not used: a new array comes back, out untouched
+    for wrong in (np.zeros((29, 37, 3) if not gray else (29, 37), np.uint8), want.astype(np.int16)):
+        before = wrong.copy()
+        again = decode_bytes(data, gray=gray, out=wrong)
+        assert again is not wrong and np.array_equal(again, want) and np.array_equal(wrong, before)
+    if not gray:
+        strided = np.zeros((37, 29, 6), np.uint8)[:, :, ::2]  # right shape, not contiguous
+        assert decode_bytes(data, out=strided) is not strided and not strided.any()
+
+
+def test_decode_bytes_into_out_falls_back_for_png(tmp_path):
+    rgb = smooth_rgb(5, 7, seed=9)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    out = np.zeros((5, 7, 3), np.uint8)
+    got = decode_bytes(buf.getvalue(), out=out)
+    assert got is not out and np.array_equal(got, rgb[:, :, ::-1])
+
+
 def test_decode_bytes_png(tmp_path):
     rgb = smooth_rgb(5, 7, seed=9)
     buf = io.BytesIO()

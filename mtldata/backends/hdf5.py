@@ -24,6 +24,7 @@ import numpy as np
 from mtldata.backends import READERS, DatasetReader, WriterOptions, register_writer
 from mtldata.durable import fsync_path
 from mtldata.errors import DatasetFormatError, MtlDataError, SampleRejectedError
+from mtldata.processes import current_pid
 from mtldata.records import ImagePayload, Sample
 
 LIST_NAME = "hdf5_list.txt"
@@ -511,9 +512,9 @@ class Hdf5Reader(DatasetReader):
         return state
 
     def _file(self, j: int) -> Any:
-        if self._pid != os.getpid():
+        if self._pid != current_pid():
             # In a forked child the parent's handles are dropped, not closed.
-            self._handles, self._pid = {}, os.getpid()
+            self._handles, self._pid = {}, current_pid()
         handle = self._handles.get(j)
         if handle is None:
             handle = self._handles[j] = _h5py().File(self.files[j], "r")
@@ -585,7 +586,7 @@ class Hdf5Reader(DatasetReader):
         }
 
     def close(self) -> None:
-        if self._pid == os.getpid():
+        if self._pid == current_pid():
             for handle in self._handles.values():
                 handle.close()
         self._handles, self._pid = {}, None

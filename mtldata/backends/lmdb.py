@@ -19,6 +19,7 @@ import numpy as np
 from mtldata.backends import DatasetReader, WriterOptions, register_writer
 from mtldata.caffe.datum import datum_labels, image_datum, label_datum, parse_datum
 from mtldata.errors import DatasetFormatError
+from mtldata.processes import current_pid
 from mtldata.records import ImagePayload, Sample
 
 IMAGES_DIR = "images.lmdb"
@@ -307,7 +308,7 @@ class LmdbReader(DatasetReader):
         return state
 
     def _open(self) -> None:
-        if self._pid == os.getpid():
+        if self._pid == current_pid():
             return
         # In a forked child the parent's handles are never used. They must be closed, though:
         # py-lmdb (>= 3) refuses to open an environment this process already has open, and the
@@ -329,7 +330,7 @@ class LmdbReader(DatasetReader):
             # value is parsed (protobuf copies what it keeps) before the next call on the txn.
             opened.append(env.begin(buffers=True))
         self._img_txn, self._lbl_txn = opened
-        self._pid = os.getpid()
+        self._pid = current_pid()
 
     def _load_keys(self) -> list[bytes]:
         if self._keys is None:
@@ -408,7 +409,7 @@ class LmdbReader(DatasetReader):
         }
 
     def close(self) -> None:
-        if self._pid == os.getpid():
+        if self._pid == current_pid():
             for env in self._envs:
                 env.close()
         self._envs = []
