@@ -293,6 +293,50 @@ def test_foreign_hdf5_dtypes_and_label_shapes(tmp_path):
     assert open_reader(features).sample(0).image.shape == (7, 1, 1)  # Caffe's (N, D) as D x 1 x 1
 
 
+def test_rows_read_in_blocks_equal_the_files_in_any_order(tmp_path, monkeypatch):
+    from mtldata.backends.hdf5 import _OpenFile
+
+    monkeypatch.setattr(_OpenFile, "BLOCK_ROWS", 3)  # many blocks, few kept: evictions happen
+    monkeypatch.setattr(_OpenFile, "CACHED_BLOCKS", 2)
+    rng = np.random.default_rng(5)
+    files, expect = [], []
+    for k, n in enumerate((7, 5)):
+        data = rng.integers(0, 256, (n, 3, 4, 5)).astype(np.float32)
+        label = rng.normal(size=(n, 4)).astype(np.float32)
+        keys = np.array([f"{k}-{i}".encode() for i in range(n)])
+        files.append(write_foreign_h5(tmp_path / f"{k}.h5", data, label, key=keys))
+        expect += [(data[i], label[i], f"{k}-{i}") for i in range(n)]
+    (tmp_path / "list.txt").write_text("".join(f"{p}\n" for p in files))
+    reader = open_reader(tmp_path / "list.txt")
+    order = rng.permutation(len(expect)).tolist() * 2
+    for i in order:
+        data, label, key = expect[i]
+        np.testing.assert_array_equal(reader.image_array(i), data)
+        np.testing.assert_array_equal(reader.labels(i), label)
+        assert reader.key(i) == key
+    # what a reader returns is the caller's: changing it changes no later read
+    first = reader.labels(0)
+    first[:] = 99
+    image = reader.image_array(0)
+    image[:] = 7
+    np.testing.assert_array_equal(reader.labels(0), expect[0][1])
+    np.testing.assert_array_equal(reader.image_array(0), expect[0][0])
+
+
+@pytest.mark.parametrize("bad", [np.nan, 256.0, -1.0, 3.5, np.inf])
+def test_pixel_data_that_is_not_integral_0_to_255_names_the_file_and_sample(tmp_path, bad):
+    data = np.full((3, 1, 2, 2), 10.0, np.float32)
+    data[1, 0, 1, 1] = bad
+    path = write_foreign_h5(tmp_path / "px.h5", data, np.zeros((3, 1), np.float32))
+    with h5py.File(path, "a") as f:
+        f.attrs["mtldata_data"] = "pixels"  # as mtldata writes it: integral pixels, read as uint8
+    reader = open_reader(path)
+    assert reader.image_array(0).dtype == np.uint8
+    with pytest.raises(DatasetFormatError, match=r"px\.h5: sample 1 of 'data'.*not integral pixels"):
+        reader.image_array(1)
+    assert reader.image_array(2).tolist() == [[[10, 10], [10, 10]]]
+
+
 def test_hdf5_list_resolution_and_errors(tmp_path, monkeypatch):
     rng = np.random.default_rng(1)
     (tmp_path / "sub").mkdir()

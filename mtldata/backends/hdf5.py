@@ -418,6 +418,50 @@ class _FileInfo:
     datasets: dict[str, Any]
 
 
+class _OpenFile:
+    """One HDF5 file opened in this process: `data` read one sample at a time into a buffer kept
+    for the next read (fresh memory per read costs page faults), the small per-sample datasets
+    (`label`, `key`) read a block of rows at a time, since one h5py read costs far more than a row.
+    Like an LMDB transaction, it serves one thread."""
+
+    BLOCK_ROWS = 1024
+    CACHED_BLOCKS = 4
+
+    def __init__(self, info: _FileInfo) -> None:
+        h5py = _h5py()
+        self.file = h5py.File(info.path, "r")
+        data = self.file["data"]
+        self.data_id = data.id
+        self.file_space = data.id.get_space()
+        self.count = (1, *(int(d) for d in data.shape[1:]))
+        self.buffer = np.empty(self.count, data.dtype.newbyteorder("="))
+        self.memory_space = h5py.h5s.create_simple(self.count)
+        self.shape = info.shape
+        self.pixels = np.empty(info.shape, np.uint8)
+        self.same = np.empty(info.shape, np.bool_)
+        self.blocks: dict[tuple[str, int], np.ndarray] = {}
+
+    def read_data(self, row: int) -> np.ndarray:
+        """Sample `row` of `data` as (C, H, W), in this file's read buffer."""
+        self.file_space.select_hyperslab((row,) + (0,) * (len(self.count) - 1), self.count)
+        self.data_id.read(self.memory_space, self.file_space, self.buffer)
+        return self.buffer.reshape(self.shape)
+
+    def row(self, name: str, row: int) -> Any:
+        """Row `row` of the dataset `name` (`label` or `key`), from a cached block of rows."""
+        block = row // self.BLOCK_ROWS
+        rows = self.blocks.get((name, block))
+        if rows is None:
+            if len(self.blocks) >= self.CACHED_BLOCKS:
+                self.blocks.pop(next(iter(self.blocks)))
+            start = block * self.BLOCK_ROWS
+            rows = self.blocks[(name, block)] = self.file[name][start : start + self.BLOCK_ROWS]
+        return rows[row - block * self.BLOCK_ROWS]
+
+    def close(self) -> None:
+        self.file.close()
+
+
 class Hdf5Reader(DatasetReader):
     """Reads `data` and `label` of one or more HDF5 files as one sequence of samples.
 
@@ -511,13 +555,13 @@ class Hdf5Reader(DatasetReader):
         state.update(_pid=None, _handles={})
         return state
 
-    def _file(self, j: int) -> Any:
+    def _file(self, j: int) -> _OpenFile:
         if self._pid != current_pid():
             # In a forked child the parent's handles are dropped, not closed.
             self._handles, self._pid = {}, current_pid()
         handle = self._handles.get(j)
         if handle is None:
-            handle = self._handles[j] = _h5py().File(self.files[j], "r")
+            handle = self._handles[j] = _OpenFile(self.infos[j])
         return handle
 
     def _locate(self, i: int) -> tuple[int, int]:
@@ -534,34 +578,43 @@ class Hdf5Reader(DatasetReader):
     def key(self, i: int) -> str:
         j, row = self._locate(i)
         if self.infos[j].has_keys:
-            value = self._file(j)["key"][row]
+            value = self._file(j).row("key", row)
             return value.decode("utf-8") if isinstance(value, bytes) else str(value)
         return f"{i % len(self):08d}_{self.files[j].name}#{row}"
 
     def labels(self, i: int) -> np.ndarray:
         j, row = self._locate(i)
-        return np.asarray(self._file(j)["label"][row], dtype=np.float32).reshape(-1)
+        return np.array(self._file(j).row("label", row), dtype=np.float32).reshape(-1)  # a copy
 
     def image_array(self, i: int) -> np.ndarray:
         """Sample i's image as a (C, H, W) array: uint8 for pixel data, float32 for other float data."""
-        j, row = self._locate(i)
+        return self._image(*self._locate(i)).copy()
+
+    def _image(self, j: int, row: int) -> np.ndarray:
+        """Sample `row` of file j as image_array gives it, in a buffer the next read overwrites."""
         info = self.infos[j]
-        values = np.asarray(self._file(j)["data"][row]).reshape(info.shape)
+        handle = self._file(j)
+        values = handle.read_data(row)
         if values.dtype == np.uint8:
             return values
         if values.dtype.kind in "ui" or info.pixels:
-            if values.size and (
-                values.min() < 0 or values.max() > 255 or not np.array_equal(values, np.floor(values))
-            ):
+            pixels = handle.pixels
+            with np.errstate(invalid="ignore"):  # NaN and out-of-range values are caught below
+                np.copyto(pixels, values, casting="unsafe")
+            # a value survives the round trip through uint8 only if it is an integer in 0..255
+            if not np.equal(pixels, values, out=handle.same).all():
                 raise DatasetFormatError(
                     f"{info.path}: sample {row} of 'data' holds values in [{values.min()}, {values.max()}], "
                     f"not integral pixels 0..255"
                 )
-            return values.astype(np.uint8)
-        return values.astype(np.float32)
+            return pixels
+        if values.dtype != np.float32:
+            return values.astype(np.float32)
+        return values
 
     def sample(self, i: int) -> Sample:
-        image = self.image_array(i)
+        j, row = self._locate(i)
+        image = self._image(j, row)
         fmt = "raw" if image.dtype == np.uint8 else "float32"
         payload = ImagePayload(image.tobytes(), False, tuple(int(d) for d in image.shape), fmt)
         return Sample(index=i % len(self), key=self.key(i), image=payload, labels=self.labels(i))
