@@ -243,10 +243,13 @@ class MultiTaskDataset(Dataset):
         rows: list[np.ndarray] = []
         keys: list[str] = []
         stack = _BatchBuilder(len(positions))
+        # A reader's `sample_view` hands out pixels without copying them out of its storage, valid
+        # until its next read or close: each image is copied into the batch before the next read.
+        read = getattr(self.reader, "sample_view", None) or self.reader.sample
         for i in positions:
             # One record at a time, copied into the batch at once: holding a whole batch of record
             # bytes would make every batch touch fresh memory (page faults cost more than the copy).
-            sample = self.reader.sample(i)
+            sample = read(i)
             rows.append(np.asarray(sample.labels).ravel())
             keys.append(sample.key)
             stack.add(*self._pixels(sample, stack))

@@ -13,9 +13,11 @@ class ImagePayload:
 
     `shape` is (C, H, W) of the decoded pixels in both cases (for encoded payloads it is what the
     bytes decode to under the conversion's options, kept for the manifest and size checks).
+    `data` is bytes, or (raw pixels an LMDB reader read) a read-only memoryview of the record it
+    came in, which saves copying every image once more; `bytes(data)` gives bytes either way.
     """
 
-    data: bytes
+    data: bytes | memoryview
     encoded: bool
     shape: tuple[int, int, int]
     # "raw", or the encoded format: "jpeg", "png", ...; "float32": `data` holds float32 CHW values

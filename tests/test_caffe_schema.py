@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import CAFFE_FIXTURES
+from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -23,6 +24,7 @@ from mtldata.caffe.blob import (
     read_mean_file,
     write_blob_proto,
 )
+from mtldata.caffe.datum import split_datum
 from mtldata.caffe.prototxt import (
     UnknownFieldWarning,
     caffemodel_weights,
@@ -120,6 +122,103 @@ def test_datum_round_trip_keeps_every_field_and_presence() -> None:
     back = caffe_pb2.Datum.FromString(datum.SerializeToString())
     assert back == datum
     assert back.HasField("encoded") and not back.encoded
+
+
+# --- split_datum: the pixels as a view, every other field through protobuf ------------------------
+
+
+def _split_equals_protobuf(value: bytes) -> None:
+    """split_datum(value) must read exactly what protobuf reads, or fail as protobuf fails."""
+    try:
+        whole = caffe_pb2.Datum.FromString(value)
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            split_datum(value)
+        return
+    datum, data = split_datum(value)
+    assert bytes(data) == whole.data
+    assert not datum.HasField("data")
+    whole.ClearField("data")
+    assert datum == whole
+    assert datum.SerializeToString() == whole.SerializeToString()  # unknown fields kept alike
+
+
+_datums = st.builds(
+    caffe_pb2.Datum,
+    channels=st.integers(0, 2**31 - 1),
+    height=st.integers(0, 2**31 - 1),
+    width=st.integers(0, 2**31 - 1),
+    data=st.binary(max_size=300),
+    label=st.integers(-(2**31), 2**31 - 1),
+    float_data=st.lists(st.floats(width=32, allow_nan=False), max_size=5),
+    encoded=st.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_datums)
+def test_split_datum_reads_every_serialised_datum_as_protobuf_does(datum) -> None:
+    value = datum.SerializeToString()
+    _split_equals_protobuf(value)
+    if datum.data:  # the view points into the record itself: no copy was made
+        _, data = split_datum(value)
+        assert data.obj is value
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_datums, min_size=1, max_size=3), st.binary(max_size=40), st.randoms(use_true_random=False))
+def test_split_datum_equals_protobuf_on_merged_reordered_and_damaged_records(parts, noise, rnd) -> None:
+    # Several messages concatenated (protobuf merges them: a later data field wins), fields in any
+    # order, unknown fields, and arbitrary bytes: split_datum must agree with protobuf every time.
+    fields = []
+    for part in parts:
+        value = part.SerializeToString()
+        while value:
+            end = _wire_field(value)
+            fields.append(value[:end])
+            value = value[end:]
+    rnd.shuffle(fields)
+    _split_equals_protobuf(b"".join(fields))
+    _split_equals_protobuf(b"".join(fields) + noise)
+    _split_equals_protobuf(noise + b"".join(fields))
+    _split_equals_protobuf(b"\x9a\x05\x03abc" + b"".join(fields))  # unknown field 83, length 3
+    _split_equals_protobuf(noise)
+
+
+def _wire_field(value: bytes) -> int:
+    """Where the first field of a well-formed serialisation ends (a test helper)."""
+
+    def varint(pos: int) -> tuple[int, int]:
+        result = shift = 0
+        while True:
+            byte = value[pos]
+            result |= (byte & 0x7F) << shift
+            pos += 1
+            shift += 7
+            if byte < 0x80:
+                return result, pos
+
+    tag, pos = varint(0)
+    kind = tag & 7
+    if kind == 0:
+        return varint(pos)[1]
+    if kind == 2:
+        length, pos = varint(pos)
+        return pos + length
+    return pos + (4 if kind == 5 else 8)
+
+
+def test_split_datum_of_a_convert_imageset_record_views_its_pixels(caffe_dir: Path) -> None:
+    import lmdb
+
+    env = lmdb.open(str(caffe_dir / "lmdb" / "raw"), readonly=True, lock=False)
+    with env.begin() as txn:
+        for _, value in txn.cursor():
+            datum, data = split_datum(value)
+            whole = caffe_pb2.Datum.FromString(value)
+            assert bytes(data) == whole.data and len(data) == whole.channels * whole.height * whole.width
+            assert data.obj is value
+    env.close()
 
 
 def test_blob_proto_round_trip_and_packed_data() -> None:

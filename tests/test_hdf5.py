@@ -293,6 +293,34 @@ def test_foreign_hdf5_dtypes_and_label_shapes(tmp_path):
     assert open_reader(features).sample(0).image.shape == (7, 1, 1)  # Caffe's (N, D) as D x 1 x 1
 
 
+@pytest.mark.parametrize("backend", ["lmdb", "hdf5"])
+def test_sample_view_reads_what_sample_reads_and_sample_outlives_the_reader(image_set, tmp_path, backend):
+    list_file, _ = image_set
+    out = tmp_path / "ds"
+    convert(
+        ConvertSpec(
+            list_file=list_file,
+            output=out,
+            backend=backend,
+            image=ImageOptions(resize_height=20, resize_width=24),
+            workers=0,
+        )
+    )
+    reader = open_reader(out)
+    kept = [reader.sample(i) for i in range(len(reader))]
+    for i in reversed(range(len(reader))):
+        view = reader.sample_view(i)
+        assert view.key == kept[i].key and view.image.shape == kept[i].image.shape
+        assert bytes(view.image.data) == bytes(kept[i].image.data)
+        np.testing.assert_array_equal(view.labels, kept[i].labels)
+    reader.close()
+    # what sample() returned is the caller's own: still whole after the reader closed
+    again = open_reader(out)
+    for i, sample in enumerate(kept):
+        assert bytes(sample.image.data) == bytes(again.sample(i).image.data)
+    again.close()
+
+
 def test_rows_read_in_blocks_equal_the_files_in_any_order(tmp_path, monkeypatch):
     from mtldata.backends.hdf5 import _OpenFile
 

@@ -50,7 +50,12 @@ class DatasetWriter(Protocol):
 
 @runtime_checkable
 class DatasetReader(Protocol):
-    """Random and in-order access to the samples of a dataset, whatever its format."""
+    """Random and in-order access to the samples of a dataset, whatever its format.
+
+    A reader may also offer `sample_view(i)`: the same sample, its raw pixels a view of the
+    reader's own storage or buffer instead of a copy, valid only until its next read or close.
+    The loader uses it where present (it copies each image into its batch at once).
+    """
 
     def __len__(self) -> int: ...
 

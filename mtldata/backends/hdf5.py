@@ -160,9 +160,11 @@ def _frames(path: Path, k: int, payload: bool = True) -> Iterator[tuple[int, int
             offset = end
 
 
-def _frame(index: int, key: str, labels: np.ndarray, pixels: bytes, shape: tuple[int, int, int]) -> bytes:
+def _frame(
+    index: int, key: str, labels: np.ndarray, pixels: bytes | memoryview, shape: tuple[int, int, int]
+) -> bytes:
     raw_key = key.encode("utf-8")
-    return _FRAME.pack(index, len(raw_key), *shape) + raw_key + labels.tobytes() + pixels
+    return b"".join((_FRAME.pack(index, len(raw_key), *shape), raw_key, labels.tobytes(), pixels))
 
 
 @register_writer("hdf5")
@@ -613,10 +615,19 @@ class Hdf5Reader(DatasetReader):
         return values
 
     def sample(self, i: int) -> Sample:
+        return self._read(i, view=False)
+
+    def sample_view(self, i: int) -> Sample:
+        """`sample(i)` with the pixels a view of this reader's read buffer, not a copy: valid only
+        until the next read, so copy out what you keep (the loader copies into its batch at once)."""
+        return self._read(i, view=True)
+
+    def _read(self, i: int, view: bool) -> Sample:
         j, row = self._locate(i)
         image = self._image(j, row)
         fmt = "raw" if image.dtype == np.uint8 else "float32"
-        payload = ImagePayload(image.tobytes(), False, tuple(int(d) for d in image.shape), fmt)
+        data = memoryview(image).cast("B") if view else image.tobytes()
+        payload = ImagePayload(data, False, tuple(int(d) for d in image.shape), fmt)
         return Sample(index=i % len(self), key=self.key(i), image=payload, labels=self.labels(i))
 
     def __iter__(self) -> Iterator[Sample]:

@@ -17,7 +17,7 @@ import lmdb
 import numpy as np
 
 from mtldata.backends import DatasetReader, WriterOptions, register_writer
-from mtldata.caffe.datum import datum_labels, image_datum, label_datum, parse_datum
+from mtldata.caffe.datum import datum_labels, image_datum, label_datum, parse_datum, split_datum
 from mtldata.errors import DatasetFormatError
 from mtldata.processes import current_pid
 from mtldata.records import ImagePayload, Sample
@@ -326,8 +326,8 @@ class LmdbReader(DatasetReader):
                 continue
             env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True, max_readers=1)
             self._envs.append(env)
-            # buffers=True: get() returns a view of the mapped page instead of a bytes copy; every
-            # value is parsed (protobuf copies what it keeps) before the next call on the txn.
+            # buffers=True: get() returns a view of the mapped pages, valid while this read
+            # transaction lives; `sample` copies the record out at once, `sample_view` does not.
             opened.append(env.begin(buffers=True))
         self._img_txn, self._lbl_txn = opened
         self._pid = current_pid()
@@ -365,19 +365,30 @@ class LmdbReader(DatasetReader):
         return datum_labels(parse_datum(self._img_txn.get(keys[i])))
 
     def sample(self, i: int) -> Sample:
+        return self._read(i, view=False)
+
+    def sample_view(self, i: int) -> Sample:
+        """`sample(i)`, but raw pixels are a view of the mapped LMDB pages, not a copy: valid only
+        until this reader is closed, so copy out what you keep (the loader copies each image into
+        its batch at once, saving one copy of every image)."""
+        return self._read(i, view=True)
+
+    def _read(self, i: int, view: bool) -> Sample:
         keys = self._load_keys()
         self._open()
         key = keys[i]
         value = self._img_txn.get(key)
         if value is None:
             raise DatasetFormatError(f"{self.images_path}: record {key!r} vanished")
+        if not view:
+            value = bytes(value)  # the one copy out of the map; the pixels stay a view of it
         try:
-            datum = parse_datum(value)
+            datum, data = split_datum(value)
         except Exception as exc:  # protobuf raises DecodeError, among others
             raise DatasetFormatError(f"{self.images_path}: record {key!r} is not a Datum ({exc})") from exc
-        data = datum.data  # each read of a bytes field copies it out of the message: read it once
         if datum.encoded:
             shape = self._shape or (0, 0, 0)
+            data = bytes(data)  # a few KB, handed to decoders that want bytes
             payload = ImagePayload(data, True, shape, sniff_format(data))
         else:
             shape = (datum.channels, datum.height, datum.width)
