@@ -20,7 +20,13 @@ def test_bench_load_quick_runs(tmp_path):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "samples/s" in out and "per worker" in out
-    for row in ("(a) bare cursor", "(b) ImageFolder-style", "(c) bare", "open_dataset raw, 0 workers"):
+    for row in (
+        "(a) bare cursor",
+        "(b) ImageFolder-style",
+        "(c) bare",
+        "(d) bare h5py",
+        "open_dataset raw, 0 workers",
+    ):
         assert row in out
     assert "open_dataset encoded, 2 workers" in out and "open_dataset raw, 2 workers, reused shm" in out
     assert "targets met" in out or "targets NOT met" in out

@@ -7,7 +7,8 @@ installed) with mtldata's converter, then measures samples/s of:
   2 workers also MultiTaskCollate(reuse_shared_memory=True) (workers refill released batch memory);
 * (a) a bare lmdb cursor copying each raw Datum's pixels into a batch array with numpy;
 * (b) an ImageFolder-style dataset opening each JPEG with PIL, same DataLoader settings;
-* (c) a bare decode loop (simplejpeg when installed, else PIL) over the encoded bytes, in memory.
+* (c) a bare decode loop (simplejpeg when installed, else PIL) over the encoded bytes, in memory;
+* (d) a bare h5py loop reading each sample's row of the HDF5 shards into a uint8 batch array.
 
 Targets: raw LMDB >= 0.5x the bare cursor, encoded >= 0.8x the bare decode loop, per worker
 (with 2 workers the rate is divided by 2 before comparing).
@@ -211,6 +212,28 @@ def bare_decode(blobs: list[bytes], out: np.ndarray, fresh: bool) -> int:
     return len(blobs)
 
 
+class BareH5:
+    """(d): what a hand-written HDF5 loop does: h5py reads each sample's row of `data` (float32
+    pixels, as mtldata and Caffe's HDF5Data store them) and casts it into a uint8 batch array."""
+
+    def __init__(self, files: list[Path], batch: int, shape: tuple[int, int, int]) -> None:
+        import h5py
+
+        self.files = [h5py.File(f, "r") for f in files]
+        self.out = np.empty((batch, *shape), np.uint8)
+
+    def __call__(self, fresh: bool) -> int:
+        out, n = self.out, 0
+        for f in self.files:
+            data = f["data"]
+            for row in range(data.shape[0]):
+                if fresh and n % len(out) == 0:
+                    out = np.empty_like(out)
+                out[n % len(out)] = data[row]
+                n += 1
+        return n
+
+
 class ImageFolderStyle(Dataset):
     """(b): what torchvision's ImageFolder does per sample: open the file with PIL, make a tensor."""
 
@@ -328,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         baselines = {
             "raw": "(a) bare cursor",
             "encoded": f"(c) bare {decoder} decode",
-            "hdf5": "(a) bare cursor",
+            "hdf5": "(d) bare h5py rows",
         }
         targets = {"raw": 0.5, "encoded": 0.8}
         cursor = BareCursor(images_lmdb, b, shape)
@@ -336,9 +359,12 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[str, Callable[[], int]] = {}
         # name -> (workers, baseline name, target)
         meta: dict[str, tuple[int, str | None, float | None]] = {}
+        h5 = BareH5(sorted(datasets["hdf5"].glob("*.h5")), b, shape) if "hdf5" in datasets else None
         for fresh, tag in ((False, "one reused batch array"), (True, "a new batch array each batch")):
             runs[f"(a) bare cursor, {tag}"] = lambda f=fresh: cursor(f)
             runs[f"(c) bare {decoder} decode, {tag}"] = lambda f=fresh: bare_decode(blobs, decoded, f)
+            if h5 is not None:
+                runs[f"(d) bare h5py rows, {tag}"] = lambda f=fresh: h5(f)
         for w in workers:
             name = f"(b) ImageFolder-style (PIL), {w} workers"
             runs[name] = loader_epoch(ImageFolderStyle(root, list_file), b, w, None)
@@ -362,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         width = max(len(name) for name in rates)
         header = (
-            f"{'loader':<{width}} {'samples/s':>10} {'per worker':>10} {'per CPU-s':>10}  "
+            f"{'loader':<{width}} {'samples/s':>10} {'per worker':>10} {'per CPU-s':>10} {'vs (b)':>6}  "
             f"{'ratio':>5} {'CPU ratio':>9}  target"
         )
         print(header)
@@ -372,7 +398,9 @@ def main(argv: list[str] | None = None) -> int:
             w, base, target = meta.get(name, (0, None, None))
             per_worker = got / max(w, 1)
             cpu_text = f"{per_cpu:>10,.0f}" if per_cpu is not None else f"{'-':>10}"
-            line = f"{name:<{width}} {got:>10,.0f} {per_worker:>10,.0f} {cpu_text}"
+            folder = rates.get(f"(b) ImageFolder-style (PIL), {w} workers")
+            versus = f"{got / folder[0]:>5.1f}x" if name.startswith("open_dataset") and folder else f"{'':>6}"
+            line = f"{name:<{width}} {got:>10,.0f} {per_worker:>10,.0f} {cpu_text} {versus}"
             if base is not None:
                 base_wall, base_cpu = rates[f"{base}, one reused batch array"]
                 ratio = per_worker / base_wall
@@ -390,8 +418,10 @@ def main(argv: list[str] | None = None) -> int:
                         line += ", met per CPU-second"
             print(line)
         print(
-            "ratio: per-worker samples/s over the (a)/(c) baseline with one reused batch array (the targets); "
-            "CPU ratio: the same per CPU-second of all the loader's processes, much less skewed by other load"
+            "vs (b): samples/s over the ImageFolder-style loader with as many workers; "
+            "ratio: per-worker samples/s over the (a)/(c)/(d) baseline with one reused batch array "
+            "(the targets: raw vs (a), encoded vs (c)); CPU ratio: the same per CPU-second of all the "
+            "loader's processes, much less skewed by other load"
         )
         print("all targets met" if all_met else "some targets NOT met")
         load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
