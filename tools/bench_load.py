@@ -21,19 +21,21 @@ from __future__ import annotations
 
 import argparse
 import io
+import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mtldata.caffe.datum import parse_datum
 from mtldata.convert import ConvertSpec, convert
@@ -234,6 +236,36 @@ class BareH5:
         return n
 
 
+class InProcesses:
+    """A baseline run in `k` forked processes at once, each over all the data, as DataLoader workers
+    share the machine; a run returns the samples of all of them. The processes stay up between
+    runs (like persistent workers) and build their baseline themselves, before the parent opens
+    any LMDB environment (py-lmdb opens one only once per process, and a child inherits that)."""
+
+    def __init__(self, make: Callable[[], Callable[[bool], int]], k: int) -> None:
+        context = multiprocessing.get_context("fork")
+        self.conns = []
+        for _ in range(k):
+            ours, theirs = context.Pipe()
+            context.Process(target=_serve_baseline, args=(theirs, make), daemon=True).start()
+            self.conns.append(ours)
+
+    def __call__(self, fresh: bool) -> int:
+        for conn in self.conns:
+            conn.send(fresh)
+        return sum(conn.recv() for conn in self.conns)
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.send(None)
+
+
+def _serve_baseline(conn: Any, make: Callable[[], Callable[[bool], int]]) -> None:
+    run = make()
+    while (fresh := conn.recv()) is not None:
+        conn.send(run(fresh))
+
+
 class ImageFolderStyle(Dataset):
     """(b): what torchvision's ImageFolder does per sample: open the file with PIL, make a tensor."""
 
@@ -275,12 +307,9 @@ def cpu_seconds() -> float | None:
     return total
 
 
-def best_rates(
-    runs: dict[str, Callable[[], int]], repeat: int, passes: int
-) -> dict[str, tuple[float, float | None]]:
+def best_rates(runs: dict[str, Callable[[], int]], repeat: int) -> dict[str, tuple[float, float | None]]:
     """Best samples/s (wall clock) and best samples per CPU-second of each run over `repeat` rounds,
-    after one untimed warm-up round (page cache, worker start-up); each timed run makes `passes`
-    passes over the data, so one slow epoch start-up weighs less. The rounds interleave the runs,
+    after one untimed warm-up round (page cache, worker start-up). The rounds interleave the runs,
     so a burst of load from other processes hits them all alike instead of one measurement."""
     for run in runs.values():
         run()
@@ -289,7 +318,7 @@ def best_rates(
     for _ in range(repeat):
         for name, run in runs.items():
             cpu0, start = cpu_seconds(), time.perf_counter()
-            n = sum(run() for _ in range(passes))
+            n = run()
             elapsed, cpu1 = time.perf_counter() - start, cpu_seconds()
             wall[name] = max(wall[name], n / elapsed)
             if cpu0 is None or cpu1 is None or cpu[name] is None:
@@ -299,24 +328,48 @@ def best_rates(
     return {name: (wall[name], cpu[name]) for name in runs}
 
 
-def loader_epoch(dataset: Dataset, batch: int, workers: int, collate: Callable | None) -> Callable[[], int]:
-    """One epoch of a DataLoader (persistent workers) over `dataset`; returns the samples seen."""
+class Passes(Sampler[int]):
+    """Indices 0..n-1, `passes` times over: one DataLoader epoch that reads the data `passes` times,
+    so the workers' start-up and the drain at the epoch's end weigh as little as in a long epoch."""
+
+    def __init__(self, n: int, passes: int) -> None:
+        self.n, self.passes = n, passes
+
+    def __iter__(self) -> Iterator[int]:
+        for _ in range(self.passes):
+            yield from range(self.n)
+
+    def __len__(self) -> int:
+        return self.n * self.passes
+
+
+def loader_run(
+    dataset: Dataset, batch: int, workers: int, collate: Callable | None, passes: int
+) -> Callable[[], int]:
+    """A DataLoader (persistent workers) over `dataset` read `passes` times in one epoch; a run
+    returns the samples seen."""
     loader = DataLoader(
         dataset,
         batch_size=batch,
+        sampler=Passes(len(dataset), passes),
         num_workers=workers,
         collate_fn=collate,
         persistent_workers=workers > 0,
         prefetch_factor=2 if workers else None,
     )
 
-    def epoch() -> int:
+    def run() -> int:
         n = 0
         for images, _ in loader:
             n += images.shape[0]
         return n
 
-    return epoch
+    return run
+
+
+def repeated(run: Callable[[], int], passes: int) -> Callable[[], int]:
+    """`run` made `passes` times in a row, as one run."""
+    return lambda: sum(run() for _ in range(passes))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", default="0,2", help="comma-separated DataLoader worker counts")
     parser.add_argument("--repeat", type=int, default=3, help="timed rounds (the best of each kept)")
-    parser.add_argument("--passes", type=int, default=3, help="epochs per timed run")
+    parser.add_argument("--passes", type=int, default=4, help="passes over the data per timed run")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (a few seconds)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -343,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         datasets = build(root, list_file)
         setup = time.perf_counter() - started
         shape = (3, args.size, args.size)
-        b, rep = args.batch_size, args.repeat
+        b, rep, passes = args.batch_size, args.repeat, args.passes
         images_lmdb = datasets["raw"] / "images.lmdb"
         blobs = encoded_bytes(datasets["encoded"] / "images.lmdb")
         decoder = jpeg_decoder()[0]
@@ -354,20 +407,37 @@ def main(argv: list[str] | None = None) -> int:
             "hdf5": "(d) bare h5py rows",
         }
         targets = {"raw": 0.5, "encoded": 0.8}
+        h5_files = sorted(datasets["hdf5"].glob("*.h5")) if "hdf5" in datasets else []
+        k = max(workers)
+        together = {  # the same baselines in k processes at once, forked before the parent opens any
+            "(a) bare cursor": InProcesses(lambda: BareCursor(images_lmdb, b, shape), k),
+            f"(c) bare {decoder} decode": InProcesses(
+                lambda: lambda f: bare_decode(blobs, np.empty((b, args.size, args.size, 3), np.uint8), f), k
+            ),
+        }
+        if h5_files:
+            together["(d) bare h5py rows"] = InProcesses(lambda: BareH5(h5_files, b, shape), k)
         cursor = BareCursor(images_lmdb, b, shape)
         decoded = np.empty((b, args.size, args.size, 3), np.uint8)
         runs: dict[str, Callable[[], int]] = {}
         # name -> (workers, baseline name, target)
         meta: dict[str, tuple[int, str | None, float | None]] = {}
-        h5 = BareH5(sorted(datasets["hdf5"].glob("*.h5")), b, shape) if "hdf5" in datasets else None
+        h5 = BareH5(h5_files, b, shape) if h5_files else None
         for fresh, tag in ((False, "one reused batch array"), (True, "a new batch array each batch")):
-            runs[f"(a) bare cursor, {tag}"] = lambda f=fresh: cursor(f)
-            runs[f"(c) bare {decoder} decode, {tag}"] = lambda f=fresh: bare_decode(blobs, decoded, f)
+            runs[f"(a) bare cursor, {tag}"] = repeated(lambda f=fresh: cursor(f), passes)
+            runs[f"(c) bare {decoder} decode, {tag}"] = repeated(
+                lambda f=fresh: bare_decode(blobs, decoded, f), passes
+            )
             if h5 is not None:
-                runs[f"(d) bare h5py rows, {tag}"] = lambda f=fresh: h5(f)
+                runs[f"(d) bare h5py rows, {tag}"] = repeated(lambda f=fresh: h5(f), passes)
+        if k > 1:
+            for base, pool in together.items():
+                name = f"{base}, {k} processes at once"
+                runs[name] = repeated(lambda p=pool: p(False), passes)
+                meta[name] = (k, None, None)
         for w in workers:
             name = f"(b) ImageFolder-style (PIL), {w} workers"
-            runs[name] = loader_epoch(ImageFolderStyle(root, list_file), b, w, None)
+            runs[name] = loader_run(ImageFolderStyle(root, list_file), b, w, None, passes)
             meta[name] = (w, None, None)
         pooled = MultiTaskCollate(reuse_shared_memory=True)
         for kind, path in datasets.items():
@@ -377,14 +447,14 @@ def main(argv: list[str] | None = None) -> int:
                         continue  # no shared memory without workers
                     name = f"open_dataset {kind}, {w} workers{tag}"
                     ds = open_dataset(path, tasks=TASKS, output="uint8")
-                    runs[name] = loader_epoch(ds, b, w, collate)
+                    runs[name] = loader_run(ds, b, w, collate, passes)
                     ds.close()
                     meta[name] = (w, baselines[kind], targets.get(kind))
-        rates = best_rates(runs, rep, args.passes)
+        rates = best_rates(runs, rep)
 
         print(
             f"bench_load: {args.num_images} JPEGs of {args.size}x{args.size}, batch {b}, best of {rep} "
-            f"interleaved runs of {args.passes} epoch(s) after a warm-up, torch threads 1, {os.cpu_count()} cores (setup {setup:.1f} s)"
+            f"interleaved runs of {args.passes} passes after a warm-up, torch threads 1, {os.cpu_count()} cores (setup {setup:.1f} s)"
         )
         width = max(len(name) for name in rates)
         header = (
@@ -423,7 +493,20 @@ def main(argv: list[str] | None = None) -> int:
             "(the targets: raw vs (a), encoded vs (c)); CPU ratio: the same per CPU-second of all the "
             "loader's processes, much less skewed by other load"
         )
+        if k > 1:
+            parts = []
+            for kind, base in baselines.items():
+                loader = rates.get(f"open_dataset {kind}, {k} workers")
+                alone = rates.get(f"{base}, {k} processes at once")
+                if loader and alone:
+                    parts.append(f"{kind} {loader[0] / alone[0]:.2f}")
+            print(
+                f"with {k} workers, per-worker samples/s over the same baseline run in {k} processes at "
+                f"once (what the machine gives {k} busy processes): " + ", ".join(parts)
+            )
         print("all targets met" if all_met else "some targets NOT met")
+        for pool in together.values():
+            pool.close()
         load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
         print(f"load average at the end: {load} on {os.cpu_count()} cores (other processes skew the numbers)")
         if "hdf5" not in datasets:
