@@ -15,39 +15,12 @@ from typing import Any
 import click
 
 from mtldata import __version__
+from mtldata.cli_inspect import COMMANDS as INSPECT_COMMANDS
+from mtldata.cli_inspect import format_info
+from mtldata.cli_report import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_SKIPPED, Progress, fail
 from mtldata.errors import MtlDataError
 
-EXIT_ERROR = 1
-EXIT_SKIPPED = 3  # the dataset is complete, but some samples were skipped (see errors.tsv)
-EXIT_INTERRUPTED = 130
-
-
-class _Progress:
-    """Adapts the library's progress callback to a tqdm bar (or to nothing with --quiet)."""
-
-    def __init__(self, quiet: bool, unit: str, desc: str) -> None:
-        self.quiet = quiet
-        self.unit = unit
-        self.desc = desc
-        self.bar: Any = None
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.quiet:
-            return
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit=self.unit, desc=self.desc, dynamic_ncols=True, smoothing=0.1)
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _fail(message: str, code: int = EXIT_ERROR) -> None:
-    click.echo(f"mtldata: error: {message}", err=True)
-    sys.exit(code)
+__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_SKIPPED", "main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -249,7 +222,7 @@ def convert(
     from mtldata.image import ImageOptions
 
     if emit_prototxt and (tasks_file is None or num_shards > 1):
-        _fail(
+        fail(
             "--emit-prototxt needs --tasks (the tasks to write loss layers for) and a single-part conversion"
         )
     backend_options = _backend_options(
@@ -292,19 +265,19 @@ def convert(
         num_shards=num_shards,
         shard_index=shard_index,
     )
-    progress = _Progress(quiet, "img", "convert")
+    progress = Progress(quiet, "img", "convert")
     try:
         result = run_convert(spec, progress)
     except KeyboardInterrupt:
         progress.close()
-        _fail(
+        fail(
             f"interrupted; continue with the same command plus --resume ({output}.partial keeps "
             f"what was committed)",
             EXIT_INTERRUPTED,
         )
     except MtlDataError as exc:
         progress.close()
-        _fail(str(exc))
+        fail(str(exc))
     progress.close()
     rate = result.count / result.seconds if result.seconds > 0 else float("inf")
     click.echo(
@@ -318,7 +291,7 @@ def convert(
             taskset = load_tasks(tasks_file, num_labels=result.manifest["num_labels"])
             click.echo(f"wrote {write_train_val(result.output, taskset)}")
         except (MtlDataError, ValueError) as exc:
-            _fail(str(exc))
+            fail(str(exc))
     if result.skipped:
         click.echo(
             f"skipped {result.skipped} sample(s); all listed in {result.output / 'errors.tsv'}:", err=True
@@ -352,9 +325,9 @@ def _backend_options(
         if value
     ]
     if backend != "hdf5" and hdf5_only:
-        _fail(f"{', '.join(hdf5_only)}: only for --backend hdf5")
+        fail(f"{', '.join(hdf5_only)}: only for --backend hdf5")
     if task_datasets != (tasks_file is not None):
-        _fail(
+        fail(
             "--task-datasets needs --tasks tasks.toml (which label columns each task owns)"
             if task_datasets
             else "--tasks is used by --task-datasets (--backend hdf5) or --emit-prototxt; add one or drop --tasks"
@@ -373,7 +346,7 @@ def _backend_options(
         try:
             options["task_datasets"] = task_datasets_option(load_tasks(tasks_file, num_labels=num_labels))
         except MtlDataError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     return options
 
 
@@ -397,12 +370,12 @@ def merge(parts: tuple[Path, ...], output: Path, overwrite: bool, quiet: bool) -
     """
     from mtldata.merge import merge as run_merge
 
-    progress = _Progress(quiet, "img", "merge")
+    progress = Progress(quiet, "img", "merge")
     try:
         result = run_merge(parts, output, overwrite=overwrite, progress=progress)
     except MtlDataError as exc:
         progress.close()
-        _fail(str(exc))
+        fail(str(exc))
     progress.close()
     click.echo(
         f"merged {result.parts} parts, {result.count} samples, into {result.output} in {result.seconds:.1f} s"
@@ -413,73 +386,6 @@ def merge(parts: tuple[Path, ...], output: Path, overwrite: bool, quiet: bool) -
             f"listed in {result.output / 'errors.tsv'}",
             err=True,
         )
-
-
-def format_info(info: dict[str, Any]) -> str:
-    """The text `mtldata info` prints for a dataset summary."""
-    lines = [
-        f"dataset:   {info['path']}",
-        f"format:    {info['backend']} ({info['layout']})",
-        f"samples:   {info['count']}",
-    ]
-    image = info.get("image") or {}
-    if image.get("shape"):
-        lines.append(f"image:     {'x'.join(map(str, image['shape']))} (CxHxW)")
-    elif image.get("shapes"):
-        shapes = ", ".join(f"{s} ({n})" for s, n in list(image["shapes"].items())[:5])
-        more = " ..." if len(image["shapes"]) > 5 else ""
-        lines.append(f"images:    {len(image['shapes'])} sizes: {shapes}{more}")
-    if image.get("formats"):
-        lines.append("encoding:  " + ", ".join(f"{f} ({n})" for f, n in image["formats"].items()))
-    if image.get("color_order"):
-        lines.append(f"colour:    {image['color_order']}, {image.get('layout', 'CHW')}")
-    lines.append(f"labels:    K={info.get('num_labels')}")
-    stats = info.get("label_stats") or []
-    if stats:
-        width = max(len(s["name"]) for s in stats)
-        lines.append(f"  {'name':<{width}}  {'min':>10}  {'max':>10}  {'mean':>10}")
-        for s in stats:
-            lines.append(f"  {s['name']:<{width}}  {s['min']:>10.4g}  {s['max']:>10.4g}  {s['mean']:>10.4g}")
-    errors = info.get("errors")
-    if errors is not None:
-        lines.append(
-            f"errors:    {errors['count']} skipped sample(s)"
-            + (f", listed in {errors['file']}" if errors["count"] else "")
-        )
-    if info.get("source"):
-        lines.append(
-            f"source:    {info['source']['list_file']} (sha256 {info['source']['list_sha256'][:12]}...)"
-        )
-    return "\n".join(lines)
-
-
-@main.command()
-@click.argument("dataset", type=click.Path(path_type=Path, exists=True))
-@click.option(
-    "--labels",
-    type=click.Path(path_type=Path, exists=True),
-    help="A float-label LMDB to pair with an image LMDB (Caffe's multi-label layout).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def info(dataset: Path, labels: Path | None, as_json: bool) -> None:
-    """Summarise a dataset: count, shapes, K, label names and statistics, errors.
-
-    DATASET is an mtldata dataset directory, a Caffe LMDB made by convert_imageset, or an image
-    LMDB given together with --labels. It may also be an .h5 file, an HDF5Data source list
-    (a .txt of .h5 paths) or a folder holding hdf5_list.txt.
-    """
-    from mtldata.info import dataset_info
-
-    try:
-        summary = dataset_info(dataset, labels)
-    except MtlDataError as exc:
-        _fail(str(exc))
-    if as_json:
-        import json
-
-        click.echo(json.dumps(summary, indent=2))
-    else:
-        click.echo(format_info(summary))
 
 
 @main.command()
@@ -521,12 +427,12 @@ def demo(directory: Path | None, count: int, quiet: bool, no_train: bool = False
         overwrite=True,
         workers=min(2, os.cpu_count() or 1),
     )
-    progress = _Progress(quiet, "img", "convert")
+    progress = Progress(quiet, "img", "convert")
     try:
         result = run_convert(spec, progress)
     except MtlDataError as exc:
         progress.close()
-        _fail(str(exc))
+        fail(str(exc))
     progress.close()
     click.echo(f"converted {result.count} samples in {result.seconds:.1f} s -> {output}")
     click.echo(format_info(dataset_info(output)))
@@ -536,182 +442,10 @@ def demo(directory: Path | None, count: int, quiet: bool, no_train: bool = False
         demo_training(directory, output, quiet, epochs)
 
 
-_DATASET = click.argument("dataset", type=click.Path(path_type=Path, exists=True))
-_LABELS = click.option(
-    "--labels",
-    type=click.Path(path_type=Path, exists=True),
-    help="A float-label LMDB to pair with an image LMDB (Caffe's multi-label layout).",
-)
-_TASKS = click.option(
-    "--tasks",
-    "tasks_file",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    help="tasks.toml: describe the labels per task (class names, ignore_label, kinds).",
-)
-
-
-@main.command()
-@_DATASET
-@_LABELS
-@click.option(
-    "--max-problems",
-    type=click.IntRange(min=1),
-    default=20,
-    show_default=True,
-    help="How many problems to list.",
-)
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def verify(dataset: Path, labels: Path | None, max_problems: int, quiet: bool) -> None:
-    """Check a dataset record by record.
-
-    Every record decodes, the counts match the manifest, the image and label DBs hold the same keys
-    in the same order, and the manifest's checksums hold. Exits with 1, listing the first bad keys,
-    when anything does not.
-    """
-    from mtldata.verify import format_report, verify_dataset
-
-    progress = _Progress(quiet, "rec", "verify")
-    try:
-        report = verify_dataset(dataset, labels, limit=max(100, max_problems), progress=progress)
-    except MtlDataError as exc:
-        progress.close()
-        _fail(str(exc))
-    progress.close()
-    click.echo(format_report(report, show=max_problems))
-    if not report.ok:
-        sys.exit(EXIT_ERROR)
-
-
-@main.command()
-@_DATASET
-@click.option(
-    "-n", "--count", type=click.IntRange(min=1), default=64, show_default=True, help="Samples to show."
-)
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default="samples.png",
-    show_default=True,
-    help="Image file to write (PNG, JPEG, ...).",
-)
-@_TASKS
-@_LABELS
-@click.option("--columns", type=click.IntRange(min=1), help="Tiles per row. [default: a square grid]")
-@click.option(
-    "--tile", type=click.IntRange(min=16), default=128, show_default=True, help="Tile size in pixels."
-)
-@click.option("--seed", type=int, help="Pick the samples at random with this seed. [default: the first N]")
-def show(
-    dataset: Path,
-    count: int,
-    output: Path,
-    tasks_file: Path | None,
-    labels: Path | None,
-    columns: int | None,
-    tile: int,
-    seed: int | None,
-) -> None:
-    """Write a contact sheet of samples, each with its labels under it.
-
-    Labels are named from the manifest, or per task with --tasks (class names where given).
-    """
-    from mtldata.viz import save_contact_sheet
-
-    try:
-        layout = save_contact_sheet(
-            dataset, output, count, tasks=tasks_file, labels=labels, columns=columns, tile=tile, seed=seed
-        )
-    except (MtlDataError, OSError) as exc:
-        _fail(str(exc))
-    click.echo(f"wrote {output}: {layout.count} samples in {layout.rows} rows of {layout.columns}")
-
-
-@main.command()
-@_DATASET
-@_TASKS
-@_LABELS
-@click.option(
-    "--plot",
-    "plot_file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Also draw the figures into this image file (needs matplotlib: pip install 'mtldata[viz]').",
-)
-@click.option("--bins", type=click.IntRange(min=1), default=20, show_default=True, help="Histogram bins.")
-@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def stats(
-    dataset: Path,
-    tasks_file: Path | None,
-    labels: Path | None,
-    plot_file: Path | None,
-    bins: int,
-    as_json: bool,
-    quiet: bool,
-) -> None:
-    """Label figures per task: class balance, positive rates, value histograms, ignored and missing.
-
-    Without --tasks each label column is described on its own.
-    """
-    from mtldata.stats import dataset_stats, format_stats
-
-    progress = _Progress(quiet, "rec", "stats")
-    try:
-        if plot_file is not None:
-            from mtldata.viz import require_matplotlib
-
-            require_matplotlib()  # before reading every label, not after
-        figures = dataset_stats(dataset, tasks_file, labels, bins=bins, progress=progress)
-    except MtlDataError as exc:
-        progress.close()
-        _fail(str(exc))
-    progress.close()
-    if as_json:
-        import json
-
-        click.echo(json.dumps(figures.to_dict(), indent=2))
-    else:
-        click.echo(format_stats(figures))
-    if plot_file is not None:
-        from mtldata.viz import plot_stats
-
-        try:
-            plot_stats(figures, plot_file)
-        except (MtlDataError, OSError) as exc:
-            _fail(str(exc))
-        click.echo(f"wrote {plot_file}", err=as_json)
-
-
-@main.command()
-@click.argument("run_dir", type=click.Path(path_type=Path, exists=True))
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Image file to write. [default: curves.png in RUN_DIR]",
-)
-def plot(run_dir: Path, output: Path | None) -> None:
-    """Draw a training run's curves from its metrics.jsonl.
-
-    Per-task losses and metrics (train and val) and the task weights over time. RUN_DIR is the run
-    directory or the metrics.jsonl file itself. Needs matplotlib: pip install 'mtldata[viz]'.
-    """
-    from mtldata.viz import plot_curves
-
-    output = output or (run_dir if run_dir.is_dir() else run_dir.parent) / "curves.png"
-    try:
-        layout = plot_curves(run_dir, output)
-    except (MtlDataError, OSError) as exc:
-        _fail(str(exc))
-    for note in layout.notes:
-        click.echo(f"mtldata: note: {note}", err=True)
-    click.echo(f"wrote {output}: {', '.join(layout.panels)}")
-
-
 from mtldata.cli_train import tasks_command, train_command  # noqa: E402  (torch loads only when they run)
 
-main.add_command(train_command)
-main.add_command(tasks_command)
+for _command in (*INSPECT_COMMANDS, train_command, tasks_command):
+    main.add_command(_command)
 
 if __name__ == "__main__":
     main()

@@ -11,10 +11,8 @@ from typing import Any
 
 import click
 
+from mtldata.cli_report import EXIT_ERROR, EXIT_INTERRUPTED
 from mtldata.errors import MtlDataError
-
-EXIT_ERROR = 1
-EXIT_INTERRUPTED = 130
 
 
 def run_solver_command(

@@ -7,22 +7,14 @@ library's errors become one line and a non-zero exit. The progress bars and tabl
 from __future__ import annotations
 
 import shutil
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import click
 
+from mtldata.cli_report import EXIT_INTERRUPTED, fail
 from mtldata.errors import MtlDataError
-
-EXIT_ERROR = 1
-EXIT_INTERRUPTED = 130
-
-
-def _fail(message: str, code: int = EXIT_ERROR) -> None:
-    click.echo(f"mtldata: error: {message}", err=True)
-    sys.exit(code)
 
 
 def _show_warnings() -> Any:
@@ -114,13 +106,13 @@ def _run(cfg: Any, reporter: CliReporter) -> Any:
         return train(cfg, reporter)
     except KeyboardInterrupt:
         reporter.close()
-        _fail(
+        fail(
             f"interrupted; continue with the same command plus --resume (from {cfg.out_dir}/last.pt)",
             EXIT_INTERRUPTED,
         )
     except MtlDataError as exc:
         reporter.close()
-        _fail(str(exc))
+        fail(str(exc))
     return None
 
 
@@ -279,7 +271,7 @@ def train_command(dataset: Path | None, config_file: Path | None, quiet: bool, *
     try:
         cfg = _config(overrides, config_file)
     except MtlDataError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     reporter = CliReporter(quiet)
     result = _run(cfg, reporter)
     if result is not None and result.rank == 0 and not quiet:
@@ -321,7 +313,7 @@ def tasks_command(prototxt: Path, num_labels: int | None, output: Path | None) -
             num_labels = prototxt_num_labels(prototxt)
         imported = import_net(prototxt, num_labels=num_labels)
     except MtlDataError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     text = dump_tasks(imported.tasks)
     if output is None:
         click.echo(text, nl=False)
