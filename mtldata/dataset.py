@@ -500,9 +500,12 @@ class MultiTaskCollate:
     `dataset.transform.apply_batch`), but stacks float images too. A batch from the dataset's
     `__getitems__` is already stacked and is passed on without a copy. Works with `pin_memory`.
 
-    Each DataLoader worker keeps `pool_size` shared-memory batch buffers and refills one only once
-    the main process has released every tensor viewing it, instead of mapping fresh shared memory
-    per batch (whose page faults can cost more than loading the batch). By default the batch the
+    Each DataLoader worker keeps up to `pool_size` shared-memory batch buffers and refills one only
+    once the main process has released every tensor viewing it, instead of mapping fresh shared
+    memory per batch (whose page faults can cost more than loading the batch). `prefetch_factor + 2`
+    buffers let every batch reuse one (the default covers `prefetch_factor=4`, which keeps both
+    workers of a 2-core machine busy where 2 let one idle while the other's batch, due first, was
+    late); buffers are made only as batches need them. By default the batch the
     main process gets views the buffer through a storage torch does not count as shared, so
     sending it on to another process (a multiprocessing queue, say) copies it out first, as for
     any ordinary tensor: a batch is never overwritten while anyone can see it, and nothing is
@@ -515,7 +518,7 @@ class MultiTaskCollate:
     buffer along without a copy and the worker may refill it once this process lets go of it.
     """
 
-    def __init__(self, reuse_shared_memory: bool = False, pool_size: int = 4) -> None:
+    def __init__(self, reuse_shared_memory: bool = False, pool_size: int = 6) -> None:
         if pool_size < 1:
             raise ValueError(f"pool_size must be >= 1, got {pool_size}")
         self.reuse_shared_memory = reuse_shared_memory

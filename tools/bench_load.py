@@ -344,10 +344,10 @@ class Passes(Sampler[int]):
 
 
 def loader_run(
-    dataset: Dataset, batch: int, workers: int, collate: Callable | None, passes: int
+    dataset: Dataset, batch: int, workers: int, collate: Callable | None, passes: int, prefetch: int
 ) -> Callable[[], int]:
-    """A DataLoader (persistent workers) over `dataset` read `passes` times in one epoch; a run
-    returns the samples seen."""
+    """A DataLoader (persistent workers, `prefetch` batches in flight per worker) over `dataset` read
+    `passes` times in one epoch; a run returns the samples seen."""
     loader = DataLoader(
         dataset,
         batch_size=batch,
@@ -355,7 +355,7 @@ def loader_run(
         num_workers=workers,
         collate_fn=collate,
         persistent_workers=workers > 0,
-        prefetch_factor=2 if workers else None,
+        prefetch_factor=prefetch if workers else None,
     )
 
     def run() -> int:
@@ -381,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="0,2", help="comma-separated DataLoader worker counts")
     parser.add_argument("--repeat", type=int, default=3, help="timed rounds (the best of each kept)")
     parser.add_argument("--passes", type=int, default=4, help="passes over the data per timed run")
+    parser.add_argument(
+        "--prefetch", type=int, default=4, help="DataLoader prefetch_factor (batches in flight per worker)"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (a few seconds)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -437,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
                 meta[name] = (k, None, None)
         for w in workers:
             name = f"(b) ImageFolder-style (PIL), {w} workers"
-            runs[name] = loader_run(ImageFolderStyle(root, list_file), b, w, None, passes)
+            runs[name] = loader_run(ImageFolderStyle(root, list_file), b, w, None, passes, args.prefetch)
             meta[name] = (w, None, None)
         pooled = MultiTaskCollate(reuse_shared_memory=True)
         for kind, path in datasets.items():
@@ -447,14 +450,14 @@ def main(argv: list[str] | None = None) -> int:
                         continue  # no shared memory without workers
                     name = f"open_dataset {kind}, {w} workers{tag}"
                     ds = open_dataset(path, tasks=TASKS, output="uint8")
-                    runs[name] = loader_run(ds, b, w, collate, passes)
+                    runs[name] = loader_run(ds, b, w, collate, passes, args.prefetch)
                     ds.close()
                     meta[name] = (w, baselines[kind], targets.get(kind))
         rates = best_rates(runs, rep)
 
         print(
             f"bench_load: {args.num_images} JPEGs of {args.size}x{args.size}, batch {b}, best of {rep} "
-            f"interleaved runs of {args.passes} passes after a warm-up, torch threads 1, {os.cpu_count()} cores (setup {setup:.1f} s)"
+            f"interleaved runs of {args.passes} passes after a warm-up, prefetch_factor {args.prefetch}, torch threads 1, {os.cpu_count()} cores (setup {setup:.1f} s)"
         )
         width = max(len(name) for name in rates)
         header = (
