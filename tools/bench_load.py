@@ -13,7 +13,7 @@ installed) with mtldata's converter, then measures samples/s of:
 Targets: raw LMDB >= 0.5x the bare cursor, encoded >= 0.8x the bare decode loop, per worker
 (with 2 workers the rate is divided by 2 before comparing).
 
-    python tools/bench_load.py                 # ~1-2 min on 2 cores
+    python tools/bench_load.py                 # about 5 min on 2 cores
     python tools/bench_load.py --quick         # a few seconds: smoke test
 """
 
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=256, help="image side in pixels")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", default="0,2", help="comma-separated DataLoader worker counts")
-    parser.add_argument("--repeat", type=int, default=3, help="timed rounds (the best of each kept)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed rounds (the best of each kept)")
     parser.add_argument("--passes", type=int, default=4, help="passes over the data per timed run")
     parser.add_argument(
         "--prefetch", type=int, default=4, help="DataLoader prefetch_factor (batches in flight per worker)"
