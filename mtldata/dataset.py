@@ -571,8 +571,8 @@ class _SharedPool:
     that storage is gone (torch keeps one Python object per storage while it lives). The flag is
     the buffer's own last byte, or (`in_buffer=False`, for batches handed out as shared storage,
     whose finalizer cannot hold a view of them) a slot of the shared `busy` tensor, which then
-    travels with every batch. `take` hands out a released buffer and forgets it, so a batch the
-    worker drops without sending (a uint8 batch turned into float, say) simply frees its memory.
+    travels with every batch. `new_buffer` hands out a released buffer and forgets it, so a batch
+    the worker drops without sending (a uint8 batch turned into float, say) simply frees its memory.
     """
 
     def __init__(self, slots: int) -> None:
@@ -584,7 +584,7 @@ class _SharedPool:
         """Shared memory for `nbytes` of batch plus its flag room: a released buffer when one is
         large enough, else a new one."""
         for slot, entry in enumerate(self.held):
-            if entry is not None and not entry[1][0]:
+            if _released(entry):
                 self.held[slot] = None
                 if entry[0].nbytes() >= nbytes + _FLAG_ROOM:
                     return entry[0]
@@ -599,7 +599,7 @@ class _SharedPool:
             return None
         free = [slot for slot, entry in enumerate(self.held) if entry is None]
         # else replace a released buffer nobody took (this batch was not allocated from the pool)
-        free += [slot for slot, entry in enumerate(self.held) if entry is not None and not entry[1][0]]
+        free += [slot for slot, entry in enumerate(self.held) if _released(entry)]
         if not free:
             return None
         slot = free[0]
@@ -617,6 +617,11 @@ class _SharedPool:
         return where
 
 
+def _released(entry: tuple[torch.UntypedStorage, np.ndarray] | None) -> bool:
+    """Whether a held buffer's flag says the main process let go of it."""
+    return entry is not None and not entry[1][0]
+
+
 class _Flag(NamedTuple):
     """Where the main process clears a sent buffer's flag: at `offset` in the buffer, or in
     `busy[slot]`."""
@@ -626,7 +631,7 @@ class _Flag(NamedTuple):
     slot: int
 
 
-_POOL: tuple[int, _SharedPool] | None = None  # this worker process's pool, once a collate enabled it
+_POOL: tuple[int, _SharedPool] | None = None  # this worker process's pool, made by its first batch
 
 
 def _worker_pool() -> _SharedPool | None:

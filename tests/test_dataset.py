@@ -339,6 +339,12 @@ def _shm_inode(tensor: torch.Tensor) -> str:
     raise AssertionError("storage not found in /proc/self/maps")
 
 
+def _same_batch(batch: tuple[torch.Tensor, dict], reference: tuple[torch.Tensor, dict]) -> bool:
+    """Whether a loader's batch equals a reference batch, images and every task's targets."""
+    (x, t), (rx, rt) = batch, reference
+    return torch.equal(x, rx) and all(torch.equal(t[n], rt[n]) for n in MT_TASKS.names)
+
+
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/self/maps (Linux)")
 @pytest.mark.parametrize("output", ["uint8", "float"])
 def test_reused_shared_memory_never_overwrites_a_held_batch(ds_path, output):
@@ -354,8 +360,7 @@ def test_reused_shared_memory_never_overwrites_a_held_batch(ds_path, output):
     )
 
     def same(batch: tuple[torch.Tensor, dict], k: int) -> bool:
-        (x, t), (rx, rt) = batch, reference[k]
-        return torch.equal(x, rx) and all(torch.equal(t[n], rt[n]) for n in MT_TASKS.names)
+        return _same_batch(batch, reference[k])
 
     held = list(loader)  # an epoch kept whole (3 batches a worker): none may be refilled under it
     inodes = []
@@ -389,8 +394,7 @@ def test_default_collate_reuses_worker_memory_but_never_under_a_held_or_forwarde
     )
 
     def same(batch: tuple[torch.Tensor, dict], k: int) -> bool:
-        (x, t), (rx, rt) = batch, reference[k]
-        return torch.equal(x, rx) and all(torch.equal(t[n], rt[n]) for n in MT_TASKS.names)
+        return _same_batch(batch, reference[k])
 
     held = list(loader)  # 3 batches a worker, kept whole
     forwarded = list(loader)
