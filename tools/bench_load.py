@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mtldata.caffe.datum import parse_datum
+from mtldata.caffe.datum import data_field_span, parse_datum
 from mtldata.convert import ConvertSpec, convert
 from mtldata.dataset import MultiTaskCollate, collate_uint8, open_dataset
 from mtldata.image import ImageOptions
@@ -121,25 +121,6 @@ def build(root: Path, list_file: Path) -> dict[str, Path]:
 # Baselines
 
 
-def _raw_data_offset(value: bytes) -> int:
-    """Byte offset of the pixels in a raw Datum (fields 1-3 are varints, then tag 0x22 + length)."""
-    pos = 0
-    while True:
-        tag = value[pos]
-        pos += 1
-        length = 0
-        shift = 0
-        while True:
-            byte = value[pos]
-            pos += 1
-            length |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                break
-        if tag == 0x22:
-            return pos
-
-
 class BareCursor:
     """(a): iterate the cursor, copy each record's pixels into a (batch, C, H, W) array: one array
     reused throughout, or (`fresh`) a new one per batch, as a loader that hands batches out must.
@@ -169,7 +150,7 @@ class BareCursor:
             offset = None
             for j, (_, value) in enumerate(txn.cursor()):
                 if offset is None:
-                    offset = _raw_data_offset(value)
+                    offset = data_field_span(value)[1]  # where the pixels start
                 if fresh and j % batch == 0:
                     out = np.empty((batch, *shape), np.uint8)
                 out[j % batch] = np.frombuffer(value, np.uint8, count=count, offset=offset).reshape(shape)

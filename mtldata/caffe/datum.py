@@ -50,12 +50,12 @@ def split_datum(value: bytes | memoryview) -> tuple[Datum, memoryview]:
     protobuf's Python API copies a bytes field twice (into its own memory, then out again to a new
     bytes object); for a raw 256 px image that is two 196 KB copies per record, which cost a loader
     more than the rest of the read. Here only the wire position of field 4 is found by hand
-    (`_data_field`); protobuf still parses every other field, from the record with that field cut
-    out. A record the scan does not fully understand, or one protobuf would read differently (a
+    (`data_field_span`); protobuf still parses every other field, from the record with that field
+    cut out. A record the scan does not fully understand, or one protobuf would read differently (a
     second `data` field, whose last copy protobuf keeps), is parsed by protobuf whole instead.
     Raises protobuf's DecodeError for a record that is not a Datum.
     """
-    found = _data_field(value)
+    found = data_field_span(value)
     if found is not None:
         field_start, start, end = found
         datum = Datum.FromString(b"".join((value[:field_start], value[end:])))
@@ -70,7 +70,7 @@ def split_datum(value: bytes | memoryview) -> tuple[Datum, memoryview]:
 _DATA_FIELD_TAG = (4 << 3) | 2  # Datum.data: field 4, wire type 2 (length-delimited)
 
 
-def _data_field(value: bytes) -> tuple[int, int, int] | None:
+def data_field_span(value: bytes | memoryview) -> tuple[int, int, int] | None:
     """(where field 4's tag starts, where its bytes start, where they end) in a serialised Datum,
     walking the top-level fields by their wire types; None when absent or anything is unexpected."""
     pos, end = 0, len(value)
@@ -94,7 +94,7 @@ def _data_field(value: bytes) -> tuple[int, int, int] | None:
                 pos += 8
             else:  # groups (3, 4) and invalid types: leave them to protobuf
                 return None
-    except IndexError:  # a varint running off the end
+    except IndexError:  # a varint running off the end, or longer than protobuf allows
         return None
     return None
 
