@@ -6,27 +6,40 @@ back. Importing the package is cheap: torch is imported only by the modules that
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from mtldata.version import __version__
 
-__all__ = ["__version__", "ConvertSpec", "open_reader", "open_dataset", "LabelSlicer"]
+__all__ = [
+    "__version__",
+    "CaffeNet",
+    "ConvertSpec",
+    "LabelSlicer",
+    "TaskSet",
+    "open_dataset",
+    "open_reader",
+]
 
 
 def __getattr__(name: str):  # PEP 562: lazy exports keep `import mtldata` light for worker processes
-    # The convert *function* lives at mtldata.convert.convert: the submodule owns the name.
+    # `mtldata.convert` is the conversion package (its `convert` function and `ConvertSpec`): the
+    # subpackage owns the name, so `from mtldata.convert import convert` is the function's path.
     if name == "ConvertSpec":
-        from mtldata.convert import ConvertSpec
+        from mtldata.convert.pipeline import ConvertSpec
 
         return ConvertSpec
     if name == "open_reader":
-        from mtldata.backends import open_reader
+        from mtldata.storage.backends import open_reader
 
         return open_reader
     if name == "open_dataset":  # imports torch
-        from mtldata.dataset import open_dataset
+        from mtldata.loader.dataset import open_dataset
 
         return open_dataset
-    if name == "LabelSlicer":
-        from mtldata.tasks import LabelSlicer
+    if name in ("LabelSlicer", "TaskSet"):
+        import mtldata.tasks
 
-        return LabelSlicer
+        return getattr(mtldata.tasks, name)
+    if name == "CaffeNet":  # imports torch
+        from mtldata.caffenet.net import CaffeNet
+
+        return CaffeNet
     raise AttributeError(f"module 'mtldata' has no attribute {name!r}")

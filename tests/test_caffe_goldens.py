@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from mtldata.caffe.net import CaffeNet, caffemodel_proto, load_caffemodel
 from mtldata.caffe.prototxt import caffemodel_weights, read_caffemodel
-from mtldata.caffe.runner import NetFeeder, load_solver
+from mtldata.caffenet.net import CaffeNet, caffemodel_proto, load_caffemodel
+from mtldata.caffenet.runner import NetFeeder, load_solver
 from mtldata.errors import CaffeFileError, DatasetFormatError
 
 TASKS = ("loss_cls", "loss_attr", "loss_reg")

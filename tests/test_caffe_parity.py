@@ -8,8 +8,8 @@ import pytest
 from conftest import db_items
 
 from mtldata.caffe.datum import parse_datum
-from mtldata.convert import ConvertSpec, convert
-from mtldata.image import ImageOptions
+from mtldata.convert.pipeline import ConvertSpec, convert
+from mtldata.storage.image import ImageOptions
 
 FIELDS = ("channels", "height", "width", "data", "label", "encoded")
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from click.testing import CliRunner
 from conftest import write_image, write_list
 
-from mtldata.cli import EXIT_SKIPPED, main
+from mtldata.cli.main import main
+from mtldata.cli.report import EXIT_SKIPPED
 
 
 def run(*args: str):
@@ -118,7 +119,7 @@ def test_labels_from_list_are_exact_in_the_label_db(tmp_path):
     write_image(tmp_path / "x y.jpg")
     list_file = write_list(tmp_path / "l.txt", ["x y.jpg 7 0.5 -3 123456"])
     assert run("convert", list_file, "-o", tmp_path / "o", "-q", "-j", "1").exit_code == 0
-    from mtldata.backends import open_reader
+    from mtldata.storage.backends import open_reader
 
     reader = open_reader(tmp_path / "o")
     assert reader.key(0) == "00000000_x y.jpg"

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from conftest import db_items, write_image, write_list
 
-from mtldata.backends import open_reader
-from mtldata.backends.lmdb import database_digest
 from mtldata.caffe.datum import parse_datum
-from mtldata.convert import ConvertSpec, convert
+from mtldata.convert.pipeline import ConvertSpec, convert
 from mtldata.errors import DatasetStateError, InputError
-from mtldata.image import ImageOptions, load_image, to_chw
+from mtldata.storage.backends import open_reader
+from mtldata.storage.backends.lmdb import database_digest
+from mtldata.storage.image import ImageOptions, load_image, to_chw
 
 
 def spec_for(list_file: Path, out: Path, **kw) -> ConvertSpec:
@@ -193,7 +193,7 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from mtldata.convert import ConvertSpec, convert
+    from mtldata.convert.pipeline import ConvertSpec, convert
 
     stop_at = int(sys.argv[3])
 
@@ -277,7 +277,7 @@ def test_ctrl_c_leaves_a_resumable_partial_dataset(image_set, tmp_path):
 def test_without_the_shared_arena_results_travel_pickled_and_are_the_same(image_set, tmp_path, monkeypatch):
     import mmap
 
-    import mtldata.convert as convert_module
+    import mtldata.convert.pipeline as convert_module
 
     list_file, _ = image_set
     convert(spec_for(list_file, tmp_path / "arena", workers=2))

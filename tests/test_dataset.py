@@ -16,11 +16,11 @@ from conftest import write_image, write_list
 from torch.utils.data import DataLoader, Subset
 
 import mtldata
-from mtldata.convert import ConvertSpec, convert
-from mtldata.dataset import MultiTaskCollate, ShardedSequentialSampler, collate_uint8, open_dataset
-from mtldata.image import ImageOptions, load_image, to_chw
+from mtldata.convert.pipeline import ConvertSpec, convert
+from mtldata.loader.dataset import MultiTaskCollate, ShardedSequentialSampler, collate_uint8, open_dataset
+from mtldata.loader.transforms import CaffeTransform, TransformError, TransformSpec
+from mtldata.storage.image import ImageOptions, load_image, to_chw
 from mtldata.tasks import LabelSlicer, TaskSet, TaskSpec, dump_tasks
-from mtldata.transforms import CaffeTransform, TransformError, TransformSpec
 
 MT_TASKS = TaskSet(
     (

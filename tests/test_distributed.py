@@ -11,8 +11,8 @@ import torch.multiprocessing as mp
 from conftest import write_image, write_list
 from torch.utils.data import DataLoader, DistributedSampler
 
-from mtldata.convert import ConvertSpec, convert
-from mtldata.dataset import MultiTaskDataset, ShardedSequentialSampler, collate_uint8, open_dataset
+from mtldata.convert.pipeline import ConvertSpec, convert
+from mtldata.loader.dataset import MultiTaskDataset, ShardedSequentialSampler, collate_uint8, open_dataset
 
 WORLD = 2
 

@@ -15,13 +15,13 @@ import pytest
 from click.testing import CliRunner
 from conftest import write_image, write_list
 
-from mtldata.backends import WriterOptions, open_reader
-from mtldata.backends.hdf5 import Hdf5Writer
 from mtldata.cli import main
-from mtldata.convert import ConvertSpec, convert
+from mtldata.convert.pipeline import ConvertSpec, convert
 from mtldata.errors import DatasetFormatError, DatasetStateError, InputError, MtlDataError
-from mtldata.image import ImageOptions, load_image, to_chw
-from mtldata.records import ImagePayload, Sample
+from mtldata.storage.backends import WriterOptions, open_reader
+from mtldata.storage.backends.hdf5 import Hdf5Writer
+from mtldata.storage.image import ImageOptions, load_image, to_chw
+from mtldata.storage.records import ImagePayload, Sample
 
 
 def hdf5_spec(list_file: Path, out: Path, **kw) -> ConvertSpec:
@@ -322,7 +322,7 @@ def test_sample_view_reads_what_sample_reads_and_sample_outlives_the_reader(imag
 
 
 def test_rows_read_in_blocks_equal_the_files_in_any_order(tmp_path, monkeypatch):
-    from mtldata.backends.hdf5 import _OpenFile
+    from mtldata.storage.backends.hdf5 import _OpenFile
 
     monkeypatch.setattr(_OpenFile, "BLOCK_ROWS", 3)  # many blocks, few kept: evictions happen
     monkeypatch.setattr(_OpenFile, "CACHED_BLOCKS", 2)
@@ -477,7 +477,7 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from mtldata.convert import ConvertSpec, convert
+    from mtldata.convert.pipeline import ConvertSpec, convert
 
     def progress(done, total):
         if done == 8:

@@ -1,4 +1,4 @@
-"""Tests of mtldata.image: decode / resize / encode against real Caffe output and synthetic files."""
+"""Tests of mtldata.storage.image: decode / resize / encode against real Caffe output and synthetic files."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile, ImageOps
 
 from mtldata.caffe.datum import parse_datum
-from mtldata.image import (
+from mtldata.storage.image import (
     ImageDecodeError,
     ImageOptions,
     caffe_resize,
@@ -668,7 +668,7 @@ def test_to_chw():
 
 
 def test_app1_scan_sends_every_exif_or_xmp_jpeg_to_pillow(tmp_path):
-    from mtldata.image import _has_app1
+    from mtldata.storage.image import _has_app1
 
     rgb = np.random.default_rng(3).integers(0, 255, (24, 32, 3), dtype=np.uint8)
     im = Image.fromarray(rgb)

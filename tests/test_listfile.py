@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mtldata.listfile import ListEntry, ListLineError, infer_num_labels, iter_list, parse_line, summarize_list
+from mtldata.storage.listfile import (
+    ListEntry,
+    ListLineError,
+    infer_num_labels,
+    iter_list,
+    parse_line,
+    summarize_list,
+)
 
 
 def parse(text: str, k: int, exists=None) -> ListEntry | ListLineError:

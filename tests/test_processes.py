@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from mtldata.processes import current_pid
+from mtldata.storage.processes import current_pid
 
 
 def _report(queue) -> None:

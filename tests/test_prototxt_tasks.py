@@ -13,7 +13,8 @@ from google.protobuf import text_format
 from train_helpers import make_dataset
 
 from mtldata.caffe import caffe_pb2
-from mtldata.caffe.multitask import (
+from mtldata.caffe.prototxt import UnknownFieldWarning
+from mtldata.caffenet.multitask import (
     DataSource,
     NetImportWarning,
     emit_train_val,
@@ -21,7 +22,6 @@ from mtldata.caffe.multitask import (
     import_net,
     net_to_text,
 )
-from mtldata.caffe.prototxt import UnknownFieldWarning
 from mtldata.cli import main
 from mtldata.errors import TaskSpecError
 from mtldata.tasks import TaskSet, TaskSpec, dump_tasks, load_tasks
@@ -237,8 +237,8 @@ def test_train_cli_errors_are_one_line(tmp_path):
 @pytest.mark.parametrize("backend", ["lmdb", "hdf5"])
 def test_the_emitted_net_runs_in_the_caffe_emulation(tmp_path, backend):
     # Short of real Caffe: mtldata's Caffe net builds it with Caffe's shape rules and runs a forward.
-    from mtldata.caffe.net import CaffeNet
-    from mtldata.caffe.runner import NetFeeder
+    from mtldata.caffenet.net import CaffeNet
+    from mtldata.caffenet.runner import NetFeeder
 
     _, tasks_file = make_dataset(tmp_path / "src", count=16)
     out = tmp_path / "out"

@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 from conftest import db_items, write_list
 
-from mtldata.backends import open_reader
 from mtldata.cli import main
-from mtldata.convert import ConvertSpec, convert
+from mtldata.convert.merge import merge
+from mtldata.convert.pipeline import ConvertSpec, convert
 from mtldata.errors import DatasetFormatError, DatasetStateError, MtlDataError
-from mtldata.merge import merge
+from mtldata.storage.backends import open_reader
 
 
 def h5_contents(path: Path) -> list[dict[str, np.ndarray]]:

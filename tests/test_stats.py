@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from conftest import write_image, write_list
 
 from mtldata.cli import main
-from mtldata.convert import ConvertSpec, convert
+from mtldata.convert.pipeline import ConvertSpec, convert
 from mtldata.errors import TaskSpecError
-from mtldata.stats import dataset_stats, format_stats, label_stats
+from mtldata.inspect.stats import dataset_stats, format_stats, label_stats
 from mtldata.tasks import load_tasks
 
 # image_set's labels are [i % 3, i % 2, 0.25 * i, -1.5 + i] for i in 0..11.

@@ -12,7 +12,7 @@ import torch
 from conftest import CAFFE_FIXTURES
 
 from mtldata.errors import MtlDataError
-from mtldata.transforms import CaffeTransform, TransformError, TransformSpec
+from mtldata.loader.transforms import CaffeTransform, TransformError, TransformSpec
 
 FIXTURES = CAFFE_FIXTURES
 

@@ -10,14 +10,14 @@ import pytest
 from click.testing import CliRunner
 from conftest import write_image, write_list
 
-from mtldata.backends.lmdb import database_digest
 from mtldata.caffe.caffe_pb2 import Datum
 from mtldata.caffe.datum import image_datum, label_datum
 from mtldata.cli import main
-from mtldata.convert import ConvertSpec, convert
+from mtldata.convert.pipeline import ConvertSpec, convert
 from mtldata.errors import DatasetFormatError
-from mtldata.image import ImageOptions
-from mtldata.verify import format_report, verify_dataset
+from mtldata.inspect.verify import format_report, verify_dataset
+from mtldata.storage.backends.lmdb import database_digest
+from mtldata.storage.image import ImageOptions
 
 
 @pytest.fixture

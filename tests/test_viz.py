@@ -11,11 +11,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from mtldata.cli import main
-from mtldata.convert import ConvertSpec, convert
+from mtldata.convert.pipeline import ConvertSpec, convert
 from mtldata.errors import MissingDependencyError
-from mtldata.stats import dataset_stats
-from mtldata.tasks import load_tasks
-from mtldata.viz import (
+from mtldata.inspect.stats import dataset_stats
+from mtldata.inspect.viz import (
     collect_curves,
     contact_sheet,
     label_lines,
@@ -23,6 +22,7 @@ from mtldata.viz import (
     plot_stats,
     save_contact_sheet,
 )
+from mtldata.tasks import load_tasks
 
 TASKS = """
 [[task]]

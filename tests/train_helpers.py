@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mtldata.convert import ConvertSpec, convert
+from mtldata.convert.pipeline import ConvertSpec, convert
 
 TASKS_TOML = """
 num_labels = 5

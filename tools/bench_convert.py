@@ -74,8 +74,8 @@ MTLDATA_RUN = textwrap.dedent(
     """
     import json, resource, sys, time
     from pathlib import Path
-    from mtldata.convert import ConvertSpec, convert
-    from mtldata.image import ImageOptions
+    from mtldata.convert.pipeline import ConvertSpec, convert
+    from mtldata.storage.image import ImageOptions
     list_file, out, encoded, workers = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
     start = time.perf_counter()
     result = convert(ConvertSpec(list_file=Path(list_file), output=Path(out), workers=workers,

@@ -38,9 +38,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mtldata.caffe.datum import data_field_span, parse_datum
-from mtldata.convert import ConvertSpec, convert
-from mtldata.dataset import MultiTaskCollate, collate_uint8, open_dataset
-from mtldata.image import ImageOptions
+from mtldata.convert.pipeline import ConvertSpec, convert
+from mtldata.loader.dataset import MultiTaskCollate, collate_uint8, open_dataset
+from mtldata.storage.image import ImageOptions
 from mtldata.tasks import TaskSet, TaskSpec
 
 TASKS = TaskSet(
@@ -95,12 +95,12 @@ def make_images(root: Path, n: int, size: int, seed: int = 0) -> Path:
 
 def build(root: Path, list_file: Path) -> dict[str, Path]:
     """Convert the list raw and encoded (and to HDF5 if that backend exists); reuse earlier outputs."""
-    from mtldata.backends import WRITERS, _load_builtin_backends
+    from mtldata.storage.backends import WRITERS, _load_builtin_backends
 
     _load_builtin_backends()
     outputs = {"raw": (ImageOptions(), "lmdb"), "encoded": (ImageOptions(encoded=True), "lmdb")}
     try:
-        import mtldata.backends.hdf5  # noqa: F401  (registers the writer when it exists)
+        import mtldata.storage.backends.hdf5  # noqa: F401  (registers the writer when it exists)
     except ImportError:
         pass
     if "hdf5" in WRITERS:

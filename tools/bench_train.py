@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from mtldata.convert import ConvertSpec, convert
-from mtldata.sample import CLASS_NAMES, LABEL_NAMES, make_sample_set
+from mtldata.convert.pipeline import ConvertSpec, convert
+from mtldata.storage.sample_set import CLASS_NAMES, LABEL_NAMES, make_sample_set
 from mtldata.tasks import TaskSet, TaskSpec, dump_tasks
 from mtldata.train import Reporter, TrainConfig, train
 from mtldata.train.loop import amp_dtype, pick_device

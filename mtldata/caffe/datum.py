@@ -124,6 +124,8 @@ def datum_labels(datum: Datum) -> np.ndarray:
 def datum_pixels(datum: Datum) -> np.ndarray:
     """The raw pixels of a non-encoded Datum as a (C, H, W) uint8 array (a copy-free view)."""
     if datum.encoded:
-        raise ValueError("datum holds encoded image bytes; decode them with mtldata.image.decode_bytes")
+        raise ValueError(
+            "datum holds encoded image bytes; decode them with mtldata.storage.image.decode_bytes"
+        )
     c, h, w = datum.channels, datum.height, datum.width
     return np.frombuffer(datum.data, dtype=np.uint8).reshape(c, h, w)

@@ -19,20 +19,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from mtldata.backends import dataset_num_labels, open_reader
-from mtldata.caffe.multitask import (
+from mtldata.caffe.prototxt import read_net
+from mtldata.caffenet.multitask import (
     NetImportWarning,
     data_sources,
     import_net,
     resolve_source_path,
     source_paths,
 )
-from mtldata.caffe.prototxt import read_net
-from mtldata.dataset import MultiTaskDataset, collate_uint8, open_dataset
 from mtldata.errors import MtlDataError, TaskSpecError
+from mtldata.loader.dataset import MultiTaskDataset, collate_uint8, open_dataset
+from mtldata.loader.transforms import CaffeTransform, TransformSpec
+from mtldata.storage.backends import dataset_num_labels, open_reader
 from mtldata.tasks import TaskSet, load_tasks
 from mtldata.train.config import ConfigError, TrainConfig
-from mtldata.transforms import CaffeTransform, TransformSpec
 
 __all__ = ["EpochSampler", "RunData", "build_data", "resolve_config", "split_indices"]
 

@@ -5,7 +5,7 @@ Data layers are fed as Caffe's are:
 * `Data` (LMDB): records in key order, read continuously and wrapping around (batch i holds samples
   (batch_size·i + j) mod N), each layer with its own cursor, so an image LMDB and a label LMDB with
   the same keys stay aligned. An image Datum gives `(uint8 − mean) · scale` (transform_param, via
-  mtldata.transforms) and its int label as the optional second top; a float Datum (the label DB of
+  mtldata.loader.transforms) and its int label as the optional second top; a float Datum (the label DB of
   the multi-label layout) gives its float_data as a (C, H, W) blob. A `source` may also name an
   mtldata dataset directory: its images, then its label vectors, as the two tops.
 * `HDF5Data`: the `source` text file lists .h5 files; each top reads the dataset of its name, rows
@@ -31,9 +31,9 @@ from torch import Tensor
 
 from mtldata.caffe import caffe_pb2
 from mtldata.caffe.datum import parse_datum
-from mtldata.caffe.net import CaffeNet, WeightsReport, load_caffemodel
 from mtldata.caffe.prototxt import read_net, read_solver
-from mtldata.caffe.solver import Solver, SolverError
+from mtldata.caffenet.net import CaffeNet, WeightsReport, load_caffemodel
+from mtldata.caffenet.solver import Solver, SolverError
 from mtldata.errors import CaffeFileError, DatasetFormatError
 
 __all__ = ["NetFeeder", "load_solver", "resolve_path", "train_from_solver"]
@@ -98,7 +98,7 @@ class _Source:
     """One opened LMDB source: its reader and what its records hold."""
 
     def __init__(self, source: Path) -> None:
-        from mtldata.backends import open_reader
+        from mtldata.storage.backends import open_reader
 
         self.dataset_dir = not (source / "data.mdb").is_file()
         self.float_shape: tuple[int, int, int] | None = None
@@ -157,7 +157,7 @@ class _LmdbFeed:
         self.mean: np.ndarray | None = None
         tp = layer.transform_param
         if self.float_shape is None:
-            from mtldata.transforms import CaffeTransform, TransformSpec
+            from mtldata.loader.transforms import CaffeTransform, TransformSpec
 
             spec = TransformSpec.from_caffe(tp)
             if spec.mean_file is not None:
@@ -181,7 +181,7 @@ class _LmdbFeed:
         sample = self.reader.sample(i)
         image = sample.image
         if image.encoded:
-            from mtldata.image import decode_bytes, to_chw
+            from mtldata.storage.image import decode_bytes, to_chw
 
             pixels = to_chw(decode_bytes(image.data, gray=self.layer.transform_param.force_gray))
         else:

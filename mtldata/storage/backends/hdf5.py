@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from mtldata.backends import READERS, DatasetReader, WriterOptions, register_writer
 from mtldata.durable import fsync_path
 from mtldata.errors import DatasetFormatError, MtlDataError, SampleRejectedError
-from mtldata.processes import current_pid
-from mtldata.records import ImagePayload, Sample
+from mtldata.storage.backends import READERS, DatasetReader, WriterOptions, register_writer
+from mtldata.storage.processes import current_pid
+from mtldata.storage.records import ImagePayload, Sample
 
 LIST_NAME = "hdf5_list.txt"
 DTYPES = ("float32", "uint8")

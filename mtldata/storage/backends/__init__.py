@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from mtldata.errors import DatasetFormatError, MtlDataError
-from mtldata.records import Sample
+from mtldata.storage.records import Sample
 
 MANIFEST_NAME = "manifest.json"
 
@@ -87,10 +87,10 @@ def register_writer(name: str) -> Callable[[WriterFactory], WriterFactory]:
 
 
 def _load_builtin_backends() -> None:
-    # Imported here, not at module top, so that `mtldata.backends` stays cheap and each backend
+    # Imported here, not at module top, so that `mtldata.storage.backends` stays cheap and each backend
     # module's heavy import (lmdb, h5py) happens only when it is used.
-    from mtldata.backends import hdf5 as _hdf5  # noqa: F401  (h5py itself only when a file is used)
-    from mtldata.backends import lmdb as _lmdb  # noqa: F401
+    from mtldata.storage.backends import hdf5 as _hdf5  # noqa: F401  (h5py itself only when a file is used)
+    from mtldata.storage.backends import lmdb as _lmdb  # noqa: F401
 
 
 def check_writer_options(backend: str, options: WriterOptions) -> None:
@@ -135,7 +135,7 @@ def open_reader(path: str | Path, labels: str | Path | None = None) -> DatasetRe
     `hdf5_list.txt`.
     """
     _load_builtin_backends()
-    from mtldata.backends.lmdb import LmdbReader
+    from mtldata.storage.backends.lmdb import LmdbReader
 
     path = Path(path)
     if not path.exists():
@@ -160,7 +160,7 @@ def open_reader(path: str | Path, labels: str | Path | None = None) -> DatasetRe
         )
     if path.is_file() or (path / "hdf5_list.txt").is_file():
         # An .h5 file, an HDF5Data `source` list, or a folder holding hdf5_list.txt.
-        from mtldata.backends.hdf5 import open_hdf5
+        from mtldata.storage.backends.hdf5 import open_hdf5
 
         return open_hdf5(path)
     if (path / "data.mdb").is_file():

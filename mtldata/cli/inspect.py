@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from mtldata.cli_report import EXIT_ERROR, Progress, fail
+from mtldata.cli.report import EXIT_ERROR, Progress, fail
 from mtldata.errors import MtlDataError
 
 _DATASET = click.argument("dataset", type=click.Path(path_type=Path, exists=True))
@@ -78,7 +78,7 @@ def info(dataset: Path, labels: Path | None, as_json: bool) -> None:
     LMDB given together with --labels. It may also be an .h5 file, an HDF5Data source list
     (a .txt of .h5 paths) or a folder holding hdf5_list.txt.
     """
-    from mtldata.info import dataset_info
+    from mtldata.inspect.info import dataset_info
 
     try:
         summary = dataset_info(dataset, labels)
@@ -110,7 +110,7 @@ def verify(dataset: Path, labels: Path | None, max_problems: int, quiet: bool) -
     in the same order, and the manifest's checksums hold. Exits with 1, listing the first bad keys,
     when anything does not.
     """
-    from mtldata.verify import format_report, verify_dataset
+    from mtldata.inspect.verify import format_report, verify_dataset
 
     progress = Progress(quiet, "rec", "verify")
     try:
@@ -158,7 +158,7 @@ def show(
 
     Labels are named from the manifest, or per task with --tasks (class names where given).
     """
-    from mtldata.viz import save_contact_sheet
+    from mtldata.inspect.viz import save_contact_sheet
 
     try:
         layout = save_contact_sheet(
@@ -195,12 +195,12 @@ def stats(
 
     Without --tasks each label column is described on its own.
     """
-    from mtldata.stats import dataset_stats, format_stats
+    from mtldata.inspect.stats import dataset_stats, format_stats
 
     progress = Progress(quiet, "rec", "stats")
     try:
         if plot_file is not None:
-            from mtldata.viz import require_matplotlib
+            from mtldata.inspect.viz import require_matplotlib
 
             require_matplotlib()  # before reading every label, not after
         figures = dataset_stats(dataset, tasks_file, labels, bins=bins, progress=progress)
@@ -215,7 +215,7 @@ def stats(
     else:
         click.echo(format_stats(figures))
     if plot_file is not None:
-        from mtldata.viz import plot_stats
+        from mtldata.inspect.viz import plot_stats
 
         try:
             plot_stats(figures, plot_file)
@@ -238,7 +238,7 @@ def plot(run_dir: Path, output: Path | None) -> None:
     Per-task losses and metrics (train and val) and the task weights over time. RUN_DIR is the run
     directory or the metrics.jsonl file itself. Needs matplotlib: pip install 'mtldata[viz]'.
     """
-    from mtldata.viz import plot_curves
+    from mtldata.inspect.viz import plot_curves
 
     output = output or (run_dir if run_dir.is_dir() else run_dir.parent) / "curves.png"
     try:

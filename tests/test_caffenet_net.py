@@ -12,8 +12,8 @@ from google.protobuf import text_format
 
 from mtldata.caffe import caffe_pb2
 from mtldata.caffe.blob import array_to_blob
-from mtldata.caffe.layers import CaffeNetError, caffe_pool2d, fill
-from mtldata.caffe.net import (
+from mtldata.caffenet.layers import CaffeNetError, caffe_pool2d, fill
+from mtldata.caffenet.net import (
     CaffeNet,
     caffemodel_proto,
     filter_net,

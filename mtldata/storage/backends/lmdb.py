@@ -16,11 +16,11 @@ from typing import Any
 import lmdb
 import numpy as np
 
-from mtldata.backends import DatasetReader, WriterOptions, register_writer
 from mtldata.caffe.datum import datum_labels, image_datum, label_datum, parse_datum, split_datum
 from mtldata.errors import DatasetFormatError
-from mtldata.processes import current_pid
-from mtldata.records import ImagePayload, Sample
+from mtldata.storage.backends import DatasetReader, WriterOptions, register_writer
+from mtldata.storage.processes import current_pid
+from mtldata.storage.records import ImagePayload, Sample
 
 IMAGES_DIR = "images.lmdb"
 LABELS_DIR = "labels.lmdb"

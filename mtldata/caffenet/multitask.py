@@ -17,7 +17,6 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from mtldata.backends import dataset_num_labels, read_manifest
 from mtldata.caffe.caffe_pb2 import (
     TEST,
     TRAIN,
@@ -27,10 +26,11 @@ from mtldata.caffe.caffe_pb2 import (
     NetParameter,
     TransformationParameter,
 )
-from mtldata.caffe.netstate import layers_in_state
 from mtldata.caffe.prototxt import read_net
+from mtldata.caffenet.netstate import layers_in_state
 from mtldata.durable import write_bytes_atomic
 from mtldata.errors import DatasetFormatError, TaskSpecError
+from mtldata.storage.backends import dataset_num_labels, read_manifest
 from mtldata.tasks import TaskSet, TaskSpec
 
 __all__ = [

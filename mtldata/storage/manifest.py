@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtldata.backends import MANIFEST_NAME
 from mtldata.durable import write_json_atomic
+from mtldata.storage.backends import MANIFEST_NAME
 
 FORMAT_NAME = "mtldata"
 FORMAT_VERSION = 1
@@ -84,7 +84,7 @@ class Manifest:
 def checksum(path: Path) -> dict[str, Any] | None:
     """What the manifest records to check `path` by: an LMDB's record digest, a file's sha256, or None."""
     if (path / "data.mdb").is_file():
-        from mtldata.backends.lmdb import database_digest
+        from mtldata.storage.backends.lmdb import database_digest
 
         return database_digest(path)
     if path.is_file():

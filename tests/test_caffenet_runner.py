@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from mtldata.caffe import caffe_pb2
-from mtldata.caffe.multitask import DataSource, emit_train_val
-from mtldata.caffe.net import CaffeNet
-from mtldata.caffe.runner import NetFeeder, train_from_solver
-from mtldata.convert import ConvertSpec, convert
+from mtldata.caffenet.multitask import DataSource, emit_train_val
+from mtldata.caffenet.net import CaffeNet
+from mtldata.caffenet.runner import NetFeeder, train_from_solver
+from mtldata.convert.pipeline import ConvertSpec, convert
 from mtldata.tasks import TaskSet, TaskSpec
 
 NET = """

@@ -11,9 +11,9 @@ import torch
 from google.protobuf import text_format
 
 from mtldata.caffe import caffe_pb2
-from mtldata.caffe.net import CaffeNet, LearnableParam
 from mtldata.caffe.prototxt import read_caffemodel
-from mtldata.caffe.solver import CaffeSGD, Solver, SolverError, format_number, learning_rate
+from mtldata.caffenet.net import CaffeNet, LearnableParam
+from mtldata.caffenet.solver import CaffeSGD, Solver, SolverError, format_number, learning_rate
 
 
 def solver_param(text: str) -> caffe_pb2.SolverParameter:

@@ -14,11 +14,11 @@ from typing import Any
 
 import click
 
-from mtldata import __version__
-from mtldata.cli_inspect import COMMANDS as INSPECT_COMMANDS
-from mtldata.cli_inspect import format_info
-from mtldata.cli_report import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_SKIPPED, Progress, fail
+from mtldata.cli.inspect import COMMANDS as INSPECT_COMMANDS
+from mtldata.cli.inspect import format_info
+from mtldata.cli.report import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_SKIPPED, Progress, fail
 from mtldata.errors import MtlDataError
+from mtldata.version import __version__
 
 __all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_SKIPPED", "main"]
 
@@ -217,9 +217,9 @@ def convert(
     Work happens in OUTPUT.partial/ and is renamed into place when complete;
     an interrupted run continues with --resume.
     """
-    from mtldata.convert import ConvertSpec
-    from mtldata.convert import convert as run_convert
-    from mtldata.image import ImageOptions
+    from mtldata.convert.pipeline import ConvertSpec
+    from mtldata.convert.pipeline import convert as run_convert
+    from mtldata.storage.image import ImageOptions
 
     if emit_prototxt and (tasks_file is None or num_shards > 1):
         fail(
@@ -284,7 +284,7 @@ def convert(
         f"wrote {result.count} samples to {result.output} in {result.seconds:.1f} s ({rate:.0f} img/s)"
     )
     if emit_prototxt:
-        from mtldata.caffe.multitask import write_train_val
+        from mtldata.caffenet.multitask import write_train_val
         from mtldata.tasks import load_tasks
 
         try:
@@ -340,7 +340,7 @@ def _backend_options(
     if compression:
         options["compression"] = compression
     if tasks_file is not None:
-        from mtldata.backends.hdf5 import task_datasets_option
+        from mtldata.storage.backends.hdf5 import task_datasets_option
         from mtldata.tasks import load_tasks
 
         try:
@@ -368,7 +368,7 @@ def merge(parts: tuple[Path, ...], output: Path, overwrite: bool, quiet: bool) -
     (for LMDB one image LMDB and one label LMDB that Caffe reads; for HDF5 the shards re-cut to
     --shard-size). It is built in OUTPUT.partial/ and renamed into place when complete.
     """
-    from mtldata.merge import merge as run_merge
+    from mtldata.convert.merge import merge as run_merge
 
     progress = Progress(quiet, "img", "merge")
     try:
@@ -411,10 +411,10 @@ def merge(parts: tuple[Path, ...], output: Path, overwrite: bool, quiet: bool) -
 def demo(directory: Path | None, count: int, quiet: bool, no_train: bool = False, epochs: int = 25) -> None:
     """Make a small multi-task sample set (real JPEGs + a list file), convert it and summarise it,
     then train a small model on it for a few epochs and print its per-task metrics."""
-    from mtldata.convert import ConvertSpec
-    from mtldata.convert import convert as run_convert
-    from mtldata.info import dataset_info
-    from mtldata.sample import LABEL_NAMES, make_sample_set
+    from mtldata.convert.pipeline import ConvertSpec
+    from mtldata.convert.pipeline import convert as run_convert
+    from mtldata.inspect.info import dataset_info
+    from mtldata.storage.sample_set import LABEL_NAMES, make_sample_set
 
     directory = directory or Path(tempfile.mkdtemp(prefix="mtldata-demo-"))
     list_file = make_sample_set(directory, count=count)
@@ -437,12 +437,12 @@ def demo(directory: Path | None, count: int, quiet: bool, no_train: bool = False
     click.echo(f"converted {result.count} samples in {result.seconds:.1f} s -> {output}")
     click.echo(format_info(dataset_info(output)))
     if not no_train:
-        from mtldata.cli_train import demo_training
+        from mtldata.cli.train import demo_training
 
         demo_training(directory, output, quiet, epochs)
 
 
-from mtldata.cli_train import tasks_command, train_command  # noqa: E402  (torch loads only when they run)
+from mtldata.cli.train import tasks_command, train_command  # noqa: E402  (torch loads only when they run)
 
 for _command in (*INSPECT_COMMANDS, train_command, tasks_command):
     main.add_command(_command)

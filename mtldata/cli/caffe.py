@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from mtldata.cli_report import EXIT_ERROR, EXIT_INTERRUPTED
+from mtldata.cli.report import EXIT_ERROR, EXIT_INTERRUPTED
 from mtldata.errors import MtlDataError
 
 
@@ -30,7 +30,7 @@ def run_solver_command(
             err=True,
         )
         sys.exit(EXIT_ERROR)
-    from mtldata.caffe.runner import train_from_solver
+    from mtldata.caffenet.runner import train_from_solver
 
     log = None if quiet else click.echo
     try:

@@ -28,14 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from mtldata import __version__
-from mtldata.backends import WriterOptions, check_writer_options, make_writer
 from mtldata.durable import fsync_path, write_json_atomic
 from mtldata.errors import DatasetStateError, InputError, MtlDataError, SampleRejectedError
-from mtldata.image import ImageDecodeError, ImageOptions, prepare_image
-from mtldata.listfile import ListEntry, ListLineError, iter_list, summarize_list
-from mtldata.manifest import LabelStats, Manifest, dataset_checksums, write_manifest
-from mtldata.records import ImagePayload, Sample
+from mtldata.storage.backends import WriterOptions, check_writer_options, make_writer
+from mtldata.storage.image import ImageDecodeError, ImageOptions, prepare_image
+from mtldata.storage.listfile import ListEntry, ListLineError, iter_list, summarize_list
+from mtldata.storage.manifest import LabelStats, Manifest, dataset_checksums, write_manifest
+from mtldata.storage.records import ImagePayload, Sample
+from mtldata.version import __version__
 
 PROGRESS_NAME = "progress.json"
 ERRORS_NAME = "errors.tsv"

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from mtldata.cli_report import EXIT_INTERRUPTED, fail
+from mtldata.cli.report import EXIT_INTERRUPTED, fail
 from mtldata.errors import MtlDataError
 
 
@@ -255,8 +255,8 @@ def train_command(dataset: Path | None, config_file: Path | None, quiet: bool, *
     """
     _show_warnings()
     solver, workdir = options.pop("solver"), options.pop("workdir")
-    if solver is not None:  # the Caffe setup itself: mtldata.cli_caffe
-        from mtldata.cli_caffe import run_solver_command
+    if solver is not None:  # the Caffe setup itself: mtldata.cli.caffe
+        from mtldata.cli.caffe import run_solver_command
 
         run_solver_command(
             solver, options["init"], workdir, quiet, {"dataset": dataset, "config": config_file, **options}
@@ -304,7 +304,7 @@ def tasks_command(prototxt: Path, num_labels: int | None, output: Path | None) -
     Loss layers become tasks (SoftmaxWithLoss: softmax, SigmoidCrossEntropyLoss: sigmoid,
     EuclideanLoss: euclidean) with their loss_weight and ignore_label; Slice layers give their columns.
     """
-    from mtldata.caffe.multitask import import_net, prototxt_num_labels
+    from mtldata.caffenet.multitask import import_net, prototxt_num_labels
     from mtldata.tasks import dump_tasks
 
     _show_warnings()
@@ -324,7 +324,7 @@ def tasks_command(prototxt: Path, num_labels: int | None, output: Path | None) -
 
 def demo_training(directory: Path, dataset: Path, quiet: bool, epochs: int = 25) -> None:
     """The demo's short run on the built-in sample set, then its per-task metrics."""
-    from mtldata.sample import CLASS_NAMES, LABEL_NAMES
+    from mtldata.storage.sample_set import CLASS_NAMES, LABEL_NAMES
     from mtldata.tasks import TaskSet, TaskSpec, dump_tasks
     from mtldata.train.config import TrainConfig
     from mtldata.train.metrics import format_table

@@ -59,7 +59,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mtldata.errors import MtlDataError
-from mtldata.records import ImagePayload
+from mtldata.storage.records import ImagePayload
 
 __all__ = [
     "ImageDecodeError",

@@ -29,16 +29,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mtldata.backends import open_reader, read_manifest
 from mtldata.errors import MissingDependencyError, MtlDataError
-from mtldata.image import decode_bytes
-from mtldata.records import ImagePayload
+from mtldata.storage.backends import open_reader, read_manifest
+from mtldata.storage.image import decode_bytes
+from mtldata.storage.records import ImagePayload
 from mtldata.tasks import TaskSet, load_tasks
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from mtldata.stats import DatasetStats
+    from mtldata.inspect.stats import DatasetStats
 
 METRICS_NAME = "metrics.jsonl"
 _PAD = 4  # pixels around and between contact-sheet tiles
@@ -271,7 +271,7 @@ def _save(fig: Any, out: str | Path, panels: Sequence[str], rows: int, columns: 
 
 
 def plot_stats(stats: DatasetStats, out: str | Path, *, dpi: int = 100) -> PlotLayout:
-    """Draw `stats` (from mtldata.stats.dataset_stats) into `out`: one panel per task."""
+    """Draw `stats` (from mtldata.inspect.stats.dataset_stats) into `out`: one panel per task."""
     if not stats.tasks:
         raise MtlDataError(f"{stats.path}: no labels to plot")
     fig, axes, rows, columns = _figure(len(stats.tasks), (4.5, 3.4), dpi)

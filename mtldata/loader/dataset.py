@@ -35,13 +35,13 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler, default_collate, get_worker_info
 
-from mtldata.backends import DatasetReader, open_reader
 from mtldata.errors import DatasetFormatError
-from mtldata.image import decode_bytes
-from mtldata.processes import current_pid
-from mtldata.records import Sample
+from mtldata.loader.transforms import CaffeTransform, TransformError, TransformSpec
+from mtldata.storage.backends import DatasetReader, open_reader
+from mtldata.storage.image import decode_bytes
+from mtldata.storage.processes import current_pid
+from mtldata.storage.records import Sample
 from mtldata.tasks import LabelSlicer, TaskSet, TaskSpec, load_tasks
-from mtldata.transforms import CaffeTransform, TransformError, TransformSpec
 
 __all__ = [
     "MultiTaskCollate",

@@ -17,12 +17,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mtldata import __version__
-from mtldata.backends import WriterOptions, make_writer, open_reader, read_manifest
-from mtldata.convert import ERRORS_NAME, MANIFEST_ERRORS, PARTIAL_SUFFIX, _publish
+from mtldata.convert.pipeline import ERRORS_NAME, MANIFEST_ERRORS, PARTIAL_SUFFIX, _publish
 from mtldata.durable import fsync_path
 from mtldata.errors import DatasetFormatError, DatasetStateError, MtlDataError
-from mtldata.manifest import LabelStats, Manifest, dataset_checksums, write_manifest
+from mtldata.storage.backends import WriterOptions, make_writer, open_reader, read_manifest
+from mtldata.storage.manifest import LabelStats, Manifest, dataset_checksums, write_manifest
+from mtldata.version import __version__
 
 # Manifest options that may differ between parts without changing what they hold.
 _FREE_OPTIONS = ("strict",)

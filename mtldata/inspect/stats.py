@@ -1,6 +1,6 @@
 """Label figures per task: class balance, positive rates, value histograms, ignored and missing counts.
 
-The figures are plain data, so `mtldata stats` prints them as a table and `mtldata.viz.plot_stats`
+The figures are plain data, so `mtldata stats` prints them as a table and `mtldata.inspect.viz.plot_stats`
 draws the same numbers. Without a tasks file each label column is described on its own: as classes
 when it holds few distinct integers, as a histogram otherwise.
 """
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from mtldata.backends import open_reader, read_manifest
 from mtldata.errors import DatasetFormatError
+from mtldata.storage.backends import open_reader, read_manifest
 from mtldata.tasks import TaskSet, TaskSpec, load_tasks
 
 

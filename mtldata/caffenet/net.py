@@ -4,7 +4,7 @@
 layers are kept or dropped by their include/exclude rules, Caffe's Split layers are inserted where a
 blob feeds several layers (so blob names match pycaffe's `net.blobs`), and in-place layers rebind
 their blob. Data layers are not executed: their tops are the net's inputs, fed by the caller (see
-`mtldata.caffe.runner`). Loss tops stay unweighted; `weighted_loss` is Σ loss_weight·top, summed in
+`mtldata.caffenet.runner`). Loss tops stay unweighted; `weighted_loss` is Σ loss_weight·top, summed in
 float32 in layer order like Net::Forward.
 """
 
@@ -20,9 +20,9 @@ from torch import Tensor, nn
 
 from mtldata.caffe import caffe_pb2
 from mtldata.caffe.blob import array_to_blob, blob_shape, blob_to_array
-from mtldata.caffe.layers import DATA_LAYER_TYPES, LAYERS, CaffeNetError, Layer
-from mtldata.caffe.netstate import PHASES, layers_in_state
 from mtldata.caffe.prototxt import read_caffemodel, read_net, write_caffemodel
+from mtldata.caffenet.layers import DATA_LAYER_TYPES, LAYERS, CaffeNetError, Layer
+from mtldata.caffenet.netstate import PHASES, layers_in_state
 from mtldata.errors import DatasetFormatError
 
 __all__ = [

@@ -23,8 +23,8 @@ from torch import Tensor
 
 from mtldata.caffe import caffe_pb2
 from mtldata.caffe.blob import array_to_blob, blob_to_array
-from mtldata.caffe.layers import CaffeNetError
-from mtldata.caffe.net import CaffeNet, LearnableParam, load_caffemodel, save_caffemodel
+from mtldata.caffenet.layers import CaffeNetError
+from mtldata.caffenet.net import CaffeNet, LearnableParam, load_caffemodel, save_caffemodel
 from mtldata.durable import write_bytes_atomic
 
 __all__ = [

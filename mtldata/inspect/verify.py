@@ -16,11 +16,11 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from mtldata.backends import open_reader, read_manifest
 from mtldata.caffe.datum import parse_datum
 from mtldata.errors import MtlDataError
-from mtldata.image import ImageDecodeError, decode_bytes
-from mtldata.manifest import checksum
+from mtldata.storage.backends import open_reader, read_manifest
+from mtldata.storage.image import ImageDecodeError, decode_bytes
+from mtldata.storage.manifest import checksum
 
 DATASET = "(dataset)"  # how format_report names a problem that belongs to no single record
 
@@ -73,7 +73,7 @@ def verify_dataset(
 
     Raises DatasetFormatError only when `path` is not a dataset at all.
     """
-    from mtldata.backends.lmdb import LmdbReader
+    from mtldata.storage.backends.lmdb import LmdbReader
 
     path = Path(path)
     reader = open_reader(path, labels)
@@ -110,7 +110,7 @@ def _walk_lmdb(
     """Walk the image DB (and the label DB beside it); return each DB's record digest by its path."""
     import lmdb
 
-    from mtldata.backends.lmdb import RecordDigest
+    from mtldata.storage.backends.lmdb import RecordDigest
 
     gray = bool(manifest and manifest.get("options", {}).get("gray"))
     shapes = set((manifest or {}).get("image", {}).get("shapes") or ())

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mtldata.backends import open_reader, read_manifest
-from mtldata.manifest import LabelStats
+from mtldata.storage.backends import open_reader, read_manifest
+from mtldata.storage.manifest import LabelStats
 
 
 def dataset_info(

@@ -1,0 +1,1 @@
+"""Caffe nets and solvers run in torch: layers, the net graph, solvers, the runner, prototxt <-> tasks."""

@@ -1,0 +1,1 @@
+"""Looking at datasets and runs: info, verify, stats and pictures."""
