@@ -28,7 +28,16 @@ except ModuleNotFoundError:  # Python 3.10
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["KINDS", "LabelSlicer", "TaskSet", "TaskSpec", "dump_tasks", "load_tasks"]
+__all__ = [
+    "KINDS",
+    "LabelSlicer",
+    "TaskSet",
+    "TaskSpec",
+    "dump_tasks",
+    "load_tasks",
+    "tasks_from_dict",
+    "tasks_to_dict",
+]
 
 # softmax: SoftmaxWithLoss (one column, an integral class index); sigmoid: SigmoidCrossEntropyLoss
 # (k binary columns); euclidean: EuclideanLoss (k real columns).
@@ -380,6 +389,21 @@ def load_tasks(source: str | os.PathLike[str], *, num_labels: int | None = None)
         if e.file is not None:
             raise
         raise TaskSpecError(e.reason, file=origin, task=e.task, field=e.field) from None
+
+
+def tasks_from_dict(doc: Mapping[str, Any], origin: str = "<tasks dict>") -> TaskSet:
+    """A TaskSet from the dict form of a tasks.toml (what `tasks_to_dict` gives; checkpoints hold it)."""
+    if not isinstance(doc, Mapping):
+        raise TaskSpecError(f"expected a table of tasks, got {type(doc).__name__}", file=origin)
+    try:
+        return _taskset_from_doc(doc, None)
+    except TaskSpecError as e:
+        raise TaskSpecError(e.reason, file=origin, task=e.task, field=e.field) from None
+
+
+def tasks_to_dict(taskset: TaskSet) -> dict[str, Any]:
+    """The tasks.toml document of `taskset` as plain dicts, lists and scalars (`tasks_from_dict` reads it)."""
+    return tomllib.loads(dump_tasks(taskset))
 
 
 def _taskset_from_doc(doc: Mapping[str, Any], dataset_k: int | None) -> TaskSet:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,14 @@ import torch
 from mtldata.durable import replace_atomically
 from mtldata.errors import MtlDataError
 
-__all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "load_checkpoint",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
 
 CHECKPOINT_FORMAT = "mtldata-train"
 CHECKPOINT_VERSION = 1
@@ -39,10 +48,24 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged file
-        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
+        raise CheckpointError(f"{path}: not a mtldata checkpoint ({_load_failure(e)})") from None
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: not a checkpoint (holds a {type(state).__name__})")
+        raise CheckpointError(f"{path}: not a mtldata checkpoint (it holds a {type(state).__name__})")
     return state
+
+
+def _load_failure(error: Exception) -> str:
+    """Why torch.load(weights_only=True) failed, in a few words (torch's own text suggests
+    weights_only=False, which would run whatever code the file carries)."""
+    text = str(error)
+    if isinstance(error, pickle.UnpicklingError):
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" ({found[1]})" if found else ""
+        return f"it holds Python objects{what} that are not loaded: only tensors and plain values are"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    if len(first) > 100:
+        first = first[:97] + "..."
+    return f"not a torch file that loads: {type(error).__name__}" + (f": {first}" if first else "")
 
 
 def rng_state() -> dict[str, Any]:

@@ -35,6 +35,7 @@ from mtldata.train.data import RunData, build_data, resolve_config, step_generat
 from mtldata.train.losses import MultiTaskObjective
 from mtldata.train.metrics import TaskMetrics
 from mtldata.train.models import MultiTaskNet, build_model
+from mtldata.train.run_io import DESCRIPTION_KEY, model_description
 from mtldata.train.weighting import Weighting, make_weighting
 
 __all__ = ["Reporter", "TrainResult", "autocast", "amp_dtype", "pick_device", "train"]
@@ -323,6 +324,9 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
     )
     if cfg.init and checkpoint is None:
         _load_init(model, cfg.init, reporter)
+    crop = cfg.crop_size if data.train_transform is not None else 0
+    input_shape = (sample_image.shape[0], *((crop, crop) if crop else sample_image.shape[1:]))
+    description = model_description(cfg, tasks, getattr(data.train.reader, "manifest", None), input_shape)
     if cfg.freeze_trunk:
         model.trunk.requires_grad_(False)
     channels_last = cfg.channels_last and device.type == "cuda"
@@ -390,6 +394,7 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
             "running": sums,  # the epoch's loss sums so far, when stopped inside it
             "best": best,
             "rng": rng_state(),
+            DESCRIPTION_KEY: description,  # what evaluate, predict and export need (run_io.py)
         }
 
     # -- epochs
