@@ -145,7 +145,7 @@ def load_run(run: str | os.PathLike[str]) -> LoadedModel:
         raise CheckpointError(
             f"{path}: the weights do not fit the model its config describes ({first})"
         ) from None
-    model.eval()
+    model.eval().requires_grad_(False)
     names = description.get("label_names")
     return LoadedModel(
         model=model,
@@ -182,18 +182,24 @@ def check_num_labels(loaded: LoadedModel, dataset: str | os.PathLike[str], num_l
 
 
 def open_for_model(
-    loaded: LoadedModel, dataset: str | os.PathLike[str], labels: str | os.PathLike[str] | None = None
+    loaded: LoadedModel,
+    dataset: str | os.PathLike[str],
+    labels: str | os.PathLike[str] | None = None,
+    *,
+    check_labels: bool = True,
 ) -> MultiTaskDataset:
     """A dataset as the run's model reads it: raw label vectors (K, NaN kept) and untransformed pixels.
 
-    Its K must be the run's; float images (an HDF5Data source of transformed inputs) pass as they are.
+    With `check_labels` its K must be the run's; float images (an HDF5Data source of transformed
+    inputs) pass as they are.
     """
     reader = open_reader(dataset, labels)
-    manifest = getattr(reader, "manifest", None)
-    k = manifest.get("num_labels") if isinstance(manifest, dict) else None
-    if k is None and len(reader):
-        k = int(reader.labels(0).size)
-    check_num_labels(loaded, dataset, k)
+    if check_labels:
+        manifest = getattr(reader, "manifest", None)
+        k = manifest.get("num_labels") if isinstance(manifest, dict) else None
+        if k is None and len(reader):
+            k = int(reader.labels(0).size)
+        check_num_labels(loaded, dataset, k)
     floats = len(reader) > 0 and reader.sample(0).image.format == "float32"
     return open_dataset(
         reader, tasks=None, transform=None, phase="test", output="float" if floats else "uint8"
