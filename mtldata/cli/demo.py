@@ -35,7 +35,8 @@ from mtldata.errors import MtlDataError
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def demo(directory: Path | None, count: int, quiet: bool, no_train: bool = False, epochs: int = 25) -> None:
     """Make a small multi-task sample set (real JPEGs + a list file), convert it and summarise it,
-    then train a small model on it for a few epochs and print its per-task metrics."""
+    then train a small model on it for a few epochs, print its per-task metrics, and let it predict
+    the sample images (DIRECTORY/preds.csv)."""
     from mtldata.convert.pipeline import ConvertSpec
     from mtldata.convert.pipeline import convert as run_convert
     from mtldata.inspect.info import dataset_info

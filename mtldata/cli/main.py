@@ -2,7 +2,7 @@
 
 Each command turns its options into a spec, calls one library function, and turns the library's
 own errors into a one-line message and a non-zero exit code. The commands live in one module per
-family (convert, demo, inspect, train, caffe); this module is the group that gathers them.
+family (convert, demo, inspect, train, caffe, deploy); this module is the group that gathers them.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import click
 
 from mtldata.cli.convert import COMMANDS as CONVERT_COMMANDS
 from mtldata.cli.demo import demo
+from mtldata.cli.deploy import COMMANDS as DEPLOY_COMMANDS
 from mtldata.cli.inspect import COMMANDS as INSPECT_COMMANDS
 from mtldata.cli.report import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_SKIPPED
 from mtldata.version import __version__
@@ -29,7 +30,7 @@ def main() -> None:
 
 from mtldata.cli.train import tasks_command, train_command  # noqa: E402  (torch loads only when they run)
 
-for _command in (*CONVERT_COMMANDS, demo, *INSPECT_COMMANDS, train_command, tasks_command):
+for _command in (*CONVERT_COMMANDS, demo, *INSPECT_COMMANDS, train_command, tasks_command, *DEPLOY_COMMANDS):
     main.add_command(_command)
 
 if __name__ == "__main__":

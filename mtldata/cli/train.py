@@ -366,3 +366,25 @@ def demo_training(directory: Path, dataset: Path, quiet: bool, epochs: int = 25)
     click.echo(f"per-task metrics after {final['epoch']} epochs (validation: {int(0.2 * 100)}% held out):")
     click.echo(format_table(final, result.tasks))
     click.echo(f"checkpoints and metrics.jsonl in {result.out_dir}")
+    _demo_predictions(directory, result.out_dir, quiet)
+
+
+def _demo_predictions(directory: Path, run_dir: Path, quiet: bool) -> None:
+    """The demo's last step: the trained model predicts the sample images, as `mtldata predict` does."""
+    from mtldata.cli.report import Progress
+    from mtldata.train.predict import predict_run
+    from mtldata.train.run_io import find_checkpoint
+
+    preds = directory / "preds.csv"
+    progress = Progress(quiet, "img", "predict")
+    try:
+        model = find_checkpoint(run_dir)
+        predicted = predict_run(run_dir, directory / "images", preds, progress=progress)
+    except MtlDataError as exc:
+        progress.close()
+        fail(str(exc))
+    progress.close()
+    head = preds.read_text(encoding="utf-8").splitlines()[:4]
+    click.echo(f"model: {model} (evaluate, predict and export take {run_dir})")
+    click.echo(f"predictions for {predicted.count} images in {preds}:")
+    click.echo("\n".join(f"  {line}" for line in head) + "\n  ...")

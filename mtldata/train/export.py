@@ -102,10 +102,18 @@ def export_run(
     example = torch.zeros((1, *loaded.input_shape))
     metadata = export_metadata(loaded)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if kind == "onnx":
-        data = _onnx_bytes(wrapper, example, loaded.tasks.names, metadata, opset)
-    else:
-        data = _torchscript_bytes(loaded.model, example, metadata)
+    try:
+        if kind == "onnx":
+            data = _onnx_bytes(wrapper, example, loaded.tasks.names, metadata, opset)
+        else:
+            data = _torchscript_bytes(loaded.model, example, metadata)
+    except MtlDataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the exporters raise many kinds for a model they cannot trace
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise MtlDataError(
+            f"{loaded.checkpoint}: cannot export the model as {kind}: {type(e).__name__}: {first}"
+        ) from None
     write_bytes_atomic(path, data)
     return path
 
