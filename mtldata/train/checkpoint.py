@@ -58,11 +58,11 @@ def _load_failure(error: Exception) -> str:
     """Why torch.load(weights_only=True) failed, in a few words (torch's own text suggests
     weights_only=False, which would run whatever code the file carries)."""
     text = str(error)
-    if isinstance(error, pickle.UnpicklingError):
-        found = re.search(r"GLOBAL ([\w.]+)", text)
-        what = f" ({found[1]})" if found else ""
-        return f"it holds Python objects{what} that are not loaded: only tensors and plain values are"
-    first = text.strip().splitlines()[0] if text.strip() else ""
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if isinstance(error, pickle.UnpicklingError) and found:
+        return f"it holds Python objects ({found[1]}) that are not loaded: only tensors and plain values are"
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    first = detail[1] if detail else (text.strip().splitlines() or [""])[0]
     if len(first) > 100:
         first = first[:97] + "..."
     return f"not a torch file that loads: {type(error).__name__}" + (f": {first}" if first else "")

@@ -252,7 +252,7 @@ def _image_batches(
             try:
                 payload = prepare_image(item.path, decode)
                 pixels = torch.from_numpy(np.frombuffer(payload.data, np.uint8).reshape(payload.shape).copy())
-                inputs.append(preprocess.apply(pixels))
+                inputs.append(preprocess(pixels))  # test phase: centred crop
             except (ImageDecodeError, ValueError) as e:
                 _skip(result, f"{item.where}: {e}", strict)
                 continue

@@ -219,7 +219,7 @@ def iter_dataset(
             if isinstance(images, torch.Tensor):
                 inputs: torch.Tensor | list[torch.Tensor] = preprocess.apply_batch(images)
             else:
-                inputs = [preprocess.apply(image) for image in images]
+                inputs = [preprocess(image) for image in images]  # centred crop
         else:
             inputs = images
         yield [ds.key(i) for i in positions], run_model(loaded, inputs, source), batch.targets["label"]
