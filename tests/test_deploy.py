@@ -289,6 +289,14 @@ def test_evaluate_refuses_a_dataset_whose_k_does_not_fit(run, tmp_path):
     assert "holds 3 labels per sample but the run's tasks are defined over num_labels = 5" in line
 
 
+def test_evaluate_names_a_class_label_outside_the_task(run, tmp_path):
+    labels = np.zeros((4, 5))
+    labels[2, 0] = 7
+    data = write_h5(tmp_path / "bad.h5", np.zeros((4, 1, 12, 16), np.uint8), labels)
+    line = one_error_line(invoke("evaluate", run["run"], data, "-q"))
+    assert "task 'kind': label 7 is not a class in [0, 3)" in line
+
+
 # ---------------------------------------------------------------------------------------------------
 # predict
 
