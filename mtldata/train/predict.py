@@ -22,7 +22,7 @@ import torch
 from mtldata.durable import replace_atomically
 from mtldata.errors import MtlDataError
 from mtldata.storage.image import ImageDecodeError, ImageOptions, prepare_image
-from mtldata.storage.listfile import infer_num_labels, parse_line
+from mtldata.storage.listfile import ListLineError, infer_num_labels, parse_line
 from mtldata.train.run_io import LoadedModel, iter_dataset, load_run, open_for_model, run_model
 
 __all__ = ["FORMATS", "IMAGE_SUFFIXES", "PredictResult", "input_kind", "predict_run", "prediction_columns"]
@@ -217,7 +217,7 @@ def _list_items(list_file: Path, result: PredictResult, strict: bool) -> list[_I
             path = text
         else:
             entry = parse_line(text, k, number, lambda p: (root / p).exists())
-            if not hasattr(entry, "path"):
+            if isinstance(entry, ListLineError):
                 _skip(result, f"{list_file}:{number}: {entry.reason}", strict)
                 continue
             path = entry.path
