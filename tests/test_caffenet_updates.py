@@ -20,15 +20,17 @@ from mtldata.caffenet.net import LearnableParam
 from mtldata.caffenet.solver import LearningRate
 from mtldata.caffenet.updates import SOLVER_TYPES, CaffeUpdate, SolverError, solver_type
 
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "caffe" / "solvers"
 SOLVERS = ("sgd", "nesterov", "adagrad", "rmsprop", "adadelta", "adam")
 
 
 @pytest.fixture(scope="module")
-def expected() -> dict:
-    if not (FIXTURES / "expected.json").is_file():
-        pytest.skip(f"Caffe solver goldens not found at {FIXTURES}")
-    return json.loads((FIXTURES / "expected.json").read_text())
+def solvers_dir(caffe_fixtures: Path) -> Path:
+    return caffe_fixtures / "solvers"
+
+
+@pytest.fixture(scope="module")
+def expected(solvers_dir: Path) -> dict:
+    return json.loads((solvers_dir / "expected.json").read_text())
 
 
 def assert_blob_close(mine: np.ndarray, golden: np.ndarray, what: str) -> None:
@@ -41,9 +43,9 @@ def assert_blob_close(mine: np.ndarray, golden: np.ndarray, what: str) -> None:
     assert error <= 1e-4 * scale, f"{what}: max error {error:.3g} > 1e-4 * {scale:.3g}"
 
 
-def multipliers(names: list[str]) -> dict[str, tuple[float, float]]:
+def multipliers(net: Path, names: list[str]) -> dict[str, tuple[float, float]]:
     """lr_mult and decay_mult per learnable param, as Caffe sets them from net.prototxt."""
-    layers = {layer.name: layer for layer in read_net(FIXTURES / "net.prototxt").layer}
+    layers = {layer.name: layer for layer in read_net(net).layer}
     out = {}
     for name in names:
         layer_name, index = name.rsplit("/", 1)
@@ -55,14 +57,16 @@ def multipliers(names: list[str]) -> dict[str, tuple[float, float]]:
 
 
 @pytest.mark.parametrize("name", SOLVERS)
-def test_update_rules_replay_caffes_updates_and_solverstate(expected: dict, name: str) -> None:
+def test_update_rules_replay_caffes_updates_and_solverstate(
+    solvers_dir: Path, expected: dict, name: str
+) -> None:
     entry = expected["solvers"][name]
-    arrays = np.load(FIXTURES / f"{name}.npz")
+    arrays = np.load(solvers_dir / f"{name}.npz")
     names = entry["learnable_params"]
-    mults = multipliers(names)
+    mults = multipliers(solvers_dir / "net.prototxt", names)
     tensors = {p: torch.from_numpy(arrays[f"init/{p}"].copy()) for p in names}
     params = [LearnableParam(p, tensors[p], *mults[p]) for p in names]  # type: ignore[arg-type]
-    solver_param = read_solver(FIXTURES / f"{name}.prototxt")
+    solver_param = read_solver(solvers_dir / f"{name}.prototxt")
     updater = CaffeUpdate(params, solver_param)
     schedule = LearningRate(solver_param)
     clipped = []
@@ -96,14 +100,16 @@ def test_update_rules_replay_caffes_updates_and_solverstate(expected: dict, name
 
 
 @pytest.mark.parametrize("name", SOLVERS)
-def test_solverstate_from_caffes_own_fields_is_byte_identical(expected: dict, name: str) -> None:
+def test_solverstate_from_caffes_own_fields_is_byte_identical(
+    solvers_dir: Path, expected: dict, name: str
+) -> None:
     """Caffe's .solverstate loads into mtldata's history and is written back byte for byte."""
     entry = expected["solvers"][name]
     names = entry["learnable_params"]
-    arrays = np.load(FIXTURES / f"{name}.npz")
+    arrays = np.load(solvers_dir / f"{name}.npz")
     params = [LearnableParam(p, torch.zeros(arrays[f"init/{p}"].shape), 1.0, 1.0) for p in names]  # type: ignore[arg-type]
-    updater = CaffeUpdate(params, read_solver(FIXTURES / f"{name}.prototxt"))
-    caffe_bytes = (FIXTURES / entry["solverstate"]).read_bytes()
+    updater = CaffeUpdate(params, read_solver(solvers_dir / f"{name}.prototxt"))
+    caffe_bytes = (solvers_dir / entry["solverstate"]).read_bytes()
     state = caffe_pb2.SolverState()
     state.ParseFromString(caffe_bytes)
     updater.load_history(state)
