@@ -37,6 +37,7 @@ def test_a_fixed_count_is_used_without_a_trial() -> None:
 
 @pytest.mark.parametrize(("slow", "fast"), [(1, 2), (2, 1)])
 def test_the_trial_keeps_the_faster_count(monkeypatch: pytest.MonkeyPatch, slow: int, fast: int) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads_module, "available_cores", lambda: 2)
     lines: list[str] = []
     chooser = ThreadChooser(None, trial=3, log=lines.append)
@@ -48,7 +49,17 @@ def test_the_trial_keeps_the_faster_count(monkeypatch: pytest.MonkeyPatch, slow:
     assert len(lines) == 1 and f"CPU threads: {fast} of 2 cores" in lines[0]
 
 
+def test_omp_num_threads_fixes_the_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(threads_module, "available_cores", lambda: 2)
+    torch.set_num_threads(1)
+    lines: list[str] = []
+    chooser = ThreadChooser(None, log=lines.append)
+    assert chooser.chosen == 1 and "OMP_NUM_THREADS" in lines[0]
+
+
 def test_one_core_means_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads_module, "available_cores", lambda: 1)
     chooser = ThreadChooser(None)
     assert chooser.chosen == 1 and torch.get_num_threads() == 1

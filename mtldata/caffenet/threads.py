@@ -31,7 +31,7 @@ def available_cores() -> int:
 class ThreadChooser:
     """Called before every training iteration; times `trial` iterations per candidate, then settles.
 
-    `threads` fixes the count (no trials); otherwise the candidates are 1 and `available_cores()`.
+    `threads` (or OMP_NUM_THREADS) fixes the count; otherwise the candidates are 1 and `available_cores()`.
     The first iteration of each trial is not timed (allocation and warm-up); `log` receives one line
     saying what was chosen and why.
     """
@@ -49,6 +49,9 @@ class ThreadChooser:
         cores = available_cores()
         if self.threads is not None:
             self._settle(self.threads, f"{self.threads} (as asked; {cores} cores available)")
+        elif os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+            fixed = torch.get_num_threads()
+            self._settle(fixed, f"{fixed} (OMP_NUM_THREADS; {cores} cores available)")
         elif cores == 1:
             self._settle(1, "1 (1 core available)")
         else:
