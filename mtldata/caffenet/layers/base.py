@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from mtldata.caffe import caffe_pb2
@@ -159,3 +160,28 @@ LayerFactory = Callable[[caffe_pb2.LayerParameter, str], Layer]
 def register(*classes: type[Layer]) -> dict[str, LayerFactory]:
     """A family's registry entries: each class under its Caffe type name."""
     return {cls.type_name: cls for cls in classes}
+
+
+class _Prescribed(torch.autograd.Function):
+    """A value whose gradient w.r.t. each input is given (Caffe's Backward where it is no derivative)."""
+
+    @staticmethod
+    def forward(ctx, value, *pairs):
+        ctx.save_for_backward(*pairs[1::2])
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        out: list[Tensor | None] = [None]
+        for local in ctx.saved_tensors:
+            out += [grad * local, None]
+        return tuple(out)
+
+
+def prescribed_gradient(value: Tensor, *pairs: tuple[Tensor, Tensor]) -> Tensor:
+    """`value` (computed without autograd) whose gradient w.r.t. each `input` is grad_output · `local`.
+
+    `local` has the input's shape; `value` has it too (elementwise layers) or is a scalar (losses).
+    """
+    flat = [t for x, local in pairs for t in (x, local.detach())]
+    return _Prescribed.apply(value.detach(), *flat)

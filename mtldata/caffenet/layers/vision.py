@@ -1,4 +1,4 @@
-"""Caffe's vision layers: Convolution, Pooling, InnerProduct."""
+"""Caffe's vision layers: Convolution, Deconvolution, Pooling, InnerProduct, Embed."""
 
 from __future__ import annotations
 
@@ -22,7 +22,10 @@ from mtldata.caffenet.layers.fillers import fill
 
 
 class Convolution(Layer):
+    """Caffe's Convolution: weights (out, in/group, *kernel); output sizes round down."""
+
     type_name = "Convolution"
+    transposed: bool = False
     blob_names = ("weight", "bias")
     max_bottoms = None
     max_tops = None
@@ -53,10 +56,15 @@ class Convolution(Layer):
             raise self.error(
                 f"channels ({channels}) and num_output ({p.num_output}) must divide by group {p.group}"
             )
-        self.set_blob("weight", fill(p.weight_filler, (p.num_output, channels // p.group, *self.kernel)))
+        if self.transposed:  # Deconvolution's weights: (in, out/group, *kernel)
+            shape = (channels, p.num_output // p.group, *self.kernel)
+            self.conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[n - 1]
+        else:
+            shape = (p.num_output, channels // p.group, *self.kernel)
+            self.conv = (F.conv1d, F.conv2d, F.conv3d)[n - 1]
+        self.set_blob("weight", fill(p.weight_filler, shape))
         if p.bias_term:
             self.set_blob("bias", fill(filler_or(p, "bias_filler", 0.0), (p.num_output,)))
-        self.conv = (F.conv1d, F.conv2d, F.conv3d)[n - 1]
 
     def forward(self, *bottoms):
         tops = []
@@ -71,8 +79,17 @@ class Convolution(Layer):
                 dilation=self.dilation,
                 groups=self.p.group,
             )
+            if min(y.shape[2:], default=1) <= 0:
+                raise self.error(f"the output of a {tuple(x.shape)} bottom would be empty: {tuple(y.shape)}")
             tops.append(y.reshape(*lead, *y.shape[1:]))
         return tops
+
+
+class Deconvolution(Convolution):
+    """The transpose of Convolution: output size stride·(in−1) + dilation·(kernel−1) + 1 − 2·pad."""
+
+    type_name = "Deconvolution"
+    transposed = True
 
 
 def _pool_size(size: int, kernel: int, pad: int, stride: int, ceil: bool) -> int:
@@ -108,6 +125,11 @@ def caffe_pool2d(
     if method == "MAX":
         xp = F.pad(x, (pw, right, ph, bottom), value=-FLT_MAX)
         return F.max_pool2d(xp, (kh, kw), (sh, sw))
+    if method == "MASK":  # where each MAX came from: the flat index h*W + w in the unpadded plane
+        xp = F.pad(x.detach(), (pw, right, ph, bottom), value=-FLT_MAX)
+        _, where = F.max_pool2d(xp, (kh, kw), (sh, sw), return_indices=True)
+        wp = xp.shape[-1]
+        return ((where // wp - ph) * w + (where % wp - pw)).to(x.dtype)
     xp = F.pad(x, (pw, right, ph, bottom))
     sums = F.avg_pool2d(xp, (kh, kw), (sh, sw), divisor_override=1)
     starts_h = torch.arange(oh, device=x.device) * sh - ph
@@ -119,7 +141,10 @@ def caffe_pool2d(
 
 
 class Pooling(Layer):
+    """MAX or AVE pooling of (N, C, H, W); a second top of MAX pooling holds the argmax mask."""
+
     type_name = "Pooling"
+    max_tops = 2
 
     def __init__(self, param, phase):
         super().__init__(param, phase)
@@ -128,6 +153,8 @@ class Pooling(Layer):
         self.method = caffe_pb2.PoolingParameter.PoolMethod.Name(p.pool)
         if self.method == "STOCHASTIC":
             raise self.error("STOCHASTIC pooling is not supported (MAX and AVE are)")
+        if len(param.top) > 1 and self.method != "MAX":
+            raise self.error("only MAX pooling has a second (mask) top")
         if p.global_pooling:
             if p.HasField("kernel_size") or p.HasField("kernel_h") or p.HasField("kernel_w"):
                 raise self.error("global_pooling takes no kernel size")
@@ -157,7 +184,10 @@ class Pooling(Layer):
 
     def forward(self, x):
         kernel = list(x.shape[-2:]) if self.p.global_pooling else self.kernel
-        return [caffe_pool2d(x, kernel, self.stride, self.pad, self.method, self.ceil)]
+        tops = [caffe_pool2d(x, kernel, self.stride, self.pad, self.method, self.ceil)]
+        if len(self.layer_param.top) > 1:
+            tops.append(caffe_pool2d(x, kernel, self.stride, self.pad, "MASK", self.ceil))
+        return tops
 
 
 class InnerProduct(Layer):
@@ -193,8 +223,41 @@ class InnerProduct(Layer):
         return [y.reshape(*lead, self.p.num_output)]
 
 
+class Embed(Layer):
+    """A lookup table: each index (a float holding an integer) picks a row of the (input_dim, num_output) weight."""
+
+    type_name = "Embed"
+    blob_names = ("weight", "bias")
+
+    def __init__(self, param, phase):
+        super().__init__(param, phase)
+        self.p = param.embed_param
+        if self.p.num_output <= 0 or self.p.input_dim <= 0:
+            raise self.error("embed_param.num_output and input_dim must be > 0")
+
+    def setup(self, bottoms):
+        p = self.p
+        self.set_blob("weight", fill(p.weight_filler, (p.input_dim, p.num_output)))
+        if p.bias_term:
+            self.set_blob("bias", fill(filler_or(p, "bias_filler", 0.0), (p.num_output,)))
+
+    def forward(self, x):
+        index = x.detach()
+        rows = index.long()
+        if bool((rows.to(index.dtype) != index).any()):
+            raise self.error("embed indices must be integers")
+        if bool(((rows < 0) | (rows >= self.p.input_dim)).any()):
+            raise self.error(f"embed indices must be in [0, input_dim = {self.p.input_dim})")
+        y = F.embedding(rows, self.weight)  # no gradient to the indices; rows accumulate theirs
+        if self.bias is not None:
+            y = y + self.bias
+        return [y]
+
+
 LAYERS = register(
     Convolution,
+    Deconvolution,
     Pooling,
     InnerProduct,
+    Embed,
 )

@@ -1,0 +1,11 @@
+"""Caffe's activations layers (ReLU, PReLU, ELU, Sigmoid, TanH, AbsVal, Power, Exp, Log, BNLL, Threshold, Clip, Swish, Dropout) against real BVLC Caffe's outputs and gradients."""
+
+from __future__ import annotations
+
+import pytest
+from caffe_layer_cases import family_cases, run_case
+
+
+@pytest.mark.parametrize("case", family_cases("activations"))
+def test_layer_matches_the_caffe_golden(case):
+    assert run_case(case) == []
