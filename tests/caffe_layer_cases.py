@@ -11,7 +11,6 @@ tolerance cases.json gives for that key.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -72,27 +71,23 @@ def run_case(name: str) -> list[str]:
     """Run one golden case; returns the mismatches (empty when every key is within tolerance)."""
     entry = _cases()[name]
     z = np.load(LAYER_GOLDENS / entry["npz"])
-    here = Path.cwd()
-    os.chdir(LAYER_GOLDENS)  # Caffe ran with this folder as the working directory (aux files)
-    try:
-        net = CaffeNet(LAYER_GOLDENS / entry["prototxt"], entry["phase"].lower())
-        inputs = {}
-        for blob, spec in entry["inputs"].items():
-            t = torch.from_numpy(np.array(z[f"in/{blob}"]))
-            inputs[blob] = t.requires_grad_(bool(entry["backward"] and spec["gradient"]))
-        if not net.is_setup:
-            net.setup({b: t.shape for b, t in inputs.items()})
-        if entry["caffemodel"]:
-            load_caffemodel(net, LAYER_GOLDENS / entry["caffemodel"])
-        params = net.params_by_layer()
-        problems = []
-        for key in entry["npz_keys"].get("param", []):
-            layer, i = key.split("/")[1:]
-            if not torch.equal(params[layer][int(i)].detach(), torch.from_numpy(np.array(z[key]))):
-                problems.append(f"{key}: loaded blob differs from the caffemodel's")
-        blobs = net(inputs)
-    finally:
-        os.chdir(here)
+    # Caffe ran in the fixture folder; the net finds infogain_H.binaryproto next to the prototxt.
+    net = CaffeNet(LAYER_GOLDENS / entry["prototxt"], entry["phase"].lower())
+    inputs = {}
+    for blob, spec in entry["inputs"].items():
+        t = torch.from_numpy(np.array(z[f"in/{blob}"]))
+        inputs[blob] = t.requires_grad_(bool(entry["backward"] and spec["gradient"]))
+    if not net.is_setup:
+        net.setup({b: t.shape for b, t in inputs.items()})
+    if entry["caffemodel"]:
+        load_caffemodel(net, LAYER_GOLDENS / entry["caffemodel"])
+    params = net.params_by_layer()
+    problems = []
+    for key in entry["npz_keys"].get("param", []):
+        layer, i = key.split("/")[1:]
+        if not torch.equal(params[layer][int(i)].detach(), torch.from_numpy(np.array(z[key]))):
+            problems.append(f"{key}: loaded blob differs from the caffemodel's")
+    blobs = net(inputs)
     tol = entry["tolerance"]
     for key in entry["npz_keys"].get("out", []):
         problems.append(_compare(key, blobs.get(key[4:]), z[key], tol[key]))

@@ -120,10 +120,10 @@ class Power(Layer):
         p = self.layer_param.power_param
         power, scale, shift = p.power, p.scale, p.shift
         diff_scale = power * scale
+        if diff_scale == 0:  # constant: 1 for power 0, shift^power for scale 0; zero gradient
+            value = 1.0 if power == 0 else math.pow(shift, power)
+            return [prescribed_gradient(torch.full_like(x, value), (x, torch.zeros_like(x)))]
         with torch.no_grad():
-            if diff_scale == 0:  # constant: 1 for power 0, shift^power for scale 0; zero gradient
-                value = 1.0 if power == 0 else math.pow(shift, power)
-                return [torch.full_like(x, value)]
             base = x * scale + shift
             y = base if power == 1 else torch.pow(base, power)
             if power == 1:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -58,6 +59,7 @@ class Layer(nn.Module):
         self.phase = phase
         self.is_setup = False
         self.dry_run = False  # set by the net while it infers shapes: no statistics update, no dropout
+        self.search_dirs: list[Path] = []  # where relative file names resolve (set by the net)
         nb, nt = len(param.bottom), len(param.top)
         if nb < self.min_bottoms or (self.max_bottoms is not None and nb > self.max_bottoms):
             raise self.error(f"takes {self._arity(self.min_bottoms, self.max_bottoms)} bottom(s), got {nb}")
@@ -77,6 +79,15 @@ class Layer(nn.Module):
 
     def error(self, reason: str) -> CaffeNetError:
         return CaffeNetError(f"layer {self.layer_name!r} (type {self.layer_param.type}): {reason}")
+
+    def find_file(self, name: str, what: str) -> Path:
+        """A file the layer reads: as given, else in the first of `search_dirs` that has it."""
+        path = Path(name)
+        candidates = [path] if path.is_absolute() else [d / path for d in self.search_dirs] or [path]
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        raise self.error(f"{what}: {name!r} not found (looked for {' and '.join(map(str, candidates))})")
 
     def extra_repr(self) -> str:
         return f"name={self.layer_name!r}"

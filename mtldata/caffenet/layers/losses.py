@@ -9,9 +9,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mtldata.caffe import caffe_pb2
-from mtldata.caffenet.layers.base import FLT_MIN, Layer, canonical_axis, register, volume
+from mtldata.caffenet.layers.base import (
+    FLT_MIN,
+    Layer,
+    canonical_axis,
+    prescribed_gradient,
+    register,
+    volume,
+)
 
 _Norm = caffe_pb2.LossParameter
+LOG_THRESHOLD = 1e-20  # kLOG_THRESHOLD: the probability floor of the logistic and infogain losses
 
 
 def _normalization(param: caffe_pb2.LayerParameter, default: int) -> int:
@@ -32,6 +40,16 @@ def _normalizer(mode: int, outer: int, inner: int, valid: Tensor | int) -> Tenso
     if mode == _Norm.BATCH_SIZE:
         return float(max(outer, 1))
     return 1.0
+
+
+def _floored(log_p: Tensor, floor: float) -> Tensor:
+    """max(log p, floor) in the forward only: Caffe's backward ignores its log floor (p − 1 stays)."""
+    return log_p + (torch.clamp(log_p.detach(), min=floor) - log_p.detach())
+
+
+def _int_labels(label: Tensor) -> Tensor:
+    """Caffe's static_cast<int> of float labels."""
+    return label.detach().to(torch.float32).trunc().long()
 
 
 class _Loss(Layer):
@@ -65,7 +83,7 @@ class SoftmaxWithLoss(_Loss):
         if bool(bad.any()):
             raise self.error(f"label {int(target[bad][0])} is outside [0, {classes}) and is not ignore_label")
         picked = logp.gather(1, torch.where(valid, target, 0).unsqueeze(1)).squeeze(1)
-        picked = torch.clamp(picked, min=math.log(FLT_MIN))  # Caffe: log(max(prob, FLT_MIN))
+        picked = _floored(picked, math.log(FLT_MIN))  # Caffe: log(max(prob, FLT_MIN))
         total = -(picked * valid.to(picked.dtype)).sum()
         loss = total / _normalizer(_normalization(self.layer_param, _Norm.VALID), outer, inner, valid.sum())
         tops = [loss]
@@ -110,6 +128,126 @@ class EuclideanLoss(_Loss):
             )
         diff = a - b.reshape(a.shape).to(a.dtype)
         return [(diff * diff).sum() / a.shape[0] / 2]
+
+
+class HingeLoss(_Loss):
+    """Σ max(0, 1 − t·x) (L1) or its square (L2) over every class, t = +1 for the label and −1 else, over N."""
+
+    type_name = "HingeLoss"
+
+    def forward(self, x, label):
+        num = x.shape[0] if x.ndim else 1
+        scores = x.reshape(num, -1)
+        target = _int_labels(label).reshape(-1)
+        if target.numel() != num:
+            raise self.error(f"needs one label per item: {target.numel()} labels for {num} items")
+        if bool(((target < 0) | (target >= scores.shape[1])).any()):
+            raise self.error(f"labels must be in [0, {scores.shape[1]})")
+        sign = torch.ones_like(scores)
+        sign[torch.arange(num), target] = -1.0
+        margin = torch.relu(1 + sign * scores)
+        if self.layer_param.hinge_loss_param.norm == caffe_pb2.HingeLossParameter.L2:
+            margin = margin * margin
+        return [margin.sum() / num]
+
+
+class MultinomialLogisticLoss(_Loss):
+    """−Σ log(max(p[label], 1e-20)) / N over probabilities; Caffe's gradient −1/max(p, 1e-20) even at p = 0."""
+
+    type_name = "MultinomialLogisticLoss"
+
+    def forward(self, p, label):
+        num = p.shape[0] if p.ndim else 1
+        probs = p.reshape(num, -1)
+        target = _int_labels(label).reshape(-1)
+        if target.numel() != num:
+            raise self.error(f"needs one label per item: {target.numel()} labels for {num} items")
+        if bool(((target < 0) | (target >= probs.shape[1])).any()):
+            raise self.error(f"labels must be in [0, {probs.shape[1]})")
+        with torch.no_grad():
+            floored = torch.clamp(probs.gather(1, target[:, None]), min=LOG_THRESHOLD)
+            loss = -torch.log(floored).sum() / num
+            local = torch.zeros_like(probs).scatter_(1, target[:, None], -1.0 / floored / num)
+        return [prescribed_gradient(loss, (p, local.reshape(p.shape)))]
+
+
+class InfogainLoss(_Loss):
+    """−Σ_l H[label, l]·log(max(softmax(x)_l, 1e-20)) / normalizer; H from `source` or a third bottom."""
+
+    type_name = "InfogainLoss"
+    max_bottoms = 3
+    max_tops = 2
+
+    def setup(self, bottoms):
+        self.matrix: Tensor | None = None
+        if len(bottoms) < 3:
+            source = self.layer_param.infogain_loss_param.source
+            if not source:
+                raise self.error("give the infogain matrix H as infogain_loss_param.source or a third bottom")
+            from mtldata.caffe.blob import read_blob_proto
+
+            self.matrix = torch.from_numpy(
+                read_blob_proto(self.find_file(source, "infogain_loss_param.source"))
+            )
+
+    def forward(self, x, label, *given):
+        axis = canonical_axis(self.layer_param.infogain_loss_param.axis, x.ndim)
+        outer, classes, inner = volume(x.shape, 0, axis), x.shape[axis], volume(x.shape, axis + 1)
+        h = (given[0] if given else self.matrix).detach()  # Caffe cannot backpropagate to H
+        if h.numel() != classes * classes:
+            raise self.error(f"H has {h.numel()} values; {classes} classes need {classes}x{classes}")
+        if label.numel() != outer * inner:
+            raise self.error(
+                f"{label.numel()} labels for {outer * inner} predictions of shape {tuple(x.shape)}"
+            )
+        logp = _floored(torch.log_softmax(x.reshape(outer, classes, inner), 1), math.log(LOG_THRESHOLD))
+        target = _int_labels(label).reshape(outer, inner)
+        ignore = self.ignore_label()
+        valid = torch.ones_like(target, dtype=torch.bool) if ignore is None else target != ignore
+        if bool((valid & ((target < 0) | (target >= classes))).any()):
+            raise self.error(f"labels must be in [0, {classes}) or be ignore_label")
+        rows = h.reshape(classes, classes).to(x.dtype)[
+            torch.where(valid, target, 0)
+        ]  # (outer, inner, classes)
+        total = -(rows.permute(0, 2, 1) * logp * valid[:, None, :].to(x.dtype)).sum()
+        tops = [total / _normalizer(_normalization(self.layer_param, _Norm.VALID), outer, inner, valid.sum())]
+        if len(self.layer_param.top) > 1:
+            tops.append(torch.softmax(x, axis))
+        return tops
+
+
+class ContrastiveLoss(Layer):
+    """DeepID2's verification loss over pairs (a, b, similar): d² for similar pairs, max(m − d, 0)² for
+    dissimilar ones (max(m − d², 0) with legacy_version), over 2N; Caffe's gradient divides by d + 1e-4."""
+
+    type_name = "ContrastiveLoss"
+    min_bottoms = 3
+    max_bottoms = 3
+
+    def forward(self, a, b, similar):
+        p = self.layer_param.contrastive_loss_param
+        num = a.shape[0]
+        if a.shape != b.shape or similar.numel() != num:
+            raise self.error(
+                f"needs two bottoms of one shape and one similarity per pair: {tuple(a.shape)}, "
+                f"{tuple(b.shape)}, {tuple(similar.shape)}"
+            )
+        with torch.no_grad():
+            diff = (a - b).reshape(num, -1)
+            dist_sq = (diff * diff).sum(1)
+            same = _int_labels(similar).reshape(-1) != 0
+            if p.legacy_version:
+                apart = torch.clamp(p.margin - dist_sq, min=0.0)
+                # gradient of max(m − d², 0)/2N w.r.t. a: −diff/N where the margin is not reached
+                factor = torch.where(apart > 0, -1.0, 0.0)
+            else:
+                dist = torch.sqrt(dist_sq)
+                gap = p.margin - dist
+                apart = torch.clamp(gap, min=0.0) ** 2
+                factor = torch.where(gap > 0, -gap / (dist + 1e-4), 0.0)
+            loss = torch.where(same, dist_sq, apart).sum() / (2 * num)
+            local = (torch.where(same, 1.0, factor)[:, None] * diff / num).reshape(a.shape)
+        return [prescribed_gradient(loss, (a, local), (b, -local))]
 
 
 class Accuracy(Layer):
@@ -158,5 +296,9 @@ LAYERS = register(
     SoftmaxWithLoss,
     SigmoidCrossEntropyLoss,
     EuclideanLoss,
+    HingeLoss,
+    MultinomialLogisticLoss,
+    InfogainLoss,
+    ContrastiveLoss,
     Accuracy,
 )

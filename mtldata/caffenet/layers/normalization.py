@@ -1,4 +1,4 @@
-"""Caffe's normalization layers: LRN, BatchNorm, and the Scale and Bias that follow BatchNorm."""
+"""Caffe's normalization layers: LRN, BatchNorm, MVN, and the Scale and Bias that follow BatchNorm."""
 
 from __future__ import annotations
 
@@ -81,6 +81,48 @@ class BatchNorm(Layer):
         return [(x - mean.view(shape)) / (var + self.eps).sqrt().view(shape)]
 
 
+class _MVNFunction(torch.autograd.Function):
+    """MVN over the rows of a (rows, dim) matrix, with Caffe's backward.
+
+    Caffe's backward is (g − mean(g) − mean(g·y)·y) / (std + eps): the exact derivative only when eps
+    is negligible against std, since eps sits outside the square root.
+    """
+
+    @staticmethod
+    def forward(ctx, x, normalize_variance: bool, eps: float):
+        centered = x - x.mean(1, keepdim=True)
+        if not normalize_variance:
+            ctx.normalize_variance = False
+            return centered
+        std = centered.pow(2).mean(1, keepdim=True).sqrt() + eps
+        y = centered / std
+        ctx.normalize_variance = True
+        ctx.save_for_backward(y, std)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        if not ctx.normalize_variance:
+            return g - g.mean(1, keepdim=True), None, None
+        y, std = ctx.saved_tensors
+        dx = g - g.mean(1, keepdim=True) - (g * y).mean(1, keepdim=True) * y
+        return dx / std, None, None
+
+
+class MVN(Layer):
+    """(x − mean) / (std + eps) per item and channel, or per item across channels; or x − mean only."""
+
+    type_name = "MVN"
+
+    def forward(self, x):
+        p = self.layer_param.mvn_param
+        if x.ndim < 2 and not p.across_channels:
+            raise self.error(f"needs a bottom with a channel axis, got shape {tuple(x.shape)}")
+        rows = x.shape[0] if p.across_channels else x.shape[0] * x.shape[1]
+        y = _MVNFunction.apply(x.reshape(rows, -1), p.normalize_variance, p.eps)
+        return [y.reshape(x.shape)]
+
+
 class _AxisParamLayer(Layer):
     """Scale and Bias: a learned blob covering `num_axes` axes of the bottom from `axis` (-1: all)."""
 
@@ -147,6 +189,7 @@ class Bias(_AxisParamLayer):
 LAYERS = register(
     LRN,
     BatchNorm,
+    MVN,
     Scale,
     Bias,
 )

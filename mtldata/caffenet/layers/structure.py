@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import Tensor
 
 from mtldata.caffe import caffe_pb2
 from mtldata.caffenet.layers.base import Layer, canonical_axis, register, volume
@@ -163,6 +164,121 @@ class Reshape(Layer):
         return [x.reshape(self.top_shape(list(x.shape)))]
 
 
+class Crop(Layer):
+    """The first bottom cut to the second's shape on every axis from `axis`, starting at `offset`."""
+
+    type_name = "Crop"
+    min_bottoms = 2
+    max_bottoms = 2
+
+    def forward(self, x, ref):
+        p = self.layer_param.crop_param
+        start = canonical_axis(p.axis, x.ndim)
+        if ref.ndim != x.ndim:
+            raise self.error(f"the bottoms have {x.ndim} and {ref.ndim} axes; they need as many")
+        offsets = list(p.offset)
+        if len(offsets) not in (0, 1, x.ndim - start):
+            raise self.error(
+                f"give 0, 1 or {x.ndim - start} offsets (one per cropped axis), got {len(offsets)}"
+            )
+        index = []
+        for i in range(x.ndim):
+            if i < start:
+                index.append(slice(None))
+                continue
+            offset = offsets[0] if len(offsets) == 1 else offsets[i - start] if offsets else 0
+            if x.shape[i] - offset < ref.shape[i]:
+                raise self.error(
+                    f"axis {i}: a crop of {ref.shape[i]} at offset {offset} does not fit in {x.shape[i]}"
+                )
+            index.append(slice(offset, offset + ref.shape[i]))
+        return [x[tuple(index)]]  # the second bottom gives only its shape: no gradient
+
+
+class Tile(Layer):
+    """The bottom repeated `tiles` times along `axis` (the whole block, not element by element)."""
+
+    type_name = "Tile"
+
+    def forward(self, x):
+        p = self.layer_param.tile_param
+        if p.tiles <= 0:
+            raise self.error("tile_param.tiles must be > 0")
+        axis = canonical_axis(p.axis, x.ndim)
+        reps = [1] * x.ndim
+        reps[axis] = p.tiles
+        return [x.repeat(reps)]
+
+
+class Reduction(Layer):
+    """SUM, ASUM, SUMSQ or MEAN over every axis from `axis` on, times `coeff`; the top keeps the axes before."""
+
+    type_name = "Reduction"
+
+    def forward(self, x):
+        p = self.layer_param.reduction_param
+        axis = canonical_axis(p.axis, x.ndim)
+        op = caffe_pb2.ReductionParameter.ReductionOp.Name(p.operation)
+        flat = x.reshape(*x.shape[:axis], -1)
+        if op == "ASUM":
+            y = flat.abs().sum(-1)
+        elif op == "SUMSQ":
+            y = (flat * flat).sum(-1)
+        elif op == "MEAN":
+            y = flat.sum(-1) / max(volume(x.shape, axis), 1)
+        else:
+            y = flat.sum(-1)
+        return [y * p.coeff if p.coeff != 1 else y]
+
+
+class ArgMax(Layer):
+    """The top_k largest entries: per item over all its values (indices, then values with out_max_val)
+    into (N, 1|2, top_k, 1...), or along `axis` (indices, or values with out_max_val). Forward only."""
+
+    type_name = "ArgMax"
+
+    def forward(self, x):
+        p = self.layer_param.argmax_param
+        k = p.top_k
+        with torch.no_grad():
+            if p.HasField("axis"):
+                axis = canonical_axis(p.axis, x.ndim)
+                values, index = _ranked(x.detach(), axis, k)
+                if k > x.shape[axis]:
+                    raise self.error(f"top_k ({k}) must be at most the axis size ({x.shape[axis]})")
+                return [values if p.out_max_val else index.to(x.dtype)]
+            flat = x.detach().reshape(x.shape[0], -1)
+            if k > flat.shape[1]:
+                raise self.error(f"top_k ({k}) must be at most the item size ({flat.shape[1]})")
+            values, index = _ranked(flat, 1, k)
+            parts = [index.to(x.dtype)] + ([values] if p.out_max_val else [])
+            shape = [x.shape[0], len(parts), k] + [1] * (max(x.ndim, 3) - 3)
+            return [torch.stack(parts, 1).reshape(shape)]
+
+
+def _ranked(x: Tensor, axis: int, k: int) -> tuple[Tensor, Tensor]:
+    """The k largest values along `axis` and their indices, best first; ties rank the larger index
+    first (Caffe sorts (value, index) pairs in descending order)."""
+    size = x.shape[axis]
+    values, index = torch.sort(x.flip(axis), dim=axis, descending=True, stable=True)
+    return values.narrow(axis, 0, k), (size - 1 - index).narrow(axis, 0, k)
+
+
+class Parameter(Layer):
+    """A learned blob of `parameter_param.shape` as its only top (Caffe leaves it zero until loaded)."""
+
+    type_name = "Parameter"
+    blob_names = ("blob",)
+    min_bottoms = 0
+    max_bottoms = 0
+
+    def setup(self, bottoms):
+        self.set_blob("blob", torch.zeros([int(d) for d in self.layer_param.parameter_param.shape.dim]))
+
+    def forward(self):
+        return [self.blob]
+
+
 class Softmax(Layer):
     type_name = "Softmax"
 
@@ -179,4 +295,9 @@ LAYERS = register(
     Flatten,
     Reshape,
     Softmax,
+    Crop,
+    Tile,
+    Reduction,
+    ArgMax,
+    Parameter,
 )
