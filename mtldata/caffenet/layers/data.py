@@ -9,6 +9,9 @@ runner feeds each one from its source, as Caffe's do:
   mtldata dataset directory: its images, then its label vectors, as the two tops.
 * `HDF5Data`: the `source` text file lists .h5 files; each top reads the dataset of its name, rows
   in order, continuing into the next file and wrapping around (shuffled only with `shuffle: true`).
+* `ImageData`: a list file of `name label` lines read as Caffe reads it (the label is the int after
+  the last space), images from `root_folder + name`, optionally resized to new_height x new_width
+  (OpenCV INTER_LINEAR arithmetic), gray with `is_color: false`, in list order unless `shuffle`.
 * `Input`: the caller gives the tops (`CaffeNet.forward`).
 
 Caffe resolves `source`, the .h5 paths and `mean_file` against the working directory; mtldata tries
@@ -18,8 +21,10 @@ the working directory first and then the folder of the file that names the path.
 from __future__ import annotations
 
 import dataclasses
+import re
 import weakref
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,7 +39,7 @@ from mtldata.errors import DatasetFormatError
 if TYPE_CHECKING:
     from mtldata.caffenet.net import CaffeNet
 
-__all__ = ["DATA_LAYER_TYPES", "NetFeeder", "resolve_path"]
+__all__ = ["DATA_LAYER_TYPES", "ImageListEntry", "NetFeeder", "read_image_list", "resolve_path"]
 
 # Layers whose tops come from outside the net: the runner (or the caller) feeds them.
 DATA_LAYER_TYPES = frozenset({"Data", "HDF5Data", "ImageData", "Input", "MemoryData", "WindowData"})
@@ -295,11 +300,135 @@ class _Hdf5Feed:
         return out
 
 
+@dataclass(frozen=True)
+class ImageListEntry:
+    """One line of an ImageData list: the image name (root_folder not yet prepended) and its label."""
+
+    name: str
+    label: int
+    line: int
+
+
+_ATOI = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")
+
+
+def _atoi(text: str) -> int:
+    """C's atoi: leading blanks, a sign and digits; anything else ends the number (no digits: 0)."""
+    match = _ATOI.match(text)
+    return int(match.group(1)) if match else 0
+
+
+def read_image_list(path: Path) -> list[ImageListEntry]:
+    """An ImageData `source` read as Caffe reads it: per line, the label is atoi of what follows the
+    last space and the name is everything before it (spaces inside names work, tabs do not split).
+
+    Caffe has no comments and no blank lines: a blank line would name the image "", so it is an error
+    here (Caffe fails when it reaches it); an empty list is an error too.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    except OSError as exc:
+        raise DatasetFormatError(f"{path}: cannot read the image list: {exc.strerror or exc}") from None
+    rows = text.split("\n")
+    if rows and rows[-1] == "":
+        rows.pop()  # std::getline yields no line after the final newline
+    entries = []
+    for number, row in enumerate(rows, 1):
+        if row.strip() == "":
+            raise DatasetFormatError(f"{path}:{number}: a blank line names no image")
+        cut = row.rfind(" ")
+        name, label = (row, _atoi(row)) if cut < 0 else (row[:cut], _atoi(row[cut + 1 :]))
+        entries.append(ImageListEntry(name, label, number))
+    if not entries:
+        raise DatasetFormatError(f"{path}: the image list is empty")
+    return entries
+
+
+class _ImageDataFeed:
+    """An ImageData layer: images named by a list file (root_folder + name), decoded as OpenCV's imread,
+    resized with INTER_LINEAR when new_height and new_width are both set, transformed like Data's;
+    the int label after the last space as the second top. List order, wrapping around; shuffled
+    (torch's RNG, not Caffe's) only with `shuffle: true`."""
+
+    def __init__(
+        self, layer: caffe_pb2.LayerParameter, source: Path, phase: str, bases: Sequence[Path]
+    ) -> None:
+        from mtldata.loader.transforms import CaffeTransform, TransformSpec
+
+        p = layer.image_data_param
+        self.layer, self.source, self.param = layer, source, p
+        self.tops = list(layer.top)
+        if len(self.tops) != 2:
+            raise DatasetFormatError(f"layer {layer.name!r}: an ImageData layer has 2 tops (data, label)")
+        if p.batch_size <= 0:
+            raise DatasetFormatError(f"layer {layer.name!r}: image_data_param.batch_size must be > 0")
+        if (p.new_height > 0) != (p.new_width > 0):
+            raise DatasetFormatError(f"layer {layer.name!r}: give both new_height and new_width, or neither")
+        self.where = [*bases[:1], source.parent, *bases[1:]]
+        self.entries = read_image_list(source)
+        self.order = list(range(len(self.entries)))
+        if p.shuffle:
+            self.order = torch.randperm(len(self.entries)).tolist()
+        self.position = 0
+        if p.rand_skip:
+            self.position = int(torch.randint(p.rand_skip, ()).item())
+            if self.position >= len(self.entries):
+                raise DatasetFormatError(
+                    f"layer {layer.name!r}: rand_skip {p.rand_skip} may skip past the {len(self.entries)} images"
+                )
+        spec = TransformSpec.from_caffe(layer.transform_param)
+        if spec.mean_file is not None:
+            spec = dataclasses.replace(
+                spec, mean_file=str(resolve_path(spec.mean_file, bases, f"layer {layer.name!r} mean_file"))
+            )
+        self.transform = CaffeTransform(spec, phase)
+
+    def _image(self, entry: ImageListEntry) -> np.ndarray:
+        from mtldata.storage.image import ImageDecodeError, caffe_resize, load_image, to_chw
+
+        where = f"{self.source}:{entry.line}"
+        path = resolve_path(self.param.root_folder + entry.name, self.where, where)  # a string concatenation
+        try:
+            pixels = load_image(path, gray=not self.param.is_color)
+        except ImageDecodeError as exc:
+            raise DatasetFormatError(f"{where}: {path}: {exc}") from None
+        if self.param.new_height > 0:
+            pixels = caffe_resize(pixels, self.param.new_width, self.param.new_height)
+        return to_chw(pixels)
+
+    def peek_shapes(self) -> dict[str, list[int]]:
+        c, h, w = self._image(self.entries[self.order[self.position]]).shape
+        return {
+            self.tops[0]: [self.param.batch_size, c, *self.transform.output_size(h, w)],
+            self.tops[1]: [self.param.batch_size],
+        }
+
+    def next_batch(self) -> dict[str, Tensor]:
+        images, labels = [], []
+        for _ in range(self.param.batch_size):
+            entry = self.entries[self.order[self.position]]
+            image = self._image(entry)
+            if images and image.shape != images[0].shape:
+                raise DatasetFormatError(
+                    f"{self.source}:{entry.line}: image of shape {image.shape} (C, H, W) in a batch of "
+                    f"{images[0].shape}; without new_height/new_width the images of a batch need one size"
+                )
+            images.append(image)
+            labels.append(entry.label)
+            self.position += 1
+            if self.position == len(self.entries):  # wrap around; reshuffle each epoch when shuffling
+                self.position = 0
+                if self.param.shuffle:
+                    self.order = torch.randperm(len(self.entries)).tolist()
+        data = self.transform.apply_batch(torch.from_numpy(np.stack(images)))
+        return {self.tops[0]: data, self.tops[1]: torch.tensor(labels, dtype=torch.float32)}
+
+
 class NetFeeder:
     """The batches of a net's data layers, one dict of input blobs per forward (an endless iterator)."""
 
     def __init__(self, net: CaffeNet, bases: Sequence[Path]) -> None:
-        self.feeds: list[_LmdbFeed | _Hdf5Feed] = []
+        self.feeds: list[_LmdbFeed | _Hdf5Feed | _ImageDataFeed] = []
         for layer in net.data_layers:
             if layer.type == "Data":
                 if layer.data_param.backend != caffe_pb2.DataParameter.LMDB:
@@ -315,9 +444,14 @@ class NetFeeder:
                     layer.hdf5_data_param.source, bases, f"layer {layer.name!r} hdf5_data_param.source"
                 )
                 self.feeds.append(_Hdf5Feed(layer, source, bases))
+            elif layer.type == "ImageData":
+                source = resolve_path(
+                    layer.image_data_param.source, bases, f"layer {layer.name!r} image_data_param.source"
+                )
+                self.feeds.append(_ImageDataFeed(layer, source, net.phase, bases))
             else:
                 raise DatasetFormatError(
-                    f"layer {layer.name!r}: the runner feeds Data and HDF5Data layers, not {layer.type}"
+                    f"layer {layer.name!r}: the runner feeds Data, HDF5Data and ImageData layers, not {layer.type}"
                 )
 
     def peek_shapes(self) -> dict[str, list[int]]:
