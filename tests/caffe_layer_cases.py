@@ -1,4 +1,4 @@
-"""The real-Caffe layer goldens (shared/fixtures/caffe/layers): one parametrized check per case.
+"""Layer tests' helpers: one-layer nets, and the real-Caffe layer goldens (shared/fixtures/caffe/layers).
 
 Each family's test file asks `family_cases("vision")` for the cases whose layer type its family
 module registers, so a new case in cases.json is picked up by the right file without editing it.
@@ -16,11 +16,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from google.protobuf import text_format
 
+from mtldata.caffe import caffe_pb2
 from mtldata.caffenet.layers import LAYERS
 from mtldata.caffenet.net import CaffeNet, load_caffemodel
 
 LAYER_GOLDENS = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "caffe" / "layers"
+
+
+def net_param(text: str) -> caffe_pb2.NetParameter:
+    return text_format.Parse(text, caffe_pb2.NetParameter())
+
+
+def one_layer(layer: str, shapes: dict[str, tuple[int, ...]], phase: str = "train") -> CaffeNet:
+    """A net with an Input layer for `shapes` and the given layer text after it."""
+    inputs = "".join(f'top: "{name}" ' for name in shapes)
+    dims = "".join("shape { " + " ".join(f"dim: {d}" for d in s) + " } " for s in shapes.values())
+    text = f'layer {{ name: "in" type: "Input" {inputs} input_param {{ {dims} }} }} layer {{ {layer} }}'
+    return CaffeNet(net_param(text), phase)
+
+
+def run(net: CaffeNet, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    return net({k: torch.as_tensor(v, dtype=torch.float32) for k, v in inputs.items()})
 
 
 def _cases() -> dict[str, dict]:
