@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from caffe_layer_cases import net_param
 from PIL import Image
 
 from mtldata.caffenet.layers.data import ImageListEntry, NetFeeder, read_image_list
@@ -135,3 +136,18 @@ def test_solver_trains_an_image_data_net(tmp_path):
     solver = train_from_solver(tmp_path / "solver.prototxt", cwd=tmp_path, log=lines.append)
     assert solver.iter == 3
     assert any("Iteration 0, loss = " in line for line in lines)
+
+
+def test_dummy_data_constant_once_and_random_fillers_every_forward():
+    net = CaffeNet(
+        net_param(
+            'layer { name: "d" type: "DummyData" top: "a" top: "b" dummy_data_param { '
+            'data_filler { type: "constant" value: 2 } data_filler { type: "gaussian" std: 1 } '
+            "shape { dim: 2 dim: 3 } shape { dim: 4 } } }"
+        ),
+        "train",
+        input_shapes={},
+    )
+    first, second = net({}), net({})
+    assert torch.equal(first["a"], torch.full((2, 3), 2.0)) and first["b"].shape == (4,)
+    assert not torch.equal(first["b"], second["b"])

@@ -128,3 +128,24 @@ def test_embed_index_outside_the_table_names_the_layer():
             {"x": (3,)},
         )
         run(net, x=torch.tensor([0.0, 4.0, 1.0]))
+
+
+def test_spp_pools_a_pyramid_of_bins_with_pooling_rules():
+    net = one_layer(
+        'name: "s" type: "SPP" bottom: "x" top: "y" spp_param { pyramid_height: 2 }', {"x": (1, 1, 4, 4)}
+    )
+    y = run(net, x=torch.arange(16.0).reshape(1, 1, 4, 4))["y"]
+    assert y.tolist() == [[15.0, 5.0, 7.0, 13.0, 15.0]]
+    net = one_layer(
+        'name: "s" type: "SPP" bottom: "x" top: "y" spp_param { pyramid_height: 2 pool: AVE }',
+        {"x": (1, 1, 5, 5)},
+    )
+    x = torch.arange(25.0).reshape(5, 5)
+    y = run(net, x=x.reshape(1, 1, 5, 5))["y"]
+    # Level 1: kernel 3, pad 1; the padding counts in the divisor (9), the third window is dropped.
+    level1 = [x[:2, :2].sum() / 9, x[:2, 2:].sum() / 9, x[2:, :2].sum() / 9, x[2:, 2:].sum() / 9]
+    assert torch.allclose(y, torch.stack([x.mean(), *level1]).reshape(1, 5))
+    net = one_layer(
+        'name: "s" type: "SPP" bottom: "x" top: "y" spp_param { pyramid_height: 1 }', {"x": (2, 3, 4, 4)}
+    )
+    assert run(net, x=torch.ones(2, 3, 4, 4))["y"].shape == (2, 3, 1, 1)

@@ -6,7 +6,7 @@ package joins the families into the type name -> builder map the net uses.
 
 from __future__ import annotations
 
-from mtldata.caffenet.layers import activations, losses, normalization, structure, vision
+from mtldata.caffenet.layers import activations, data, losses, normalization, structure, vision
 from mtldata.caffenet.layers.base import CaffeNetError, Layer, LayerFactory
 from mtldata.caffenet.layers.data import DATA_LAYER_TYPES
 from mtldata.caffenet.layers.fillers import fill
@@ -26,5 +26,5 @@ def _join(*families: dict[str, LayerFactory]) -> dict[str, LayerFactory]:
 
 
 LAYERS: dict[str, LayerFactory] = _join(
-    vision.LAYERS, activations.LAYERS, normalization.LAYERS, structure.LAYERS, losses.LAYERS
+    vision.LAYERS, activations.LAYERS, normalization.LAYERS, structure.LAYERS, losses.LAYERS, data.LAYERS
 )

@@ -34,6 +34,8 @@ from torch import Tensor
 
 from mtldata.caffe import caffe_pb2
 from mtldata.caffe.datum import parse_datum
+from mtldata.caffenet.layers.base import Layer, register
+from mtldata.caffenet.layers.fillers import fill
 from mtldata.errors import DatasetFormatError
 
 if TYPE_CHECKING:
@@ -298,6 +300,49 @@ class _Hdf5Feed:
                 raise DatasetFormatError(f"layer {self.layer.name!r}: files disagree on the shape of {top!r}")
             out[top] = torch.from_numpy(np.stack(rows))
         return out
+
+
+class DummyData(Layer):
+    """Tops of given shapes from fillers (constant 0 without one), run inside the net: constant
+    fillers are drawn once, the others again at every forward, as Caffe's DummyData does."""
+
+    type_name = "DummyData"
+    min_bottoms = 0
+    max_bottoms = 0
+    max_tops = None
+
+    def __init__(self, param, phase):
+        super().__init__(param, phase)
+        p, n = param.dummy_data_param, len(param.top)
+        if len(p.data_filler) not in (0, 1, n):
+            raise self.error(f"give 0, 1 or {n} data_filler (one per top)")
+        if p.num:
+            legacy = [p.num, p.channels, p.height, p.width]
+            if p.shape or any(len(v) not in (1, n) for v in legacy):
+                raise self.error(f"give shape, or num/channels/height/width once or once per top ({n})")
+            self.shapes = [[int(v[0 if len(v) == 1 else i]) for v in legacy] for i in range(n)]
+        else:
+            if len(p.shape) not in (1, n):
+                raise self.error(f"give one shape, or one per top ({n})")
+            self.shapes = [[int(d) for d in p.shape[0 if len(p.shape) == 1 else i].dim] for i in range(n)]
+        zero = caffe_pb2.FillerParameter(type="constant", value=0.0)
+        given = list(p.data_filler) or [zero]
+        self.fillers = [given[0 if len(given) == 1 else i] for i in range(n)]
+        self.fixed: list[Tensor | None] = [None] * n
+
+    def forward(self):
+        tops = []
+        for i, (filler, shape) in enumerate(zip(self.fillers, self.shapes, strict=True)):
+            if filler.type != "constant":
+                tops.append(fill(filler, shape))
+                continue
+            if self.fixed[i] is None:
+                self.fixed[i] = fill(filler, shape)
+            tops.append(self.fixed[i])
+        return tops
+
+
+LAYERS = register(DummyData)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from mtldata.caffe import caffe_pb2
-from mtldata.caffenet.layers.base import Layer, canonical_axis, register, volume
+from mtldata.caffenet.layers.base import Layer, canonical_axis, prescribed_gradient, register, volume
 
 
 def _legacy_axis(p, axis_field: str, legacy_field: str) -> int:
@@ -89,6 +89,10 @@ class Eltwise(Layer):
             out = bottoms[0]
             for b in bottoms[1:]:
                 out = out * b
+            if not self.layer_param.eltwise_param.stable_prod_grad:
+                # Caffe's unstable gradient: top_diff · top / bottom_i (inf or nan where a bottom is 0)
+                top = out.detach()
+                out = prescribed_gradient(top, *[(b, top / b.detach()) for b in bottoms])
         elif self.op == "SUM":
             coeff = self.coeff or [1.0] * len(bottoms)
             out = bottoms[0] if coeff[0] == 1 else coeff[0] * bottoms[0]

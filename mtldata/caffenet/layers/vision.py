@@ -1,4 +1,4 @@
-"""Caffe's vision layers: Convolution, Deconvolution, Pooling, InnerProduct, Embed."""
+"""Caffe's vision layers: Convolution, Deconvolution, Pooling, SPP, InnerProduct, Embed."""
 
 from __future__ import annotations
 
@@ -190,6 +190,40 @@ class Pooling(Layer):
         return tops
 
 
+class SPP(Layer):
+    """Spatial pyramid pooling: level i pools the whole plane into 2^i x 2^i bins (kernel and stride
+    ceil(H / bins), pad (kernel·bins − H + 1) / 2, with Pooling's rules); the levels are flattened to
+    (N, C·bins²) and concatenated, except that a one-level pyramid keeps its (N, C, 1, 1) shape."""
+
+    type_name = "SPP"
+
+    def __init__(self, param, phase):
+        super().__init__(param, phase)
+        p = param.spp_param
+        self.method = caffe_pb2.SPPParameter.PoolMethod.Name(p.pool)
+        if self.method == "STOCHASTIC":
+            raise self.error("STOCHASTIC pooling is not supported (MAX and AVE are)")
+        if p.pyramid_height <= 0:
+            raise self.error("spp_param.pyramid_height must be > 0")
+        self.levels = p.pyramid_height
+
+    def forward(self, x):
+        if x.ndim != 4:
+            raise self.error(f"needs a 4-D (N, C, H, W) bottom, got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        pooled = []
+        for level in range(self.levels):
+            bins = 2**level
+            kernel = [-(-h // bins), -(-w // bins)]
+            pad = [(kernel[0] * bins - h + 1) // 2, (kernel[1] * bins - w + 1) // 2]
+            if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
+                raise self.error(f"a {h}x{w} plane is too small for {bins}x{bins} bins")
+            pooled.append(caffe_pool2d(x, kernel, kernel, pad, self.method))
+        if self.levels == 1:
+            return pooled
+        return [torch.cat([y.reshape(y.shape[0], -1) for y in pooled], 1)]
+
+
 class InnerProduct(Layer):
     type_name = "InnerProduct"
     blob_names = ("weight", "bias")
@@ -258,6 +292,7 @@ LAYERS = register(
     Convolution,
     Deconvolution,
     Pooling,
+    SPP,
     InnerProduct,
     Embed,
 )
