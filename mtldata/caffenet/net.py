@@ -224,6 +224,7 @@ class CaffeNet(nn.Module):
                     f"{', '.join(sorted(LAYERS))} (and feeds {', '.join(sorted(DATA_LAYER_TYPES))} from data)"
                 )
             module = factory(layer, phase)
+            module.search_dirs = [Path.cwd(), *([self.source.parent] if self.source else [])]
             self.layer_list.append(module)
             self._plan.append((module, list(layer.bottom), list(layer.top)))
         self.output_blobs = sorted(available)  # Caffe keeps them in a std::set: sorted by name
