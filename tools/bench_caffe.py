@@ -63,7 +63,7 @@ def make_setup(directory: Path, batch: int, size: int, samples: int) -> Path:
     return directory
 
 
-def run_mtldata(directory: Path, threads: int | None, iters: int, warmup: int) -> dict:
+def run_mtldata(directory: Path, threads: int | None, iters: int, warmup: int, trial: int) -> dict:
     """`mtldata train --solver`'s loop (the library call behind it), timed after `warmup` iterations."""
     from mtldata.caffenet.runner import load_solver
     from mtldata.caffenet.threads import ThreadChooser
@@ -71,7 +71,7 @@ def run_mtldata(directory: Path, threads: int | None, iters: int, warmup: int) -
     (directory / "solver.prototxt").write_text(SOLVER.format(iters=iters + warmup))
     solver, _ = load_solver(directory / "solver.prototxt", cwd=directory, workdir=directory)
     lines: list[str] = []
-    solver.before_iteration = ThreadChooser(threads, log=lines.append)
+    solver.before_iteration = ThreadChooser(threads, trial=trial, log=lines.append)
     start = time.perf_counter()
     solver.step(warmup)
     middle = time.perf_counter()
@@ -138,13 +138,14 @@ def child(args: argparse.Namespace) -> None:
         result = run_plain(directory, args.threads, args.iters, args.warmup, args.batch)
     else:
         threads = None if args.threads == 0 else args.threads
-        result = run_mtldata(directory, threads, args.iters, args.warmup)
+        result = run_mtldata(directory, threads, args.iters, args.warmup, args.trial)
     print(json.dumps(result))
 
 
 def spawn(kind: str, threads: int, args: argparse.Namespace, directory: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, "--threads", str(threads), "--dir", str(directory)]
     cmd += ["--iters", str(args.iters), "--warmup", str(args.warmup), "--batch", str(args.batch)]
+    cmd += ["--trial", str(args.trial)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -158,6 +159,9 @@ def main() -> int:
         "--warmup", type=int, default=12, help="untimed iterations first (covers the thread trial)"
     )
     parser.add_argument("--rounds", type=int, default=3, help="best of this many runs per setting")
+    parser.add_argument(
+        "--trial", type=int, default=4, help="timed iterations per thread count in the default's trial"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny run, for the test suite")
     parser.add_argument("--child", choices=("mtldata", "plain"), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
@@ -170,7 +174,7 @@ def main() -> int:
         print(f"bench_caffe: the fixture net is not at {FIXTURE_NET}", file=sys.stderr)
         return 1
     if args.quick:
-        args.batch, args.size, args.iters, args.warmup, args.rounds = 4, 16, 4, 10, 1
+        args.batch, args.size, args.iters, args.warmup, args.rounds, args.trial = 4, 16, 3, 4, 1, 1
     with tempfile.TemporaryDirectory(prefix="mtldata-bench-caffe-") as tmp:
         directory = make_setup(Path(tmp), args.batch, args.size, samples=max(4 * args.batch, 64))
         rows: dict[str, dict] = {}

@@ -31,7 +31,7 @@ def available_cores() -> int:
 class ThreadChooser:
     """Called before every training iteration; times `trial` iterations per candidate, then settles.
 
-    `threads` (or OMP_NUM_THREADS) fixes the count; otherwise the candidates are 1 and `available_cores()`.
+    `threads` (or OMP_NUM_THREADS) fixes the count; otherwise the candidates are `available_cores()` and 1.
     The first iteration of each trial is not timed (allocation and warm-up); `log` receives one line
     saying what was chosen and why.
     """
@@ -55,7 +55,10 @@ class ThreadChooser:
         elif cores == 1:
             self._settle(1, "1 (1 core available)")
         else:
-            self.candidates = [1, cores]
+            # Many threads first: if one thread wins, the run goes on without switching again (a
+            # switch down leaves OpenMP's idle workers spinning for a while, which slows the next
+            # iterations).
+            self.candidates = [cores, 1]
             torch.set_num_threads(self.candidates[0])
 
     def _settle(self, threads: int, why: str) -> None:
