@@ -7,37 +7,18 @@ losses rtol 1e-4, lr rtol 1e-5, every blob max error <= 1e-4 * max|golden| (zero
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_blob_close
 
 from mtldata.caffe import caffe_pb2
 from mtldata.caffe.prototxt import caffemodel_weights, read_caffemodel
 from mtldata.caffenet.runner import load_solver, train_from_solver
 
 SOLVERS = ("sgd", "nesterov", "adagrad", "rmsprop", "adadelta", "adam")
-
-
-@pytest.fixture(scope="module")
-def solvers_dir(caffe_fixtures: Path) -> Path:
-    return caffe_fixtures / "solvers"
-
-
-@pytest.fixture(scope="module")
-def expected(solvers_dir: Path) -> dict:
-    return json.loads((solvers_dir / "expected.json").read_text())
-
-
-def assert_blob_close(mine: np.ndarray, golden: np.ndarray, what: str) -> None:
-    scale = float(np.abs(golden).max())
-    if scale == 0:
-        assert np.array_equal(mine, golden), f"{what}: should be exactly zero"
-        return
-    error = float(np.abs(np.asarray(mine, dtype=np.float32).reshape(golden.shape) - golden).max())
-    assert error <= 1e-4 * scale, f"{what}: max error {error:.3g} > 1e-4 * {scale:.3g}"
 
 
 @pytest.fixture(scope="module", params=SOLVERS)
@@ -56,9 +37,9 @@ def run(request, solvers_dir: Path, tmp_path_factory) -> tuple[str, object, Path
     return name, solver, workdir, log
 
 
-def test_losses_and_learning_rates_match_caffe(run, expected) -> None:
+def test_losses_and_learning_rates_match_caffe(run, solver_expected) -> None:
     name, solver, _, _ = run
-    entry = expected["solvers"][name]
+    entry = solver_expected["solvers"][name]
     assert [r.iter for r in solver.records] == list(range(8))
     for record, want in zip(solver.records, entry["iterations"], strict=True):
         assert record.loss == pytest.approx(want["loss"], rel=1e-4), f"{name} iteration {record.iter} loss"
@@ -67,7 +48,7 @@ def test_losses_and_learning_rates_match_caffe(run, expected) -> None:
     assert solver.final_loss == pytest.approx(post["weighted"], rel=1e-4)
 
 
-def test_final_weights_and_snapshot_match_caffe(run, expected, solvers_dir: Path) -> None:
+def test_final_weights_and_snapshot_match_caffe(run, solver_expected, solvers_dir: Path) -> None:
     name, solver, workdir, _ = run
     arrays = np.load(solvers_dir / f"{name}.npz")
     mine = caffemodel_weights(read_caffemodel(workdir / f"{name}_iter_8.caffemodel"))
@@ -79,9 +60,9 @@ def test_final_weights_and_snapshot_match_caffe(run, expected, solvers_dir: Path
             assert_blob_close(mine[layer][i], np.asarray(blob), f"{name} caffemodel {layer}/{i}")
 
 
-def test_solverstate_matches_caffes(run, expected, solvers_dir: Path) -> None:
+def test_solverstate_matches_caffes(run, solver_expected, solvers_dir: Path) -> None:
     name, _, workdir, _ = run
-    entry = expected["solvers"][name]
+    entry = solver_expected["solvers"][name]
     arrays = np.load(solvers_dir / f"{name}.npz")
     state = caffe_pb2.SolverState()
     state.ParseFromString((workdir / f"{name}_iter_8.solverstate").read_bytes())
@@ -107,9 +88,7 @@ def test_caffe_log_lines(run, solvers_dir: Path) -> None:
         assert line in log, f"{name}: Caffe logged {line!r}"
 
 
-def test_resuming_from_caffes_solverstate_continues_its_run(
-    solvers_dir: Path, expected, tmp_path: Path
-) -> None:
+def test_resuming_from_caffes_solverstate_continues_its_run(solvers_dir: Path, tmp_path: Path) -> None:
     """mtldata resumes from Caffe's own .solverstate (iteration 8) and runs on like Caffe would."""
     work = tmp_path / "adam"
     shutil.copytree(solvers_dir, work, ignore=shutil.ignore_patterns("logs", "generator"))

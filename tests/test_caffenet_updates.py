@@ -7,12 +7,12 @@ the history layout), independent of the layers; test_caffenet_solver_goldens run
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import assert_blob_close
 
 from mtldata.caffe import caffe_pb2
 from mtldata.caffe.prototxt import read_net, read_solver
@@ -21,26 +21,6 @@ from mtldata.caffenet.solver import LearningRate
 from mtldata.caffenet.updates import SOLVER_TYPES, CaffeUpdate, SolverError, solver_type
 
 SOLVERS = ("sgd", "nesterov", "adagrad", "rmsprop", "adadelta", "adam")
-
-
-@pytest.fixture(scope="module")
-def solvers_dir(caffe_fixtures: Path) -> Path:
-    return caffe_fixtures / "solvers"
-
-
-@pytest.fixture(scope="module")
-def expected(solvers_dir: Path) -> dict:
-    return json.loads((solvers_dir / "expected.json").read_text())
-
-
-def assert_blob_close(mine: np.ndarray, golden: np.ndarray, what: str) -> None:
-    """The fixtures' rule: max|mine − golden| ≤ 1e-4·max|golden|, exact where golden is all zeros."""
-    scale = float(np.abs(golden).max())
-    if scale == 0:
-        assert np.array_equal(mine, golden), f"{what}: should be exactly zero"
-        return
-    error = float(np.abs(mine - golden).max())
-    assert error <= 1e-4 * scale, f"{what}: max error {error:.3g} > 1e-4 * {scale:.3g}"
 
 
 def multipliers(net: Path, names: list[str]) -> dict[str, tuple[float, float]]:
@@ -58,9 +38,9 @@ def multipliers(net: Path, names: list[str]) -> dict[str, tuple[float, float]]:
 
 @pytest.mark.parametrize("name", SOLVERS)
 def test_update_rules_replay_caffes_updates_and_solverstate(
-    solvers_dir: Path, expected: dict, name: str
+    solvers_dir: Path, solver_expected: dict, name: str
 ) -> None:
-    entry = expected["solvers"][name]
+    entry = solver_expected["solvers"][name]
     arrays = np.load(solvers_dir / f"{name}.npz")
     names = entry["learnable_params"]
     mults = multipliers(solvers_dir / "net.prototxt", names)
@@ -101,10 +81,10 @@ def test_update_rules_replay_caffes_updates_and_solverstate(
 
 @pytest.mark.parametrize("name", SOLVERS)
 def test_solverstate_from_caffes_own_fields_is_byte_identical(
-    solvers_dir: Path, expected: dict, name: str
+    solvers_dir: Path, solver_expected: dict, name: str
 ) -> None:
     """Caffe's .solverstate loads into mtldata's history and is written back byte for byte."""
-    entry = expected["solvers"][name]
+    entry = solver_expected["solvers"][name]
     names = entry["learnable_params"]
     arrays = np.load(solvers_dir / f"{name}.npz")
     params = [LearnableParam(p, torch.zeros(arrays[f"init/{p}"].shape), 1.0, 1.0) for p in names]  # type: ignore[arg-type]
