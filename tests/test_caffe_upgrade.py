@@ -506,3 +506,15 @@ def test_any_legacy_caffemodel_upgrades_or_fails_naming_the_file(tmp_path: Path,
     again = caffe_pb2.NetParameter()
     again.CopyFrom(upgraded)
     assert upgrade_net(again, path) == [] and again == upgraded  # the upgrade is done once for all
+
+
+def test_a_data_layer_the_runner_cannot_feed_names_its_line(v1: Path, tmp_path: Path) -> None:
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text(f'net: "{v1 / "v1_net.prototxt"}"\nbase_lr: 0.1\nmax_iter: 1\nlr_policy: "fixed"\n')
+    result = CliRunner().invoke(main, ["train", "--solver", str(solver), "--workdir", str(tmp_path)])
+    assert result.exit_code == 1
+    # The Input layer made from the V1 net's input fields has no line of its own: the file is named.
+    assert result.output == (
+        f"mtldata: error: {v1 / 'v1_net.prototxt'}: layer 'input': the runner feeds Data and HDF5Data "
+        "layers, not Input\n"
+    )

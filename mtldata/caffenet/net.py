@@ -233,7 +233,7 @@ class CaffeNet(nn.Module):
             factory = LAYERS.get(layer.type)
             if factory is None:
                 raise CaffeNetError(
-                    f"{self._where(layer)}layer {layer.name!r}: unknown layer type {layer.type!r}; mtldata implements "
+                    f"{self.where(layer)}layer {layer.name!r}: unknown layer type {layer.type!r}; mtldata implements "
                     f"{', '.join(sorted(LAYERS))} (and feeds {', '.join(sorted(DATA_LAYER_TYPES))} from data)"
                 )
             module = factory(layer, phase)
@@ -250,7 +250,7 @@ class CaffeNet(nn.Module):
 
     # ---- construction helpers ---------------------------------------------------------------
 
-    def _where(self, layer: caffe_pb2.LayerParameter) -> str:
+    def where(self, layer: caffe_pb2.LayerParameter) -> str:
         """The `file:line: ` prefix of a layer in the prototxt the net came from, as far as it is known."""
         if self.source is None:
             return ""

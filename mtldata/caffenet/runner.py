@@ -323,7 +323,7 @@ class NetFeeder:
                 self.feeds.append(_Hdf5Feed(layer, source, bases))
             else:
                 raise DatasetFormatError(
-                    f"layer {layer.name!r}: the runner feeds Data and HDF5Data layers, not {layer.type}"
+                    f"{net.where(layer)}layer {layer.name!r}: the runner feeds Data and HDF5Data layers, not {layer.type}"
                 )
 
     def peek_shapes(self) -> dict[str, list[int]]:
