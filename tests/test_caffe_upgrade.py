@@ -518,3 +518,22 @@ def test_a_data_layer_the_runner_cannot_feed_names_its_line(v1: Path, tmp_path: 
         f"mtldata: error: {v1 / 'v1_net.prototxt'}: layer 'input': the runner feeds Data and HDF5Data "
         "layers, not Input\n"
     )
+
+
+def test_a_v1_message_built_in_code_is_upgraded_by_caffenet_and_load_caffemodel() -> None:
+    net = text_format.Parse(
+        'input: "x" input_dim: 1 input_dim: 2 input_dim: 1 input_dim: 1\n'
+        'layers { name: "fc" type: INNER_PRODUCT bottom: "x" top: "y" inner_product_param { num_output: 3 } }\n',
+        caffe_pb2.NetParameter(),
+    )
+    model = caffe_pb2.NetParameter()
+    model.CopyFrom(net)
+    weight = model.layers[0].blobs.add(num=1, channels=1, height=3, width=2)
+    weight.data.extend([1, 2, 3, 4, 5, 6])
+    model.layers[0].blobs.add(num=1, channels=1, height=1, width=3).data.extend([0, 0, 1])
+    built = CaffeNet(net, "test")
+    assert [layer.type for layer in built.net_param.layer] == ["Input", "InnerProduct"]
+    assert load_caffemodel(built, model).copied == ["fc"]
+    out = built({"x": torch.ones(1, 2, 1, 1)})["y"]
+    assert out.tolist() == [[3.0, 7.0, 12.0]]
+    assert len(net.layers) == 1  # the caller's message is left as it was

@@ -367,13 +367,9 @@ def _upgrade_v1_net(net: caffe_pb2.NetParameter, source: str | Path) -> None:
             "the net has both 'layer' (current) and 'layers' (legacy V1) entries; Caffe refuses to upgrade "
             "such a mix: write every layer in one format",
         )
-    legacy = list(net.layers)
-    v1_layers = [_V1() for _ in legacy]
-    for copy, old in zip(v1_layers, legacy, strict=True):
-        copy.CopyFrom(old)
-    net.ClearField("layers")
-    for old in v1_layers:
+    for old in net.layers:  # blobs are copied once; the V1 entries go right after
         _upgrade_v1_layer(old, net.layer.add())
+    net.ClearField("layers")
 
 
 def _upgrade_v1_layer(old: caffe_pb2.V1LayerParameter, layer: caffe_pb2.LayerParameter) -> None:
