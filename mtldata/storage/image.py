@@ -21,12 +21,18 @@ Decoding in gray (``--gray``, ``IMREAD_GRAYSCALE``) gives an ``HxW`` ``uint8`` a
 
 * JPEG (YCbCr): libjpeg's luma (Y) plane, obtained with ``draft("L", size)`` before loading, which is
   what OpenCV asks libjpeg for. Gray JPEGs are returned as stored.
-* PNG with colour (RGB, RGBA, palette): libpng's ``png_set_rgb_to_gray(.., 0.299, 0.587)`` integer
-  formula, which OpenCV's PNG decoder uses: coefficients ``rc = 29900*32768//100000 = 9797``,
-  ``gc = 58700*32768//100000 = 19234``, ``bc = 32768 - rc - gc = 3737`` and
-  ``gray = (rc*R + gc*G + bc*B) >> 15`` (truncating; a pixel with R == G == B keeps its value).
-  Alpha is dropped first. (For 16-bit colour PNGs libpng converts before dropping to 8 bits; here
-  the conversion is applied to the 8-bit values, so such files may be off by one level.)
+* PNG with colour (RGB, RGBA, palette): libpng's rgb-to-gray, as OpenCV's PNG decoder asks for it
+  (``png_set_rgb_to_gray(.., 0.299, 0.587)``, libpng 1.6): coefficients
+  ``rc = 29900*32768//100000 = 9797``, ``gc = 58700*32768//100000 = 19234``, ``bc = 32768 - rc - gc =
+  3737``; a pixel with R == G == B keeps its value. Without a file gamma,
+  ``gray = (rc*R + gc*G + bc*B) >> 15`` (truncating). When the file states a gamma that is not about
+  1 (a ``gAMA`` chunk, or ``sRGB``, which means 0.45455), libpng converts in linear light through its
+  8-bit gamma tables: ``gray = from_1[(rc*to_1[R] + gc*to_1[G] + bc*to_1[B] + 16384) >> 15]``, with
+  ``to_1[v] = floor(255*(v/255)**(1/file_gamma) + 0.5)`` and ``from_1`` the inverse power (0 and 255
+  map to themselves); this lifts saturated colours by tens of levels (pure red: 147 instead of 76).
+  Alpha is dropped first. This is byte-exact against libpng 1.6 for 8-bit PNGs. (For 16-bit colour
+  PNGs libpng converts before dropping to 8 bits, while Pillow hands over only the high bytes: such
+  files may be off by one level, by a few with a gamma chunk. ICC profiles are not looked at.)
 * Anything else with colour (CMYK JPEG, BMP, TIFF, ...): OpenCV's fixed-point BT.601 luma
   ``(4899*R + 9617*G + 1868*B + 8192) >> 14`` on the RGB pixels described above.
 
@@ -51,6 +57,7 @@ is never changed, so a truncated image raises instead of being grey-padded.
 from __future__ import annotations
 
 import io
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,14 +182,54 @@ def _load(im: Image.Image) -> Image.Image:
     return im
 
 
-def _libpng_gray(rgb: np.ndarray) -> np.ndarray:
-    """libpng's png_do_rgb_to_gray for 8-bit data without gamma, with OpenCV's 0.299/0.587 weights."""
+_PNG_FP_1 = 100000  # libpng's fixed-point 1.0
+_PNG_GAMMA_SRGB = 45455  # the file gamma an sRGB chunk implies
+
+
+def png_file_gamma(info: dict) -> int | None:
+    """The file gamma libpng 1.6 uses for a PNG (fixed point, x100000), from Pillow's ``info``; None if unstated.
+
+    An sRGB chunk wins over gAMA, as in libpng's colour-space rules; libpng ignores a gAMA outside
+    16..625000000 (0.00016 to 6250).
+    """
+    if "srgb" in info:
+        return _PNG_GAMMA_SRGB
+    gamma = info.get("gamma")
+    if isinstance(gamma, (int, float)) and 16 <= round(gamma * _PNG_FP_1) <= 625_000_000:
+        return int(round(gamma * _PNG_FP_1))
+    return None
+
+
+def _png_reciprocal(a: int) -> int:
+    return int(math.floor(1e10 / a + 0.5))  # libpng's png_reciprocal, floating-point build
+
+
+def _png_gamma_table(gamma: int) -> np.ndarray:
+    """libpng's png_build_8bit_table: identity unless the gamma is off 1.0 by more than 0.05."""
+    table = np.arange(256, dtype=np.uint8)
+    if abs(gamma - _PNG_FP_1) > 5000:  # png_gamma_significant
+        v = np.arange(1, 255, dtype=np.float64)
+        table[1:255] = np.floor(255 * np.power(v / 255, gamma * 0.00001) + 0.5).astype(np.uint8)
+    return table
+
+
+def _libpng_gray(rgb: np.ndarray, file_gamma: int | None = None) -> np.ndarray:
+    """libpng's png_do_rgb_to_gray for 8-bit data with OpenCV's 0.299/0.587 weights (see the module doc)."""
     rc, gc = 9797, 19234  # (29900 * 32768) // 100000, (58700 * 32768) // 100000
     bc = 32768 - rc - gc
     r = rgb[..., 0].astype(np.int32)
     g = rgb[..., 1].astype(np.int32)
     b = rgb[..., 2].astype(np.int32)
-    return ((rc * r + gc * g + bc * b) >> 15).astype(np.uint8)
+    # Tables exist only for a significant file gamma; the screen gamma is then its reciprocal.
+    if file_gamma is None or abs(file_gamma - _PNG_FP_1) <= 5000:
+        return ((rc * r + gc * g + bc * b) >> 15).astype(np.uint8)
+    screen_gamma = _png_reciprocal(file_gamma)
+    to_1 = _png_gamma_table(_png_reciprocal(file_gamma)).astype(np.int32)
+    from_1 = _png_gamma_table(_png_reciprocal(screen_gamma))
+    same = _png_gamma_table(int(math.floor(1e15 / file_gamma / screen_gamma + 0.5)))  # for R == G == B
+    gray = from_1[(rc * to_1[r] + gc * to_1[g] + bc * to_1[b] + 16384) >> 15]
+    neutral = (r == g) & (r == b)
+    return np.where(neutral, same[r], gray).astype(np.uint8)
 
 
 def _bt601_gray(rgb: np.ndarray) -> np.ndarray:
@@ -209,11 +256,13 @@ def _to_8bit_array(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def _decoded_to_array(im: Image.Image, gray: bool, is_png_colour: bool) -> np.ndarray:
+def _decoded_to_array(
+    im: Image.Image, gray: bool, is_png_colour: bool, file_gamma: int | None = None
+) -> np.ndarray:
     a = _to_8bit_array(im)
     if gray:
         if a.ndim == 3:
-            a = _libpng_gray(a) if is_png_colour else _bt601_gray(a)
+            a = _libpng_gray(a, file_gamma) if is_png_colour else _bt601_gray(a)
         return np.ascontiguousarray(a)
     if a.ndim == 2:
         return np.ascontiguousarray(np.repeat(a[:, :, None], 3, axis=2))
@@ -244,7 +293,8 @@ def _decode(
                 im.draft("L", req)
             elif draft_size is not None and im.mode in ("RGB", "L"):
                 im.draft(im.mode, req)
-        return _decoded_to_array(_load(im), gray, is_png_colour)
+        file_gamma = png_file_gamma(im.info) if is_png_colour else None
+        return _decoded_to_array(_load(im), gray, is_png_colour, file_gamma)
 
 
 def load_image(path: str | os.PathLike, gray: bool = False) -> np.ndarray:

@@ -496,7 +496,8 @@ class NetFeeder:
                 self.feeds.append(_ImageDataFeed(layer, source, net.phase, bases))
             else:
                 raise DatasetFormatError(
-                    f"layer {layer.name!r}: the runner feeds Data, HDF5Data and ImageData layers, not {layer.type}"
+                    f"{net.where(layer)}layer {layer.name!r}: the runner feeds Data, HDF5Data and ImageData layers, "
+                    f"not {layer.type}"
                 )
 
     def peek_shapes(self) -> dict[str, list[int]]:
