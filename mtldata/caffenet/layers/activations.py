@@ -121,7 +121,8 @@ class Power(Layer):
         power, scale, shift = p.power, p.scale, p.shift
         diff_scale = power * scale
         if diff_scale == 0:  # constant: 1 for power 0, shift^power for scale 0; zero gradient
-            value = 1.0 if power == 0 else math.pow(shift, power)
+            # float32 pow as Caffe's (nan for a negative shift to a fractional power, inf for 0^-1)
+            value = 1.0 if power == 0 else float(torch.tensor(shift, dtype=torch.float32).pow(power))
             return [prescribed_gradient(torch.full_like(x, value), (x, torch.zeros_like(x)))]
         with torch.no_grad():
             base = x * scale + shift
