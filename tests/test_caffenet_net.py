@@ -75,7 +75,21 @@ def test_phase_filtering_splits_outputs_and_loss_weights():
     total = train.weighted_loss(blobs)
     assert torch.allclose(total, blobs["loss_cls"] + 0.25 * blobs["loss_reg"])
     params = {p.key: p for p in train.learnable_params()}
-    assert list(params) == ["fc/0", "fc/1", "sc/0", "sc/1", "cls/0", "cls/1", "reg/0", "reg/1"]
+    # Caffe's learnable params include BatchNorm's statistics, with lr_mult forced to 0.
+    assert list(params) == [
+        "fc/0",
+        "fc/1",
+        "bn/0",
+        "bn/1",
+        "bn/2",
+        "sc/0",
+        "sc/1",
+        "cls/0",
+        "cls/1",
+        "reg/0",
+        "reg/1",
+    ]
+    assert [(params[f"bn/{i}"].lr_mult, params[f"bn/{i}"].decay_mult) for i in range(3)] == [(0.0, 1.0)] * 3
     assert (params["cls/0"].lr_mult, params["cls/0"].decay_mult) == (2.0, 0.0)
     assert (params["cls/1"].lr_mult, params["cls/1"].decay_mult) == (1.0, 1.0)
 

@@ -20,6 +20,7 @@ from mtldata.caffe.prototxt import read_net, read_solver
 from mtldata.caffenet.layers.data import NetFeeder, resolve_path
 from mtldata.caffenet.net import CaffeNet, WeightsReport, load_caffemodel
 from mtldata.caffenet.solver import Solver, SolverError
+from mtldata.caffenet.threads import ThreadChooser
 from mtldata.errors import CaffeFileError
 
 __all__ = ["NetFeeder", "load_solver", "resolve_path", "train_from_solver"]
@@ -148,9 +149,16 @@ def train_from_solver(
     workdir: str | Path | None = None,
     cwd: str | Path | None = None,
     log: LogFn | None = None,
+    threads: int | None = None,
 ) -> Solver:
-    """Run a whole Caffe setup (`caffe train --solver=... [--weights=...]`); returns the finished Solver."""
+    """Run a whole Caffe setup (`caffe train --solver=... [--weights=...]`); returns the finished Solver.
+
+    `threads` fixes torch's CPU thread count; None times the first iterations at 1 thread and at
+    every available core and keeps the faster (see threads.py).
+    """
     solver, reports = load_solver(solver_path, init=init, workdir=workdir, cwd=cwd, log=log)
+    threads_before = torch.get_num_threads()
+    solver.before_iteration = ThreadChooser(threads, log=log)
     if log is not None:
         for report in reports:
             log(f"Copied weights of layers {', '.join(report.copied) or '(none)'}")
@@ -158,5 +166,8 @@ def train_from_solver(
                 log(f"Ignoring source layers {', '.join(report.ignored)}")
         log(f"Solving {solver.net.net_name}")
         log(f"Learning Rate Policy: {solver.param.lr_policy}")
-    solver.solve()
+    try:
+        solver.solve()
+    finally:
+        torch.set_num_threads(threads_before)
     return solver
