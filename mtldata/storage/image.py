@@ -62,6 +62,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mtldata.errors import MtlDataError
+from mtldata.storage.read_limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 from mtldata.storage.records import ImagePayload
 
 __all__ = [
@@ -78,10 +79,6 @@ __all__ = [
 RESIZE_MODES = ("caffe", "antialias")
 JPEG_QUALITY = 95  # OpenCV's imencode default (IMWRITE_JPEG_QUALITY)
 
-# Reads are bounded: a file or an image past these is a bad sample, refused before it is read or
-# decoded (`convert --max-file-mb / --max-pixels` raise them).
-DEFAULT_MAX_FILE_BYTES = 256 << 20
-DEFAULT_MAX_PIXELS = 100_000_000
 
 _EXIF_ORIENTATION = 0x0112
 _FORMAT_NAMES = {"jpg": "jpeg", "jpeg": "jpeg", "jpe": "jpeg", "png": "png"}
