@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from mtldata.cli.report import EXIT_INTERRUPTED, EXIT_SKIPPED, Progress, fail
-from mtldata.errors import MtlDataError, OutputError
+from mtldata.errors import MtlDataError, OutputError, shorten
 from mtldata.storage.read_limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 
 
@@ -309,7 +309,7 @@ def convert(
         )
         for err in result.errors[:10]:
             where = f"{list_file}:{err.line}"
-            click.echo(f"  {where}: {err.path + ': ' if err.path else ''}{err.reason}", err=True)
+            click.echo(f"  {where}: {shorten(err.path) + ': ' if err.path else ''}{err.reason}", err=True)
         if result.skipped > 10:
             click.echo(f"  ... and {result.skipped - 10} more", err=True)
         sys.exit(EXIT_SKIPPED)

@@ -331,7 +331,7 @@ def tasks_command(
         if output.exists() and output.resolve() == prototxt.resolve():
             fail(f"{output}: is the input prototxt; write the tasks.toml to a new file")
         if output.exists() and not overwrite:
-            fail(f"{output} already exists; pass --overwrite to replace it")
+            fail(f"{output}: already exists; pass --overwrite to replace it")
         try:
             write_bytes_atomic(output, text.encode("utf-8"))
         except OSError as exc:

@@ -170,7 +170,7 @@ def merge(
     staging = output.with_name(output.name + PARTIAL_SUFFIX)
     if output.exists() or output.is_symlink():
         if not overwrite:
-            raise DatasetStateError(f"{shorten(str(output))} already exists; pass --overwrite to replace it")
+            raise DatasetStateError(f"{shorten(str(output))}: already exists; pass --overwrite to replace it")
         check_replaceable(output)
     existed = staging.exists() or staging.is_symlink()
     if existed and not is_staging(staging):
@@ -183,7 +183,7 @@ def merge(
         if existed:
             if not overwrite:
                 raise DatasetStateError(
-                    f"{staging} exists (an interrupted conversion or merge); pass --overwrite"
+                    f"{staging}: exists (an interrupted conversion or merge); pass --overwrite"
                 )
             lock.clear()
         return _merge_locked(parts, manifests, output, staging, commit_every, progress, started)

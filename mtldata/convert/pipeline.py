@@ -327,7 +327,7 @@ def _prepare_staging(
     staging = staging_path(out)
     if out.exists() or out.is_symlink():
         if not spec.overwrite:
-            raise DatasetStateError(f"{shorten(str(out))} already exists; pass --overwrite to replace it")
+            raise DatasetStateError(f"{shorten(str(out))}: already exists; pass --overwrite to replace it")
         check_replaceable(out)
     existed = staging.exists() or staging.is_symlink()
     if existed and not is_staging(staging):
@@ -357,11 +357,11 @@ def _prepare_staging(
             lock.clear()
         elif command == "merge":
             raise DatasetStateError(
-                f"{staging} holds an interrupted merge; run `mtldata merge` again with --overwrite"
+                f"{staging}: holds an interrupted merge; run `mtldata merge` again with --overwrite"
             )
         else:
             raise DatasetStateError(
-                f"{staging} holds an interrupted conversion; pass --resume to continue it "
+                f"{staging}: holds an interrupted conversion; pass --resume to continue it "
                 f"or --overwrite to start over"
             )
     except BaseException:
