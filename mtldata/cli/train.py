@@ -334,8 +334,8 @@ def tasks_command(
             fail(f"{output}: already exists; pass --overwrite to replace it")
         try:
             write_bytes_atomic(output, text.encode("utf-8"))
-        except OSError as exc:
-            fail(os_error_line(exc, output))
+        except OSError as exc:  # named as the file asked for, not its temporary sibling
+            fail(os_error_line(OSError(exc.errno, exc.strerror, str(output)), output))
         click.echo(f"wrote {output} ({len(imported.tasks)} tasks)", err=True)
 
 

@@ -537,6 +537,12 @@ def _convert_locked(
         writer.close()
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    except OSError:
+        # A full disk or an I/O error: release the files (the caller may resume in this process).
+        abandon = getattr(writer, "abandon", None)
+        if abandon is not None:
+            abandon()
+        raise
     finally:
         errors_file.close()
 

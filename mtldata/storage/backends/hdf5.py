@@ -12,6 +12,7 @@ name, and renamed. The samples of the shard being filled wait in an append-only
 from __future__ import annotations
 
 import bisect
+import contextlib
 import errno
 import os
 import struct
@@ -329,6 +330,11 @@ class Hdf5Writer:
                     row, buffer = end, []
             if row != n:
                 raise DatasetFormatError(f"{pending}: holds {row} whole samples, expected {n}")
+
+    def abandon(self) -> None:
+        """Close the pending file after a failure; what was committed stays."""
+        with contextlib.suppress(OSError):
+            self._fh.close()
 
     def truncate_from(self, index: int) -> None:
         self._fh.flush()

@@ -6,6 +6,7 @@ aligned because they iterate the same keys in the same byte order.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -29,6 +30,8 @@ LABELS_DIR = "labels.lmdb"
 DEFAULT_INITIAL_MAP_SIZE = 1 << 30
 # File space is reserved ahead of a write transaction in steps of at least this much (see _reserve).
 RESERVE_STEP = 16 << 20
+# Pages any write transaction may add besides its records' own (branch copies, free-list pages).
+TXN_OVERHEAD = 64 << 10
 
 
 def key_index(key: bytes) -> int | None:
@@ -153,18 +156,18 @@ class _GrowingEnv:
         put bounds it.
         """
         self._txn_need += 2 * nbytes + 4096
-        end = self._txn_base + self._txn_need + RESERVE_STEP // 4
-        if end <= self._allocated:
+        needed = self._txn_base + self._txn_need
+        if needed <= self._allocated:
             return
         map_size = self.env.info()["map_size"]
-        needed = min(end, map_size)
+        needed = min(needed, map_size)
         if needed <= self._allocated:
-            return  # the map is full: the put fails with MapFullError and the map grows
+            return  # the map is full: the put fails with MapFullError, the map grows, _begin reserves
         data = self.path / "data.mdb"
         fd = os.open(data, os.O_RDWR)
         try:
-            # A step ahead where the disk has room, else just what this transaction needs.
-            for target in (min(max(end, self._allocated + RESERVE_STEP), map_size), needed):
+            # A step ahead where the disk has room (fewer calls), else just what this transaction needs.
+            for target in (min(needed + RESERVE_STEP, map_size), needed):
                 try:
                     os.posix_fallocate(fd, self._allocated, target - self._allocated)
                     self._allocated = target
@@ -178,7 +181,7 @@ class _GrowingEnv:
     def _begin(self, nbytes: int | None = None) -> None:
         """Start a write transaction with file space for `nbytes` (default: the batch to replay)."""
         self._txn_base = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
-        self._txn_need = 0
+        self._txn_need = TXN_OVERHEAD
         self._reserve(sum(len(k) + len(v) for k, v in self._batch) if nbytes is None else nbytes)
         self._txn = self.env.begin(write=True)
 
@@ -267,7 +270,7 @@ class _GrowingEnv:
                 if found is not None and found >= index:
                     doomed.append(bytes(key))
         if doomed:
-            self._begin(nbytes=64 * len(doomed))  # deletes copy pages too (writemap: in the map)
+            self._begin(nbytes=256 * len(doomed))  # deletes copy pages too (writemap: in the map)
             try:
                 for key in doomed:
                     self._txn.delete(key)
@@ -278,6 +281,16 @@ class _GrowingEnv:
             finally:
                 self._txn = None
         return len(doomed)
+
+    def abandon(self) -> None:
+        """Drop the open transaction and close the files after a failure; what was committed stays."""
+        with contextlib.suppress(Exception):
+            if self._txn is not None:
+                self._txn.abort()
+        self._txn = None
+        for close in (self.env.close, self._journal.close):
+            with contextlib.suppress(Exception):
+                close()
 
     def digest(self) -> dict[str, Any]:
         """The RecordDigest of what has been committed, from the journal (call after the last commit)."""
@@ -330,6 +343,10 @@ class LmdbWriter:
         # removes with truncate_from; never a label without its image.
         self.images.commit()
         self.labels.commit()
+
+    def abandon(self) -> None:
+        self.images.abandon()
+        self.labels.abandon()
 
     def truncate_from(self, index: int) -> None:
         self.images.delete_from(index)
