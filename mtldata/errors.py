@@ -114,13 +114,14 @@ class OutputError(MtlDataError):
     The message names the path and the remedy; `resumable` adds "run the same command with --resume".
     """
 
-    def __init__(self, path: str | Path, reason: str) -> None:
+    def __init__(self, path: str | Path, reason: str, remedy: str = "") -> None:
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"{shorten(self.path)}: {reason}")
+        self.remedy = remedy  # e.g. " and run the same command with --resume"
+        super().__init__(f"{shorten(self.path)}: {reason}{remedy}")
 
     def __reduce__(self):  # keeps the error picklable across worker processes
-        return (type(self), (self.path, self.reason))
+        return (type(self), (self.path, self.reason, self.remedy))
 
     @classmethod
     def from_os_error(cls, exc: OSError, fallback: str | Path, resumable: bool = False) -> OutputError:
@@ -131,19 +132,21 @@ class OutputError(MtlDataError):
         resume = " and run the same command with --resume" if resumable else ""
         code = exc.errno
         if code == errno.ENOSPC:
-            reason = f"no space left on the device; free space{resume}"
+            reason = "no space left on the device; free space"
         elif code == errno.EDQUOT:
-            reason = f"disk quota exceeded; free space or raise the quota{resume}"
+            reason = "disk quota exceeded; free space or raise the quota"
         elif code == errno.EFBIG:
-            reason = f"file too large for this file system or process limit (ulimit -f){resume}"
+            reason = "file too large for this file system or process limit (ulimit -f)"
         elif code == errno.EROFS:
             reason = "the file system is read-only; write the output somewhere writable"
         elif code in (errno.EACCES, errno.EPERM):
             reason = "permission denied; make the folder writable or write the output elsewhere"
         elif code == errno.EIO:
-            reason = f"input/output error (a failing disk or a lost network mount){resume}"
+            reason = "input/output error (a failing disk or a lost network mount)"
         elif code == errno.ENAMETOOLONG:
-            reason = "file name too long"
+            reason, resume = "file name too long", ""
         else:
-            reason = f"{exc.strerror or exc}{resume}"
-        return cls(path, reason)
+            reason = f"{exc.strerror or exc}"
+        if code in (errno.EROFS, errno.EACCES, errno.EPERM):
+            resume = ""  # a new output folder, not a resume of this one
+        return cls(path, reason, resume)

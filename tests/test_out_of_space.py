@@ -158,10 +158,17 @@ def test_a_writer_failing_for_lack_of_space_leaves_a_resumable_partial(
     assert _records(tmp_path / "ds") == _records(tmp_path / "ref")
 
 
-@pytest.fixture
-def unwritable(tmp_path: Path) -> Iterator[Path]:
-    """A folder nothing can be written into: a read-only tmpfs as root, a mode-555 folder otherwise."""
-    if os.geteuid() == 0:
+@pytest.fixture(params=["read-only", "full"])
+def unwritable(request, tmp_path: Path) -> Iterator[Path]:
+    """A folder nothing can be written into: a read-only tmpfs as root (a mode-555 folder otherwise),
+    or a tmpfs filled to its last byte."""
+    if request.param == "full":
+        with _tmpfs(tmp_path / "ro", "256k") as where:
+            with contextlib.suppress(OSError), open(where / ".filler", "wb", buffering=0) as fh:
+                while True:
+                    fh.write(b"\0" * 4096)
+            yield where
+    elif os.geteuid() == 0:
         with _tmpfs(tmp_path / "ro", "1m", readonly=True) as where:
             yield where
     else:
@@ -174,7 +181,8 @@ def test_every_writing_command_fails_in_one_line_on_an_unwritable_output(
     image_set, tmp_path, unwritable, monkeypatch
 ):
     list_file, _ = image_set
-    expect = ("read-only", "permission denied")
+    full = (unwritable / ".filler").exists()
+    expect = ("no space left on the device; free space",) if full else ("read-only", "permission denied")
 
     def check(result, where: str) -> None:
         line = assert_one_line_error(result.output, result.exit_code, where)
@@ -211,4 +219,4 @@ def test_every_writing_command_fails_in_one_line_on_an_unwritable_output(
     check(run("train", "--solver", "solver.prototxt", "--workdir", unwritable, "-q"), "ro")
     check(run("tasks", "--from-prototxt", prototxt, "-k", "4", "-o", unwritable / "tasks.toml"), "ro")
     check(run("demo", "-d", unwritable / "demo", "-n", "4", "-q", "--no-train"), "ro")
-    assert not any(unwritable.iterdir())
+    assert full or not any(unwritable.iterdir())

@@ -10,7 +10,7 @@ import click
 
 from mtldata.cli.inspect import format_info
 from mtldata.cli.report import Progress, fail, os_error_line
-from mtldata.errors import MtlDataError
+from mtldata.errors import MtlDataError, OutputError
 
 # What the demo writes into its folder (-d): it refuses a folder where these exist and it did not make them.
 DEMO_FILES = ("list.txt", "tasks.toml", "images", "run", "demo_lmdb", "demo_lmdb.partial")
@@ -69,6 +69,9 @@ def demo(directory: Path | None, count: int, quiet: bool, no_train: bool = False
     progress = Progress(quiet, "img", "convert")
     try:
         result = run_convert(spec, progress)
+    except OutputError as exc:  # the demo has no --resume: it starts again
+        progress.close()
+        fail(str(OutputError(exc.path, exc.reason, " and run the demo again" if exc.remedy else "")))
     except MtlDataError as exc:
         progress.close()
         fail(str(exc))

@@ -23,7 +23,6 @@ from mtldata.errors import DatasetFormatError, DatasetStateError, MtlDataError, 
 from mtldata.storage.backends import WriterOptions, make_writer, open_reader, read_manifest
 from mtldata.storage.manifest import LabelStats, Manifest, dataset_checksums, write_manifest
 from mtldata.storage.output_guard import (
-    STAGING_MARKER,
     WriterLock,
     check_output_path,
     check_replaceable,
@@ -243,9 +242,7 @@ def _merge_locked(
         fsync_path(staging)
         _publish(staging, output)
     except BaseException:
-        for child in staging.iterdir():  # the lock and its marker stay until the lock is released
-            if child.name != STAGING_MARKER:
-                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
+        shutil.rmtree(staging, ignore_errors=True)  # still locked: no other writer is in it
         raise
     skipped = manifest.errors["count"]
     return MergeResult(output, done, len(parts), skipped, time.monotonic() - started, manifest.to_dict())
