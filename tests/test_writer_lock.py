@@ -13,6 +13,9 @@ import pytest
 from cli_errors import assert_one_line_error
 from conftest import db_items
 
+from mtldata.errors import DatasetFormatError
+from mtldata.storage.backends import open_reader
+
 # A writer that stalls after its third sample, holding the staging folder, until it is killed.
 STALLING_WRITER = """
 import sys, time
@@ -73,6 +76,10 @@ def test_a_second_conversion_is_refused_while_the_first_runs_and_resumes_after_i
             assert f"(pid {first.pid})" in line
         info = _cli("info", out.with_name("ds.partial"), cwd=tmp_path)
         assert_one_line_error(info.stderr, info.returncode, f"a convert is running (pid {first.pid})")
+        with pytest.raises(
+            DatasetFormatError, match=rf"not there yet: a convert is running \(pid {first.pid}\)"
+        ):
+            open_reader(out)
     finally:
         _kill(first)
     info = _cli("info", out.with_name("ds.partial"), cwd=tmp_path)
