@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from cli_errors import assert_one_line_error, run, snapshot
-from conftest import write_list
+from conftest import write_image, write_list
 from train_helpers import make_dataset
 
 from mtldata.cli.report import EXIT_SKIPPED
@@ -218,3 +218,22 @@ def test_help_states_the_defaults_as_they_are():
     demo_help = " ".join(run("demo", "--help").output.split())
     assert "[default: 200; x>=1]" in demo_help and "[default: a new temporary folder]" in demo_help
     assert "that the demo did not make is refused" in demo_help
+
+
+def test_merge_copies_only_each_parts_own_errors_file(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the dataset\n")
+    rows = ["a.png 1", "missing.png 2", "b.png 3", "c.png 4"]
+    for name in ("a.png", "b.png", "c.png"):
+        write_image(tmp_path / name)
+    list_file = write_list(tmp_path / "list.txt", rows)
+    parts = [tmp_path / f"p{i}" for i in range(2)]
+    for i, part in enumerate(parts):
+        run("convert", list_file, "-o", part, "--num-shards", "2", "--shard-index", i, "-q", "-j", "1")
+    manifest = json.loads((parts[1] / "manifest.json").read_text())
+    manifest["errors"]["file"] = str(secret)  # a manifest pointing outside its dataset
+    (parts[1] / "manifest.json").write_text(json.dumps(manifest))
+    result = run("merge", *parts, "-o", tmp_path / "merged", "-q")
+    assert result.exit_code == 0, result.output
+    merged_errors = (tmp_path / "merged" / "errors.tsv").read_text()
+    assert "missing.png" in merged_errors and "not for the dataset" not in merged_errors
