@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from mtldata.cli.report import EXIT_INTERRUPTED, EXIT_SKIPPED, Progress, fail
+from mtldata.cli.report import EXIT_INTERRUPTED, EXIT_SKIPPED, Progress, fail, os_error_line
 from mtldata.errors import MtlDataError
 
 
@@ -71,6 +71,9 @@ def evaluate_command(
     except MtlDataError as exc:
         progress.close()
         fail(str(exc))
+    except OSError as exc:
+        progress.close()
+        fail(os_error_line(exc, confusion_dir or "."))
     progress.close()
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
@@ -145,6 +148,9 @@ def predict_command(
     except MtlDataError as exc:
         progress.close()
         fail(str(exc))
+    except OSError as exc:
+        progress.close()
+        fail(os_error_line(exc, output))
     progress.close()
     click.echo(f"wrote {result.count} predictions to {result.output}")
     if result.skipped:
@@ -181,6 +187,8 @@ def export_command(run: Path, output: Path, opset: int | None, overwrite: bool) 
         path = export_run(run, output, opset=opset)
     except MtlDataError as exc:
         fail(str(exc))
+    except OSError as exc:
+        fail(os_error_line(exc, output))
     click.echo(f"wrote {path}")
 
 
