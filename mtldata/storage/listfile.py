@@ -3,7 +3,8 @@
 The labels are the last K whitespace-separated tokens and the path is everything before them, so
 paths may contain spaces (convert_imageset splits at the last space for the same reason). K comes
 from the caller or is inferred from the first data line. Blank lines and `#` comments are skipped;
-CRLF endings and a UTF-8 BOM are accepted.
+CRLF endings and a UTF-8 BOM are accepted. A first line `# path name1 ... nameK` names the labels.
+With `allow_missing`, a label written `nan` or `NA` (any case) is missing and becomes NaN.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _INTEGER = re.compile(r"[+-]?\d+")
 _NONFINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
 _TOKEN = re.compile(r"\S+")
+_MISSING = re.compile(r"nan|na", re.IGNORECASE)  # how a list or CSV writes a missing label
 # float32 holds every integer up to 2**24 exactly; labels beyond that would silently change.
 _FLOAT32_EXACT_INT = 2**24
 _INT32_MAX = 2**31 - 1
@@ -95,7 +97,7 @@ def infer_num_labels(text: str) -> int:
     tokens = text.split()
     k = 0
     for token in reversed(tokens[1:]):
-        if not (_is_number(token) or _NONFINITE.fullmatch(token)):
+        if not (_is_number(token) or _NONFINITE.fullmatch(token) or _MISSING.fullmatch(token)):
             break
         k += 1
     return k
@@ -124,8 +126,30 @@ def summarize_list(path: str | Path, num_labels: int | None = None) -> ListSumma
     return ListSummary(sha256=digest.hexdigest(), num_lines=count, num_labels=k, inferred=inferred)
 
 
+def is_missing_token(token: str) -> bool:
+    """True for how a label file writes a missing value: `nan`, `NA` (any case) or nothing."""
+    return not token or _MISSING.fullmatch(token) is not None
+
+
+def header_names(path: str | Path) -> tuple[str, ...] | None:
+    """The label names of a `# path name1 ... nameK` first line, or None when the list has none."""
+    for _, text in _decoded_lines(Path(path)):
+        if text is None:
+            return None
+        stripped = text.strip()
+        if not stripped:
+            continue
+        words = stripped[1:].split() if stripped.startswith("#") else []
+        return tuple(words[1:]) if len(words) > 1 and words[0].lower() == "path" else None
+    return None
+
+
 def parse_line(
-    text: str, num_labels: int, line: int, path_exists: Callable[[str], bool] | None = None
+    text: str,
+    num_labels: int,
+    line: int,
+    path_exists: Callable[[str], bool] | None = None,
+    allow_missing: bool = False,
 ) -> ListEntry | ListLineError:
     """Parse one data line into a ListEntry, or explain why it cannot be one."""
 
@@ -150,8 +174,12 @@ def parse_line(
             )
     values: list[float] = []
     for position, token in enumerate(label_tokens, start=1):
-        if _NONFINITE.fullmatch(token):
-            return error(f"label {position} is {token!r}; labels must be finite numbers")
+        if allow_missing and _MISSING.fullmatch(token):
+            values.append(math.nan)
+            continue
+        if _NONFINITE.fullmatch(token) or _MISSING.fullmatch(token):
+            hint = " (--allow-missing stores nan and NA as missing)" if _MISSING.fullmatch(token) else ""
+            return error(f"label {position} is {token!r}; labels must be finite numbers{hint}")
         if not _is_number(token):
             return error(f"label {position} is {token!r}, not a number")
         value = float(token)
@@ -168,7 +196,10 @@ def parse_line(
 
 
 def iter_list(
-    path: str | Path, num_labels: int, path_exists: Callable[[str], bool] | None = None
+    path: str | Path,
+    num_labels: int,
+    path_exists: Callable[[str], bool] | None = None,
+    allow_missing: bool = False,
 ) -> Iterator[ListEntry | ListLineError]:
     """Stream the data lines of a list file as entries or line errors, in file order."""
     for number, text in _decoded_lines(Path(path)):
@@ -177,4 +208,4 @@ def iter_list(
             continue
         if not _is_data_line(text):
             continue
-        yield parse_line(text, num_labels, number, path_exists)
+        yield parse_line(text, num_labels, number, path_exists, allow_missing)

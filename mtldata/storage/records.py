@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -37,3 +38,20 @@ class Sample:
     key: str
     image: ImagePayload
     labels: np.ndarray
+
+
+def missing_stored_as(manifest: dict[str, Any] | None) -> dict[int, float]:
+    """Label column -> the ignore value a manifest says stands for a missing label there ({} if none)."""
+    entry = (manifest or {}).get("missing_labels") or {}
+    return {int(c): float(v) for c, v in (entry.get("stored_as") or {}).items()}
+
+
+def restore_missing(labels: np.ndarray, stored_as: dict[int, float]) -> np.ndarray:
+    """A stored label vector with each ignore value of a mapped column read back as missing (NaN)."""
+    if not stored_as:
+        return labels
+    out = np.array(labels, dtype=np.float32)
+    for column, value in stored_as.items():
+        if column < out.size and out[column] == value:
+            out[column] = np.nan
+    return out

@@ -25,7 +25,7 @@ from mtldata.durable import fsync_path
 from mtldata.errors import DatasetFormatError, MtlDataError, SampleRejectedError
 from mtldata.storage.backends import READERS, DatasetReader, WriterOptions, register_writer
 from mtldata.storage.processes import current_pid
-from mtldata.storage.records import ImagePayload, Sample
+from mtldata.storage.records import ImagePayload, Sample, missing_stored_as, restore_missing
 
 LIST_NAME = "hdf5_list.txt"
 DTYPES = ("float32", "uint8")
@@ -483,6 +483,7 @@ class Hdf5Reader(DatasetReader):
     ) -> None:
         self.files = [Path(f) for f in files]
         self.manifest = manifest
+        self._stored_as = missing_stored_as(manifest)  # ignore values that stand for missing labels
         self.source = source
         self.infos = [self._inspect(p, None if lines is None else lines[j]) for j, p in enumerate(self.files)]
         for info in self.infos[1:]:
@@ -586,7 +587,8 @@ class Hdf5Reader(DatasetReader):
 
     def labels(self, i: int) -> np.ndarray:
         j, row = self._locate(i)
-        return np.array(self._file(j).row("label", row), dtype=np.float32).reshape(-1)  # a copy
+        labels = np.array(self._file(j).row("label", row), dtype=np.float32).reshape(-1)  # a copy
+        return restore_missing(labels, self._stored_as)
 
     def image_array(self, i: int) -> np.ndarray:
         """Sample i's image as a (C, H, W) array: uint8 for pixel data, float32 for other float data."""

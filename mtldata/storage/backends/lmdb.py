@@ -20,7 +20,7 @@ from mtldata.caffe.datum import datum_labels, image_datum, label_datum, parse_da
 from mtldata.errors import DatasetFormatError
 from mtldata.storage.backends import DatasetReader, WriterOptions, register_writer
 from mtldata.storage.processes import current_pid
-from mtldata.storage.records import ImagePayload, Sample
+from mtldata.storage.records import ImagePayload, Sample, missing_stored_as, restore_missing
 
 IMAGES_DIR = "images.lmdb"
 LABELS_DIR = "labels.lmdb"
@@ -245,7 +245,8 @@ class LmdbWriter:
     @staticmethod
     def encode_payload(image: ImagePayload, labels: np.ndarray) -> ImagePayload:
         """Serialise and hash the image Datum; the converter runs this in its decode workers."""
-        label = int(labels[0])  # Caffe's convert_multilabel: the int part of the first label
+        # Caffe's convert_multilabel: the int part of the first label (-1 when it is missing)
+        label = int(labels[0]) if np.isfinite(labels[0]) else -1
         value = image_datum(image.data, label, None if image.encoded else image.shape)
         return replace(image, data=value, stored=True, stored_sha256=hashlib.sha256(value).digest())
 
@@ -285,6 +286,7 @@ class LmdbReader(DatasetReader):
         self.images_path = Path(images)
         self.labels_path = Path(labels) if labels is not None else None
         self.manifest = manifest
+        self._stored_as = missing_stored_as(manifest)  # ignore values that stand for missing labels
         for path in (self.images_path, self.labels_path):
             if path is not None and not (path / "data.mdb").is_file():
                 raise DatasetFormatError(f"{path}: not an LMDB environment (no data.mdb)")
@@ -355,7 +357,7 @@ class LmdbReader(DatasetReader):
         value = self._lbl_txn.get(key)
         if value is None:
             raise DatasetFormatError(f"{self.labels_path}: no label record for key {key!r}")
-        return datum_labels(parse_datum(value))
+        return restore_missing(datum_labels(parse_datum(value)), self._stored_as)
 
     def labels(self, i: int) -> np.ndarray:
         keys = self._load_keys()
