@@ -300,3 +300,13 @@ def test_lmdb_without_allow_missing_is_unchanged_by_header_names(tmp_path):
     assert result.manifest["label_names"] == ["a", "b"] and result.manifest["missing_labels"] is None
     for db in ("images.lmdb", "labels.lmdb"):
         assert db_items(tmp_path / "p" / db) == db_items(tmp_path / "n" / db)
+
+
+def test_demo_missing_makes_a_partially_labelled_sample_set(tmp_path):
+    result = run("demo", "-d", tmp_path, "-n", 20, "--missing", "0.3", "--no-train", "-q")
+    assert result.exit_code == 0, result.output
+    assert "(30% of each task's labels missing)" in result.output
+    manifest = json.loads((tmp_path / "demo_lmdb" / "manifest.json").read_text())
+    assert manifest["missing_labels"]["by_column"] == [6, 6, 6, 6, 6]  # per task, all its columns
+    rows = (tmp_path / "list.txt").read_text().splitlines()[1:]
+    assert sum(r.split()[1] == "nan" for r in rows) == 6
