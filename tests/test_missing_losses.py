@@ -183,3 +183,16 @@ def test_gradnorm_takes_a_tasks_initial_loss_from_the_first_batch_that_labels_it
     full = LabelSlicer.from_tasks(TASKS)(np.nan_to_num(ROWS, nan=1.0))
     out = objective({k: h(trunk(x)) for k, h in heads.items()}, full, shared=trunk.weight)
     assert gn.has_initial.all() and gn.initial[1] == pytest.approx(out.losses["attr"].item())
+
+
+def test_weighting_state_from_before_per_task_counts_still_loads():
+    old_gn = GradNorm(TASKS).state_dict()
+    old_gn["has_initial"] = torch.tensor(True)
+    gn = GradNorm(TASKS)
+    gn.load_state_dict(old_gn)
+    assert gn.has_initial.tolist() == [True, True, True]
+    old_dwa = DWA(TASKS).state_dict()
+    old_dwa["loss_count"] = torch.tensor(4.0, dtype=torch.float64)
+    dwa = DWA(TASKS)
+    dwa.load_state_dict(old_dwa)
+    assert dwa.loss_count.tolist() == [4.0, 4.0, 4.0]

@@ -163,7 +163,8 @@ def parse_line(
     label_tokens = [tok for _, tok in spans[-num_labels:]]
     path = text[: spans[-num_labels][0]].strip()
     path_tokens = path.split()
-    if len(path_tokens) > 1 and _is_number(path_tokens[-1]):
+    last_is_label = _is_number(path_tokens[-1]) or (allow_missing and _MISSING.fullmatch(path_tokens[-1]))
+    if len(path_tokens) > 1 and last_is_label:
         # "a.jpg 1 0 1" with K=2 would otherwise become the path "a.jpg 1": only accept a path that
         # really ends in a number-like word when that file exists.
         if path_exists is None or not path_exists(path):

@@ -172,6 +172,13 @@ class DWA(Weighting):
     def multipliers(self) -> torch.Tensor:
         return self.prior * self.dyn
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        # checkpoints from before per-task counts held one batch count for every task
+        count = state_dict.get(prefix + "loss_count")
+        if count is not None and count.ndim == 0:
+            state_dict[prefix + "loss_count"] = count.expand(len(self.names)).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def objective(
         self, losses: torch.Tensor, shared: torch.Tensor | None, grad_scale: float, present: torch.Tensor
     ) -> torch.Tensor:
@@ -234,6 +241,13 @@ class GradNorm(Weighting):
 
     def multipliers(self) -> torch.Tensor:
         return self.prior * self.w
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        # checkpoints from before per-task initial losses held one flag for every task
+        flag = state_dict.get(prefix + "has_initial")
+        if flag is not None and flag.ndim == 0:
+            state_dict[prefix + "has_initial"] = flag.expand(len(self.names)).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def objective(
         self, losses: torch.Tensor, shared: torch.Tensor | None, grad_scale: float, present: torch.Tensor
