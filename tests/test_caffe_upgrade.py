@@ -515,8 +515,8 @@ def test_a_data_layer_the_runner_cannot_feed_names_its_line(v1: Path, tmp_path: 
     assert result.exit_code == 1
     # The Input layer made from the V1 net's input fields has no line of its own: the file is named.
     assert result.output == (
-        f"mtldata: error: {v1 / 'v1_net.prototxt'}: layer 'input': the runner feeds Data and HDF5Data "
-        "layers, not Input\n"
+        f"mtldata: error: {v1 / 'v1_net.prototxt'}: layer 'input': the runner feeds Data, HDF5Data and "
+        "ImageData layers, not Input\n"
     )
 
 
