@@ -14,6 +14,8 @@ runner feeds each one from its source, as Caffe's do:
   (OpenCV INTER_LINEAR arithmetic), gray with `is_color: false`, in list order unless `shuffle`.
 * `Input`: the caller gives the tops (`CaffeNet.forward`).
 
+`DummyData` is the exception: it reads nothing, so it is an ordinary layer the net runs.
+
 Caffe resolves `source`, the .h5 paths and `mean_file` against the working directory; mtldata tries
 the working directory first and then the folder of the file that names the path.
 """
