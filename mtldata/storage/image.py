@@ -57,17 +57,21 @@ is never changed, so a truncated image raises instead of being grey-padded.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import math
 import os
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mtldata.errors import MtlDataError
 from mtldata.storage.png16 import libpng_gray16, png_sig_bit
+from mtldata.storage.read_limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 from mtldata.storage.records import ImagePayload
 
 __all__ = [
@@ -83,6 +87,7 @@ __all__ = [
 
 RESIZE_MODES = ("caffe", "antialias")
 JPEG_QUALITY = 95  # OpenCV's imencode default (IMWRITE_JPEG_QUALITY)
+
 
 _EXIF_ORIENTATION = 0x0112
 _FORMAT_NAMES = {"jpg": "jpeg", "jpeg": "jpeg", "jpe": "jpeg", "png": "png"}
@@ -102,12 +107,16 @@ class ImageOptions:
     resize_mode: str = "caffe"  # "caffe": OpenCV INTER_LINEAR parity; "antialias": Pillow, antialiased
     encoded: bool = False
     encode_type: str = ""  # "", "jpg", "png"; non-empty implies encoded (as in Caffe)
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # a larger file is a bad sample, never read
+    max_pixels: int = DEFAULT_MAX_PIXELS  # a larger image (width x height) is a bad sample, never decoded
 
     def __post_init__(self) -> None:
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, not {self.resize_mode!r}")
         if self.resize_width < 0 or self.resize_height < 0:
             raise ValueError("resize_width and resize_height must be >= 0")
+        if self.max_file_bytes < 1 or self.max_pixels < 1:
+            raise ValueError("max_file_bytes and max_pixels must be >= 1")
 
     @property
     def resizes(self) -> bool:
@@ -124,12 +133,40 @@ class ImageOptions:
 # Decoding
 
 
-def _open(source: str | os.PathLike | bytes) -> Image.Image:
+@contextlib.contextmanager
+def _own_pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """With our own limit, Pillow's (a warning past 89 MP, an error past twice that) stands aside."""
+    if max_pixels is None:
+        yield
+        return
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageDecodeError(
+            f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
+            f"(a decompression bomb?); raise it with --max-pixels"
+        )
+
+
+def _open(source: str | os.PathLike | bytes, max_pixels: int | None = None) -> Image.Image:
     """Open (parse the header of) a file or buffer, mapping failures to ImageDecodeError."""
     try:
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            return Image.open(io.BytesIO(bytes(source)))
-        return Image.open(source)
+        with _own_pixel_limit(max_pixels):
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                im = Image.open(io.BytesIO(bytes(source)))
+            else:
+                im = Image.open(source)
+        _check_pixels(im.size[0], im.size[1], max_pixels)
+        return im
+    except ImageDecodeError:
+        raise
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         raise _file_error(exc) from None
     except UnidentifiedImageError:
@@ -151,11 +188,58 @@ def _file_error(exc: OSError) -> ImageDecodeError:
     return ImageDecodeError(f"cannot read file: {exc.strerror or exc}")
 
 
-def _read_file(path: str | os.PathLike) -> bytes:
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _not_regular(mode: int) -> ImageDecodeError:
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    if kind == "a directory":
+        return ImageDecodeError("is a directory, not an image file")
+    return ImageDecodeError(f"is {kind}, not a regular file")
+
+
+def _read_file(path: str | os.PathLike, max_bytes: int | None = None) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`; anything else is an ImageDecodeError.
+
+    O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then tells it is no file to read.
+    """
     try:
-        return Path(os.fspath(path)).read_bytes()
+        fd = os.open(os.fspath(path), os.O_RDONLY | os.O_NONBLOCK)
+    except ValueError:
+        raise ImageDecodeError("the path holds a NUL byte") from None
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a socket (or a device without a driver)
+            try:
+                raise _not_regular(os.stat(os.fspath(path)).st_mode) from None
+            except OSError:
+                pass
+        raise _file_error(exc) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _not_regular(info.st_mode)
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise ImageDecodeError(_too_large(info.st_size, max_bytes))
+        limit = info.st_size if max_bytes is None else max_bytes
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(limit + 1)  # bounded even if the file grows while it is read
     except OSError as exc:
         raise _file_error(exc) from None
+    finally:
+        os.close(fd)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ImageDecodeError(_too_large(len(data), max_bytes))
+    return data
+
+
+def _too_large(size: int, max_bytes: int) -> str:
+    return f"file is {size:,} bytes, over the limit of {max_bytes:,}; raise it with --max-file-mb"
 
 
 def _orientation(im: Image.Image) -> int:
@@ -272,13 +356,16 @@ def _decoded_to_array(
 
 
 def _decode(
-    source: str | os.PathLike | bytes, gray: bool, draft_size: tuple[int, int] | None = None
+    source: str | os.PathLike | bytes,
+    gray: bool,
+    draft_size: tuple[int, int] | None = None,
+    max_pixels: int | None = None,
 ) -> np.ndarray:
     """Open, decode and orient a file or buffer: HxWx3 BGR or HxW gray uint8, per the module rules.
 
     ``draft_size`` (antialias mode only) lets libjpeg downscale in the DCT domain to at least that size.
     """
-    im = _open(source)
+    im = _open(source, max_pixels)
     with im:
         fmt = im.format
         is_png_colour = fmt == "PNG" and im.mode not in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L")
@@ -297,7 +384,7 @@ def _decode(
                 im.draft(im.mode, req)
         file_gamma = png_file_gamma(im.info) if is_png_colour else None
         if gray and is_png_colour and _rawmode(im) in ("RGB;16B", "RGBA;16B") and _orientation(im) == 1:
-            return _png16_gray(source, _load(im), file_gamma)
+            return _png16_gray(source, _load(im), file_gamma, max_pixels)
         return _decoded_to_array(_load(im), gray, is_png_colour, file_gamma)
 
 
@@ -306,13 +393,15 @@ def _rawmode(im: Image.Image) -> object:
     return im.tile[0][3] if len(im.tile) == 1 and len(im.tile[0]) > 3 else None
 
 
-def _png16_gray(source: str | os.PathLike | bytes, high: Image.Image, file_gamma: int | None) -> np.ndarray:
+def _png16_gray(
+    source: str | os.PathLike | bytes, high: Image.Image, file_gamma: int | None, max_pixels: int | None
+) -> np.ndarray:
     """A 16-bit colour PNG in gray from its whole samples, as libpng converts it (mtldata.storage.png16).
 
     Pillow keeps the high byte of each sample; a second decode told the samples are little-endian
     keeps the low byte instead.
     """
-    low = _open(source)
+    low = _open(source, max_pixels)
     with low:
         tile = low.tile[0]
         rawmode = str(tile[3]).replace(";16B", ";16L")
@@ -335,7 +424,7 @@ def load_image(path: str | os.PathLike, gray: bool = False) -> np.ndarray:
 
     Returns HxWx3 BGR uint8, or HxW uint8 when ``gray``. Raises ImageDecodeError.
     """
-    return _decode(path, gray)
+    return _decode(_read_file(path), gray)
 
 
 def _has_app1(data: bytes) -> bool:
@@ -360,7 +449,9 @@ def _has_app1(data: bytes) -> bool:
     return True
 
 
-def _decode_simplejpeg(data: bytes, gray: bool, out: np.ndarray | None = None) -> np.ndarray | None:
+def _decode_simplejpeg(
+    data: bytes, gray: bool, out: np.ndarray | None = None, max_pixels: int | None = None
+) -> np.ndarray | None:
     """Decode a plain (non-rotated, YCbCr/gray) JPEG with simplejpeg; None when it is not applicable.
     Writes into `out` (see decode_bytes) when its shape is the image's."""
     if data[:3] != b"\xff\xd8\xff":
@@ -375,6 +466,7 @@ def _decode_simplejpeg(data: bytes, gray: bool, out: np.ndarray | None = None) -
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except (ValueError, RuntimeError):
         return None  # let the Pillow path produce the error message
+    _check_pixels(width, height, max_pixels)
     if colorspace not in ("YCbCr", "RGB", "Gray") or height * width > (Image.MAX_IMAGE_PIXELS or 1 << 62):
         return None
     if _has_app1(data):
@@ -406,19 +498,22 @@ def _decode_simplejpeg(data: bytes, gray: bool, out: np.ndarray | None = None) -
     return np.ascontiguousarray(decoded.reshape(shape))
 
 
-def decode_bytes(data: bytes, gray: bool = False, out: np.ndarray | None = None) -> np.ndarray:
+def decode_bytes(
+    data: bytes, gray: bool = False, out: np.ndarray | None = None, max_pixels: int | None = None
+) -> np.ndarray:
     """Decode encoded Datum bytes to HxWx3 BGR (or HxW gray) uint8, the same pixels as load_image.
 
     Uses simplejpeg for JPEG when it is installed (and the image needs no EXIF rotation), Pillow otherwise.
     `out`, a C-contiguous uint8 array, receives the pixels when it has the image's shape and the
     simplejpeg path applies (a loader decodes straight into its batch so); the result is then `out`
-    itself, else a new array, with `out` left in an unspecified state.
+    itself, else a new array, with `out` left in an unspecified state. An image of more than
+    `max_pixels` pixels is refused from its header, before any pixel memory is allocated.
     """
     data = bytes(data)
-    decoded = _decode_simplejpeg(data, gray, out)
+    decoded = _decode_simplejpeg(data, gray, out, max_pixels)
     if decoded is not None:
         return decoded
-    return _decode(data, gray)
+    return _decode(data, gray, max_pixels=max_pixels)
 
 
 def to_chw(img: np.ndarray) -> np.ndarray:
@@ -567,7 +662,7 @@ def encode_image(img: np.ndarray, fmt: str) -> bytes:
 
 def _antialias_resize(data: bytes, opts: ImageOptions) -> np.ndarray:
     w, h = opts.resize_width, opts.resize_height
-    a = _decode(data, opts.gray, draft_size=(2 * w, 2 * h))
+    a = _decode(data, opts.gray, draft_size=(2 * w, 2 * h), max_pixels=opts.max_pixels)
     pil = Image.fromarray(a if a.ndim == 2 else np.ascontiguousarray(a[:, :, ::-1]))
     out = np.asarray(pil.resize((w, h), Image.Resampling.BILINEAR))
     return np.ascontiguousarray(out if out.ndim == 2 else out[:, :, ::-1])
@@ -609,11 +704,12 @@ def prepare_image(path: str | os.PathLike, opts: ImageOptions) -> ImagePayload:
       re-encoded with :func:`encode_image` (jpg or png only; anything else raises).
     * Raw: the planar CHW BGR (or gray) bytes.
     """
-    data = _read_file(path)  # read once: decoded from, and stored verbatim when the rules say so
+    # Read once (bounded, regular files only): decoded from, and stored verbatim when the rules say so.
+    data = _read_file(path, opts.max_file_bytes)
     if opts.resizes and opts.resize_mode == "antialias":
         img = _antialias_resize(data, opts)
     else:
-        img = decode_bytes(data, opts.gray)  # simplejpeg where installed: same pixels, ~2x faster
+        img = decode_bytes(data, opts.gray, max_pixels=opts.max_pixels)  # simplejpeg where installed
         if opts.resizes:
             img = caffe_resize(img, opts.resize_width, opts.resize_height)
     channels = 1 if img.ndim == 2 else img.shape[2]
