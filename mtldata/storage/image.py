@@ -30,9 +30,10 @@ Decoding in gray (``--gray``, ``IMREAD_GRAYSCALE``) gives an ``HxW`` ``uint8`` a
   8-bit gamma tables: ``gray = from_1[(rc*to_1[R] + gc*to_1[G] + bc*to_1[B] + 16384) >> 15]``, with
   ``to_1[v] = floor(255*(v/255)**(1/file_gamma) + 0.5)`` and ``from_1`` the inverse power (0 and 255
   map to themselves); this lifts saturated colours by tens of levels (pure red: 147 instead of 76).
-  Alpha is dropped first. This is byte-exact against libpng 1.6 for 8-bit PNGs. (For 16-bit colour
-  PNGs libpng converts before dropping to 8 bits, while Pillow hands over only the high bytes: such
-  files may be off by one level, by a few with a gamma chunk. ICC profiles are not looked at.)
+  Alpha is dropped first. 16-bit colour PNGs are converted at 16 bits, as libpng does before OpenCV's
+  strip to 8 bits (``mtldata.storage.png16``; an EXIF-rotated one takes the 8-bit path and may be a
+  few levels off). Byte-exact against libpng 1.6 (tested on non-interlaced files). ICC profiles are
+  not looked at.
 * Anything else with colour (CMYK JPEG, BMP, TIFF, ...): OpenCV's fixed-point BT.601 luma
   ``(4899*R + 9617*G + 1868*B + 8192) >> 14`` on the RGB pixels described above.
 
@@ -69,6 +70,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mtldata.errors import MtlDataError
+from mtldata.storage.png16 import libpng_gray16, png_sig_bit
 from mtldata.storage.read_limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 from mtldata.storage.records import ImagePayload
 
@@ -381,7 +383,40 @@ def _decode(
             elif draft_size is not None and im.mode in ("RGB", "L"):
                 im.draft(im.mode, req)
         file_gamma = png_file_gamma(im.info) if is_png_colour else None
+        if gray and is_png_colour and _rawmode(im) in ("RGB;16B", "RGBA;16B") and _orientation(im) == 1:
+            return _png16_gray(source, _load(im), file_gamma, max_pixels)
         return _decoded_to_array(_load(im), gray, is_png_colour, file_gamma)
+
+
+def _rawmode(im: Image.Image) -> object:
+    """How Pillow's decoder unpacks the file ("RGB;16B" for 16-bit RGB PNGs), None if not one tile."""
+    return im.tile[0][3] if len(im.tile) == 1 and len(im.tile[0]) > 3 else None
+
+
+def _png16_gray(
+    source: str | os.PathLike | bytes, high: Image.Image, file_gamma: int | None, max_pixels: int | None
+) -> np.ndarray:
+    """A 16-bit colour PNG in gray from its whole samples, as libpng converts it (mtldata.storage.png16).
+
+    Pillow keeps the high byte of each sample; a second decode told the samples are little-endian
+    keeps the low byte instead.
+    """
+    low = _open(source, max_pixels)
+    with low:
+        tile = low.tile[0]
+        rawmode = str(tile[3]).replace(";16B", ";16L")
+        low.tile = [tile._replace(args=rawmode) if hasattr(tile, "_replace") else (*tile[:3], rawmode)]
+        lo = np.asarray(_load(low))[..., :3].astype(np.uint16)
+    rgb = (np.asarray(high)[..., :3].astype(np.uint16) << 8) | lo
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            with open(source, "rb") as fh:
+                sig_bit = png_sig_bit(fh)
+        except OSError as exc:
+            raise _file_error(exc) from None
+    else:
+        sig_bit = png_sig_bit(io.BytesIO(bytes(source)))
+    return np.ascontiguousarray(libpng_gray16(rgb, file_gamma, sig_bit))
 
 
 def load_image(path: str | os.PathLike, gray: bool = False) -> np.ndarray:
