@@ -94,10 +94,34 @@ def verify_dataset(
     return report
 
 
-def _records(txn: Any, digest: Any) -> Iterator[tuple[bytes, bytes]]:
+def _records(
+    txn: Any, digest: Any, expected: dict[bytes, bytes] | None, report: VerifyReport, name: str
+) -> Iterator[tuple[bytes, bytes]]:
+    """The records of one DB in key order, each added to its digest and, when the conversion kept
+    per-record digests (`expected`), checked against its own."""
     for key, value in txn.cursor():
-        digest.update(key, value)
+        got = digest.update(key, value)
+        if expected is not None:
+            want = expected.pop(bytes(key), None)
+            if want is None:
+                report.add(key, f"{name}: a record the conversion did not write (not in its digests)")
+            elif want != got:
+                report.add(key, f"{name}: record digest mismatch: its bytes changed since conversion")
         yield key, value
+
+
+def _expected_digests(root: Path | None, manifest: dict[str, Any] | None, db: Path) -> dict | None:
+    """key -> digest of the records of `db` as written, when the manifest names a digests file."""
+    from mtldata.storage.backends.lmdb import RECORD_DIGEST, read_record_digests
+
+    entry = ((manifest or {}).get("checksums") or {}).get(db.name) or {}
+    name = entry.get("record_digests")
+    if root is None or not isinstance(name, str) or entry.get("record_digest") != RECORD_DIGEST:
+        return None
+    path = root / name
+    if path.parent != root or not path.is_file():
+        return None
+    return read_record_digests(path)
 
 
 def _walk_lmdb(
@@ -117,6 +141,8 @@ def _walk_lmdb(
     num_labels = manifest.get("num_labels") if manifest else None
     dbs = {"images": images} if labels is None else {"images": images, "labels": labels}
     digests = {name: RecordDigest() for name in dbs}
+    root = images.parent if manifest is not None else None
+    expected = {name: _expected_digests(root, manifest, db) for name, db in dbs.items()}
     done = 0
     try:
         with ExitStack() as stack:
@@ -127,8 +153,14 @@ def _walk_lmdb(
                 )
                 txns[name] = stack.enter_context(env.begin())
             total = txns["images"].stat()["entries"]
-            image_records = _records(txns["images"], digests["images"])
-            label_records = _records(txns["labels"], digests["labels"]) if labels is not None else iter(())
+            image_records = _records(
+                txns["images"], digests["images"], expected["images"], report, images.name
+            )
+            label_records = (
+                _records(txns["labels"], digests["labels"], expected["labels"], report, labels.name)
+                if labels is not None
+                else iter(())
+            )
             image = next(image_records, None)
             label = next(label_records, None)
             while image is not None or label is not None:
@@ -151,6 +183,9 @@ def _walk_lmdb(
     except lmdb.Error as exc:  # a damaged environment: what was read so far is reported, then this
         report.add(None, f"LMDB error after {done} image records: {exc}")
     report.counts.update({name: digest.records for name, digest in digests.items()})
+    # (a record missing from a DB is named by the walk already: no label record, or a label without image)
+    if any(e is not None for e in expected.values()):
+        report.checked.append("every record against its own digest")
     report.checked.append("every image record decodes")
     if labels is not None:
         report.checked += ["every label record parses", "image and label DBs hold the same keys"]
@@ -248,6 +283,8 @@ def _check_checksums(
         return
     for rel, want in recorded.items():
         got = walked.get(root / rel) or checksum(root / rel)
+        if got is not None:  # what a recomputed checksum holds; the rest names the per-record digests
+            want = {k: v for k, v in want.items() if k in got}
         if got != want:
             found = "nothing" if got is None else ", ".join(f"{k} {v}" for k, v in got.items())
             expected = ", ".join(f"{k} {v}" for k, v in want.items())

@@ -16,7 +16,7 @@ from typing import Any
 import lmdb
 import numpy as np
 
-from mtldata.caffe.datum import datum_labels, image_datum, label_datum, parse_datum, split_datum
+from mtldata.caffe.datum import datum_labels, image_datum_frame, label_datum, parse_datum, split_datum
 from mtldata.errors import DatasetFormatError
 from mtldata.storage.backends import DatasetReader, WriterOptions, register_writer
 from mtldata.storage.processes import current_pid
@@ -26,6 +26,13 @@ IMAGES_DIR = "images.lmdb"
 LABELS_DIR = "labels.lmdb"
 # Sparse on Linux and macOS, so a generous start costs nothing; it still doubles on MDB_MAP_FULL.
 DEFAULT_INITIAL_MAP_SIZE = 1 << 30
+# Kept beside each LMDB (`images.lmdb.digests`): every record's key and value digest, in key order,
+# so `verify` names a damaged record. sha256: on CPUs with SHA instructions it hashes a 196 KB
+# image in about 0.17 ms, twice as fast as blake2b (measured for issue 15), and it is the hash the
+# whole-DB digest has always chained.
+RECORD_DIGEST = "sha256"
+RECORD_DIGEST_SIZE = 32
+DIGESTS_SUFFIX = ".digests"
 
 
 def key_index(key: bytes) -> int | None:
@@ -61,8 +68,11 @@ class RecordDigest:
         self._sha = hashlib.sha256()
         self.records = 0
 
-    def update(self, key: bytes, value: bytes) -> None:
-        self.update_hashed(key, hashlib.sha256(value).digest())
+    def update(self, key: bytes, value: bytes) -> bytes:
+        """Add one record; returns its value's digest."""
+        value_sha256 = hashlib.sha256(value).digest()
+        self.update_hashed(key, value_sha256)
+        return value_sha256
 
     def update_hashed(self, key: bytes, value_sha256: bytes) -> None:
         self._sha.update(len(key).to_bytes(4, "little") + key + value_sha256)
@@ -77,11 +87,16 @@ def _journal_entries(data: bytes) -> Iterator[tuple[int, int, bytes, bytes]]:
     pos = 0
     while pos + 4 <= len(data):
         n = int.from_bytes(data[pos : pos + 4], "little")
-        end = pos + 4 + n + 32
+        end = pos + 4 + n + RECORD_DIGEST_SIZE
         if end > len(data):  # a torn tail from an interruption
             return
         yield pos, end, data[pos + 4 : pos + 4 + n], data[pos + 4 + n : end]
         pos = end
+
+
+def read_record_digests(path: Path) -> dict[bytes, bytes]:
+    """key -> value digest, from a `.digests` file a conversion kept (a torn tail is ignored)."""
+    return {key: digest for _, _, key, digest in _journal_entries(path.read_bytes())}
 
 
 def database_digest(path: Path, window_bytes: int = 64 << 20) -> dict[str, Any]:
@@ -141,7 +156,11 @@ class _GrowingEnv:
         if self._txn is None:
             self._txn = self.env.begin(write=True)
         try:
-            self._txn.put(key, value)
+            # Keys arrive in increasing order (`%08d_` numbers): MDB_APPEND fills pages to the
+            # brim and skips the tree search. A key out of order (a hand-made call) is refused
+            # by LMDB and put the ordinary way.
+            if not self._txn.put(key, value, append=True):
+                self._txn.put(key, value)
         except lmdb.MapFullError:
             self._grow_and_replay()
 
@@ -219,8 +238,7 @@ class _GrowingEnv:
 
     def close(self) -> None:
         self.commit()
-        self._journal.close()
-        self.journal_path.unlink()
+        self._journal.close()  # kept: the dataset's per-record digests
         self.env.sync(True)
         used = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
         self.env.close()
@@ -246,7 +264,10 @@ class LmdbWriter:
     def encode_payload(image: ImagePayload, labels: np.ndarray) -> ImagePayload:
         """Serialise and hash the image Datum; the converter runs this in its decode workers."""
         label = int(labels[0])  # Caffe's convert_multilabel: the int part of the first label
-        value = image_datum(image.data, label, None if image.encoded else image.shape)
+        head, tail = image_datum_frame(len(image.data), label, None if image.encoded else image.shape)
+        if not image.encoded and len(image.data) != image.shape[0] * image.shape[1] * image.shape[2]:
+            raise ValueError(f"raw image data holds {len(image.data)} bytes, its shape is {image.shape}")
+        value = b"".join((head, image.data, tail))
         return replace(image, data=value, stored=True, stored_sha256=hashlib.sha256(value).digest())
 
     def put(self, sample: Sample) -> None:
@@ -267,7 +288,14 @@ class LmdbWriter:
 
     def close(self) -> dict[str, Any]:
         self.commit()
-        self.checksums = {IMAGES_DIR: self.images.digest(), LABELS_DIR: self.labels.digest()}
+        self.checksums = {
+            name: {
+                **env.digest(),
+                "record_digest": RECORD_DIGEST,
+                "record_digests": env.journal_path.name,
+            }
+            for name, env in ((IMAGES_DIR, self.images), (LABELS_DIR, self.labels))
+        }
         self.images.close()
         self.labels.close()
         return {"images": IMAGES_DIR, "labels": LABELS_DIR}
