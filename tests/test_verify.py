@@ -281,3 +281,38 @@ def test_cli_exit_codes_and_bad_keys(dataset):
     assert bad.exit_code == 1
     assert f"{key.decode()}: no label record in labels.lmdb" in bad.output
     assert f"first bad keys: {key.decode()}" in bad.output
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_a_flipped_pixel_byte_in_an_hdf5_shard_is_named_by_its_key(image_set, tmp_path, dtype):
+    import h5py
+
+    list_file, _ = image_set
+    out = tmp_path / "h5"
+    convert(
+        ConvertSpec(
+            list_file=list_file, output=out, workers=1, backend="hdf5", backend_options={"hdf5_dtype": dtype}
+        )
+    )
+    shard = out / "part-00000.h5"
+    assert (out / "part-00000.h5.digests").is_file()
+    recorded = json.loads((out / "manifest.json").read_text())["checksums"]["part-00000.h5"]
+    assert recorded["record_digest"] == "sha256" and recorded["record_digests"] == "part-00000.h5.digests"
+    assert verify_dataset(out).ok
+    with h5py.File(shard, "r") as f:
+        data = f["data"]
+        row_bytes = data[0].nbytes
+        at = data.id.get_offset() + 4 * row_bytes + row_bytes // 2  # sample 4, mid-image
+        key = f["key"].asstr()[4]
+    raw = bytearray(shard.read_bytes())
+    raw[at] ^= 0x01  # the lowest bit: for float32 pixels, a value no longer integral
+    shard.write_bytes(bytes(raw))
+    report = verify_dataset(out)
+    assert report.bad_keys == [key]
+    if dtype == "uint8":
+        assert report.problems[0].reason == (
+            "record digest mismatch: its pixels or labels changed since conversion"
+        )
+    else:  # the reader refuses it first
+        assert "not integral pixels" in report.problems[0].reason
+    assert any(p.key is None and "checksum mismatch" in p.reason for p in report.problems)

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from google.protobuf.message import DecodeError
 
 from mtldata.caffe.datum import parse_datum
 from mtldata.errors import MtlDataError
+from mtldata.storage import record_digests
 from mtldata.storage.backends import open_reader, read_manifest
 from mtldata.storage.image import ImageDecodeError, decode_bytes
 from mtldata.storage.manifest import checksum
@@ -85,7 +87,7 @@ def verify_dataset(
         if isinstance(reader, LmdbReader):
             walked = _walk_lmdb(report, reader.images_path, reader.labels_path, manifest, progress)
         else:
-            walked = _walk_reader(report, reader, progress)
+            walked = _walk_reader(report, reader, progress, _file_digests(path, manifest))
     finally:
         reader.close()
     if manifest is not None:
@@ -112,16 +114,14 @@ def _records(
 
 def _expected_digests(root: Path | None, manifest: dict[str, Any] | None, db: Path) -> dict | None:
     """key -> digest of the records of `db` as written, when the manifest names a digests file."""
-    from mtldata.storage.backends.lmdb import RECORD_DIGEST, read_record_digests
-
     entry = ((manifest or {}).get("checksums") or {}).get(db.name) or {}
     name = entry.get("record_digests")
-    if root is None or not isinstance(name, str) or entry.get("record_digest") != RECORD_DIGEST:
+    if root is None or not isinstance(name, str) or entry.get("record_digest") != record_digests.ALGORITHM:
         return None
     path = root / name
     if path.parent != root or not path.is_file():
         return None
-    return read_record_digests(path)
+    return record_digests.read(path)
 
 
 def _walk_lmdb(
@@ -231,20 +231,51 @@ def _label_problem(value: bytes, num_labels: int | None) -> str | None:
     return None
 
 
-def _walk_reader(report: VerifyReport, reader: Any, progress: Callable[[int, int], None] | None) -> dict:
-    """Any backend: every sample loads through its reader and, when encoded, decodes."""
+def _file_digests(root: Path, manifest: dict[str, Any] | None) -> dict[bytes, bytes] | None:
+    """key -> digest of every sample of the files whose checksums name a per-record digests file
+    (HDF5 shards), or None when none does."""
+    found: dict[bytes, bytes] | None = None
+    for rel, entry in ((manifest or {}).get("checksums") or {}).items():
+        name = entry.get("record_digests") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or entry.get("record_digest") != record_digests.ALGORITHM:
+            continue
+        path = (root / rel).parent / name
+        if path.is_file() and path.resolve().parent == root.resolve():
+            found = {**(found or {}), **record_digests.read(path)}
+    return found
+
+
+def _walk_reader(
+    report: VerifyReport,
+    reader: Any,
+    progress: Callable[[int, int], None] | None,
+    digests: dict[bytes, bytes] | None = None,
+) -> dict:
+    """Any backend: every sample loads through its reader and, when encoded, decodes; with per-record
+    `digests` (raw pixels + float32 labels, as HDF5 shards keep them), each matches its own."""
     n = len(reader)
     for i in range(n):
         try:
             sample = reader.sample(i)
             if sample.image.encoded:
                 decode_bytes(sample.image.data)
+            elif digests is not None:
+                want = digests.get(sample.key.encode("utf-8"))
+                labels = np.asarray(sample.labels, dtype=np.float32).tobytes()
+                if want is None:
+                    report.add(sample.key, "a sample the conversion did not write (not in its digests)")
+                elif record_digests.pixels_and_labels(sample.image.data, labels) != want:
+                    report.add(
+                        sample.key, "record digest mismatch: its pixels or labels changed since conversion"
+                    )
         except (MtlDataError, OSError) as exc:  # OSError: h5py's word for a damaged file
             report.add(_key_or_position(reader, i), str(exc))
         if progress is not None:
             progress(i + 1, n)
     report.counts["samples"] = n
     report.checked.append("every sample loads and decodes")
+    if digests is not None:
+        report.checked.append("every record against its own digest")
     return {}
 
 

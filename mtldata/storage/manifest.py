@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mtldata.durable import write_json_atomic
+from mtldata.storage import record_digests
 from mtldata.storage.backends import MANIFEST_NAME
 
 FORMAT_NAME = "mtldata"
@@ -92,7 +93,11 @@ def checksum(path: Path) -> dict[str, Any] | None:
         with open(path, "rb") as fh:
             while block := fh.read(1 << 20):
                 sha.update(block)
-        return {"bytes": path.stat().st_size, "sha256": sha.hexdigest()}
+        found: dict[str, Any] = {"bytes": path.stat().st_size, "sha256": sha.hexdigest()}
+        digests = path.with_name(path.name + record_digests.SUFFIX)
+        if digests.is_file():  # the file's samples have digests of their own (HDF5 shards)
+            found.update(record_digest=record_digests.ALGORITHM, record_digests=digests.name)
+        return found
     return None
 
 

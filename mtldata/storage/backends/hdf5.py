@@ -23,6 +23,7 @@ import numpy as np
 
 from mtldata.durable import fsync_path
 from mtldata.errors import DatasetFormatError, MtlDataError, SampleRejectedError
+from mtldata.storage import record_digests
 from mtldata.storage.backends import READERS, DatasetReader, WriterOptions, register_writer
 from mtldata.storage.processes import current_pid
 from mtldata.storage.records import ImagePayload, Sample
@@ -282,8 +283,12 @@ class Hdf5Writer:
             block = max(rows, 256)
             buffer: list[tuple[str, Any, Any]] = []
             row = 0
+            digests = bytearray()
             for _, _, _, key, labels, pixels, _ in _frames(pending, k):
                 buffer.append((key, labels, pixels))
+                digests += record_digests.entry(
+                    key.encode("utf-8"), record_digests.pixels_and_labels(pixels.data, labels.tobytes())
+                )
                 if len(buffer) == block or row + len(buffer) == n:
                     end = row + len(buffer)
                     label_rows = np.stack([b[1] for b in buffer])
@@ -296,6 +301,12 @@ class Hdf5Writer:
             if row != n:
                 raise DatasetFormatError(f"{pending}: holds {row} whole samples, expected {n}")
         fsync_path(tmp)
+        # The shard's per-record digests (`verify` names a damaged sample by them), in place first.
+        digests_path = final.with_name(final.name + record_digests.SUFFIX)
+        digests_tmp = digests_path.with_name(digests_path.name + ".tmp")
+        digests_tmp.write_bytes(digests)
+        fsync_path(digests_tmp)
+        os.replace(digests_tmp, digests_path)
         os.replace(tmp, final)
         fsync_path(self.dir)
 
@@ -318,6 +329,7 @@ class Hdf5Writer:
             if kept:
                 self._unseal(number, kept)
             (self.dir / shard_name(number)).unlink()
+            (self.dir / (shard_name(number) + record_digests.SUFFIX)).unlink(missing_ok=True)
             fsync_path(self.dir)
             self.counts.pop()
             self._open_pending()
