@@ -63,6 +63,15 @@ from mtldata.errors import MtlDataError
     type=click.Choice(["jpg", "png"]),
     help="Re-encode to this format where the file is not already in it (implies --encoded).",
 )
+@click.option(
+    "--validate",
+    type=click.Choice(["decode", "header"]),
+    default="decode",
+    show_default=True,
+    help="How --encoded checks a JPEG or PNG it stores as it is: decode (every pixel) or header "
+    "(trusted files only: reads the header and checks the end marker; catches a file that is not an "
+    "image, a broken header and a truncated file, but MISSES damage in the middle of the data).",
+)
 @click.option("--shuffle", is_flag=True, help="Shuffle the samples; keys are numbered after shuffling.")
 @click.option(
     "--seed",
@@ -157,6 +166,7 @@ def convert(
     check_size: bool,
     encoded: bool,
     encode_type: str | None,
+    validate: str,
     shuffle: bool,
     seed: int,
     workers: int,
@@ -232,6 +242,7 @@ def convert(
             resize_mode=resize_mode,
             encoded=encoded or bool(encode_type),
             encode_type=encode_type or "",
+            validate=validate,
         ),
         check_size=check_size,
         shuffle=shuffle,

@@ -547,6 +547,7 @@ def _build_manifest(
         "resize_mode": spec.image.resize_mode,
         "encoded": spec.image.encoded,
         "encode_type": spec.image.encode_type,
+        "validate": spec.image.validate,
         "check_size": spec.check_size,
         "shuffle": spec.shuffle,
         "seed": spec.seed if spec.shuffle else None,
