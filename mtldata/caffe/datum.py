@@ -58,12 +58,19 @@ def _encode_varint(value: int) -> bytes:
 
 
 def label_datum(labels: Sequence[float] | np.ndarray) -> bytes:
-    """Serialize a label vector as the multi-label layout's Datum: channels=K, 1x1, float_data."""
+    """Serialize a label vector as the multi-label layout's Datum: channels=K, 1x1, float_data.
+
+    Written by hand, as protobuf writes it (proto2's `repeated float` is not packed: each value is
+    its own tag 6, wire type 5, then 4 little-endian bytes); a test compares it with protobuf.
+    """
     values = np.asarray(labels, dtype=np.float32).ravel()
-    datum = Datum()
-    datum.channels, datum.height, datum.width = int(values.size), 1, 1
-    datum.float_data.extend(values.tolist())
-    return datum.SerializeToString()
+    k = values.size
+    fields = bytearray(5 * k)  # per value: the tag byte, then its 4 bytes
+    fields[0::5] = bytes(((6 << 3) | 5,)) * k
+    raw = values.astype("<f4", copy=False).tobytes()
+    for j in range(4):
+        fields[1 + j :: 5] = raw[j::4]
+    return b"".join((_tag_varint(1, k), b"\x10\x01\x18\x01", fields))
 
 
 def parse_datum(value: bytes | memoryview) -> Datum:
