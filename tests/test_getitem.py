@@ -90,3 +90,31 @@ def test_ds_i_owns_its_memory(images, tmp_path):
     for i in range(len(ds)):
         ds[i]
     assert torch.equal(ds[0][0], kept)
+
+
+@pytest.mark.parametrize("how", ["exif", "raw profile", "xmp"])
+def test_a_png_carrying_an_orientation_is_still_rotated(tmp_path, how):
+    # The PNG fast path skips reading an orientation only when no chunk can carry one.
+    from PIL import Image, PngImagePlugin
+
+    from mtldata.storage.image import decode_bytes
+
+    path = write_image(tmp_path / "r.png", size=(30, 20))
+    with Image.open(path) as im:
+        if how == "exif":
+            exif = im.getexif()
+            exif[0x0112] = 6
+            im.save(path, exif=exif)
+        else:
+            info = PngImagePlugin.PngInfo()
+            if how == "raw profile":
+                exif = Image.Exif()
+                exif[0x0112] = 6
+                payload = exif.tobytes().hex()
+                info.add_text("Raw profile type exif", f"\nexif\n{len(payload) // 2}\n{payload}")
+            else:
+                info.add_itxt(
+                    "XML:com.adobe.xmp", '<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'
+                )
+            im.save(path, pnginfo=info)
+    assert decode_bytes(path.read_bytes()).shape == (30, 20, 3)  # turned: 20 wide, 30 high

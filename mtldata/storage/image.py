@@ -163,8 +163,18 @@ def _orientation(im: Image.Image) -> int:
         return 1
 
 
-def _load(im: Image.Image) -> Image.Image:
-    """Decode the pixel data and apply the EXIF orientation."""
+# Where a PNG can carry an orientation for Pillow: an eXIf chunk, a "Raw profile type exif" text
+# chunk, or XMP in an iTXt chunk. Bytes holding none of these names cannot rotate.
+_PNG_ORIENTATION_MARKERS = (b"eXIf", b"Raw profile type exif", b"XML:com.adobe.xmp")
+
+
+def _png_may_rotate(data: bytes) -> bool:
+    return any(marker in data for marker in _PNG_ORIENTATION_MARKERS)
+
+
+def _load(im: Image.Image, may_rotate: bool = True) -> Image.Image:
+    """Decode the pixel data and apply the EXIF orientation (when `may_rotate`: reading it costs
+    more than decoding a small PNG)."""
     try:
         im.load()
     except Image.DecompressionBombError as exc:
@@ -174,7 +184,7 @@ def _load(im: Image.Image) -> Image.Image:
         if "truncated" in msg:
             raise ImageDecodeError(f"truncated image data ({msg})") from None
         raise ImageDecodeError(f"corrupt image data: {msg}") from None
-    if _orientation(im) != 1:
+    if may_rotate and _orientation(im) != 1:
         try:
             im = ImageOps.exif_transpose(im)
         except Exception as exc:  # noqa: BLE001
@@ -251,7 +261,8 @@ def _decode(
                 im.draft("L", req)
             elif draft_size is not None and im.mode in ("RGB", "L"):
                 im.draft(im.mode, req)
-        return _decoded_to_array(_load(im), gray, is_png_colour)
+        may_rotate = not (fmt == "PNG" and isinstance(source, bytes) and not _png_may_rotate(source))
+        return _decoded_to_array(_load(im, may_rotate), gray, is_png_colour)
 
 
 def load_image(path: str | os.PathLike, gray: bool = False) -> np.ndarray:
