@@ -292,7 +292,10 @@ class Hdf5Writer:
                 if len(buffer) == block or row + len(buffer) == n:
                     end = row + len(buffer)
                     label_rows = np.stack([b[1] for b in buffer])
-                    data[row:end] = np.stack([b[2] for b in buffer]).astype(dtype)
+                    pixels_block = np.empty((len(buffer), c, h, w), dtype)
+                    for j, b in enumerate(buffer):  # converted in one pass, no uint8 stack first
+                        pixels_block[j] = b[2]
+                    data[row:end] = pixels_block
                     label[row:end] = label_rows
                     for ds, start, stop in tasks:
                         ds[row:end] = label_rows[:, start:stop]
