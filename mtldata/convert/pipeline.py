@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
@@ -212,7 +212,7 @@ def _decode_chunk(
         size = len(payload.data)
         if _ARENA is not None and offset + size <= end:
             _ARENA[offset : offset + size] = payload.data
-            out.append(_InArena(replace(payload, data=b""), offset, size))
+            out.append(_InArena(payload.with_data(b""), offset, size))
             offset += size
         else:
             out.append(payload)
@@ -277,9 +277,7 @@ def _from_arena(
     view = memoryview(arena)
     try:
         return [
-            replace(r.payload, data=bytes(view[r.offset : r.offset + r.length]))
-            if isinstance(r, _InArena)
-            else r
+            r.payload.with_data(bytes(view[r.offset : r.offset + r.length])) if isinstance(r, _InArena) else r
             for r in results
         ]
     finally:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -245,7 +244,7 @@ class LmdbWriter:
         if not image.encoded and len(image.data) != image.shape[0] * image.shape[1] * image.shape[2]:
             raise ValueError(f"raw image data holds {len(image.data)} bytes, its shape is {image.shape}")
         value = b"".join((head, image.data, tail))
-        return replace(image, data=value, stored=True, stored_sha256=hashlib.sha256(value).digest())
+        return image.with_data(value, stored=True, stored_sha256=hashlib.sha256(value).digest())
 
     def put(self, sample: Sample) -> None:
         key = sample.key.encode("utf-8")
