@@ -34,7 +34,7 @@ NUMBERS = st.one_of(
         ]
     ),
 )
-PATHS = st.sampled_from(["a.jpg", "dir/b c.png", "c.jpg 1", "d 2.jpg", "ü.png", "e.jpg\t"])
+PATHS = st.sampled_from(["a.jpg", "dir/b c.png", "c.jpg 1", "d 2.jpg", "ü.png", "e.jpg\t", "nul\x00.jpg"])
 SPACES = st.sampled_from([" ", "\t", "  ", "\u3000", " \t "])
 
 
