@@ -91,6 +91,15 @@ from mtldata.storage.read_limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXE
     type=click.Choice(["jpg", "png"]),
     help="Re-encode to this format where the file is not already in it (implies --encoded).",
 )
+@click.option(
+    "--validate",
+    type=click.Choice(["decode", "header"]),
+    default="decode",
+    show_default=True,
+    help="How --encoded checks a JPEG or PNG it stores as it is: decode (every pixel) or header "
+    "(trusted files only: reads the header and checks the end marker; catches a file that is not an "
+    "image, a broken header and a truncated file, but MISSES damage in the middle of the data).",
+)
 @click.option("--shuffle", is_flag=True, help="Shuffle the samples; keys are numbered after shuffling.")
 @click.option(
     "--seed",
@@ -203,6 +212,7 @@ def convert(
     check_size: bool,
     encoded: bool,
     encode_type: str | None,
+    validate: str,
     shuffle: bool,
     seed: int,
     workers: int,
@@ -304,6 +314,7 @@ def convert(
             encode_type=encode_type or "",
             max_file_bytes=max_file_mb << 20,
             max_pixels=max_pixels,
+            validate=validate,
         ),
         check_size=check_size,
         shuffle=shuffle,

@@ -172,6 +172,9 @@ def parse_line(
     allow_missing: bool = False,
 ) -> ListEntry | ListLineError:
     """Parse one data line into a ListEntry, or explain why it cannot be one."""
+    fast = _parse_common_line(text, num_labels, line)
+    if fast is not None:
+        return fast
 
     def error(reason: str) -> ListLineError:
         return ListLineError(line=line, text=text, reason=reason)
@@ -216,6 +219,29 @@ def parse_line(
     if abs(values[0]) > _INT32_MAX:
         return error(f"label 1 ({label_tokens[0]}) does not fit the Datum's int32 label")
     return ListEntry(line=line, path=path, labels=tuple(values))
+
+
+# The common line in one regex match: a path without spaces, then exactly K plain decimal numbers.
+_COMMON_LINES: dict[int, re.Pattern[str]] = {}
+_SMALL = float(_FLOAT32_EXACT_INT)  # below this a label needs none of parse_line's range checks
+
+
+def _parse_common_line(text: str, num_labels: int, line: int) -> ListEntry | None:
+    """parse_line's result for the common line, found with one regex match instead of three per
+    label (a third of the converter's per-line cost); None for anything else, which parse_line
+    then judges (and explains) the long way: a path with spaces, a missing or extra token, a
+    label that is not a plain number or is large enough to need a range check, a NUL in the path."""
+    pattern = _COMMON_LINES.get(num_labels)
+    if pattern is None:
+        pattern = re.compile(r"\s*(\S+)" + (r"\s+(" + _NUMBER.pattern + ")") * num_labels + r"\s*")
+        _COMMON_LINES[num_labels] = pattern
+    match = pattern.fullmatch(text)
+    if match is None or "\0" in match.group(1):
+        return None
+    values = tuple(float(token) for token in match.groups()[1:])
+    if not all(-_SMALL <= v <= _SMALL for v in values):
+        return None
+    return ListEntry(line=line, path=match.group(1), labels=values)
 
 
 def iter_list(
