@@ -238,3 +238,8 @@ def test_best_pt_follows_the_named_metric_and_logs_have_no_bar_redraws(tmp_path)
     assert best["epoch"] == 1 + maes.index(min(maes))
     bad = CliRunner().invoke(main, [*args[:-5], "-o", str(tmp_path / "r2"), "--best-metric", "level/nope"])
     assert bad.exit_code == 1 and "no such validation metric" in bad.output
+
+
+def test_pretrained_alone_means_the_library_weights_and_with_a_value_a_file():
+    assert train_command.make_context("train", ["--pretrained", "-q"]).params["pretrained"] == "default"
+    assert train_command.make_context("train", ["--pretrained", "w.pth"]).params["pretrained"] == "w.pth"

@@ -67,6 +67,9 @@ def trunk_start(cfg):
     shape = tuple(ds[0][0].shape)
     ds.close()
     tasks = load_tasks(cfg.tasks, num_labels=5)
+    import torch
+
+    torch.manual_seed(cfg.seed)  # as the loop does: the same random weights where no file gives them
     model = build_model(cfg, tasks, shape, load_weights=True)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
