@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mtldata.durable import write_json_atomic
+from mtldata.storage import record_digests
 from mtldata.storage.backends import MANIFEST_NAME
 
 FORMAT_NAME = "mtldata"
@@ -16,33 +18,46 @@ FORMAT_VERSION = 1
 
 @dataclass
 class LabelStats:
-    """Running min / max / mean of each label column, mergeable and JSON-serialisable."""
+    """Running min / max / mean and missing (NaN) count of each label column, JSON-serialisable.
+
+    A column's min/max/mean cover its labelled values; they are None when every value is missing.
+    """
 
     count: int = 0
     sums: list[float] = field(default_factory=list)
-    mins: list[float] = field(default_factory=list)
-    maxs: list[float] = field(default_factory=list)
+    mins: list[float | None] = field(default_factory=list)
+    maxs: list[float | None] = field(default_factory=list)
+    missing: list[int] = field(default_factory=list)
 
     def add(self, labels: Any) -> None:
-        values = [float(v) for v in labels]
+        # a numpy row hands its values over in one call (per-element float() costs 20 us a sample)
+        values = labels.tolist() if hasattr(labels, "tolist") else [float(v) for v in labels]
         if not self.sums:
             self.sums = [0.0] * len(values)
-            self.mins = list(values)
-            self.maxs = list(values)
+            self.mins = [None] * len(values)
+            self.maxs = [None] * len(values)
+        if len(self.missing) != len(values):  # also a resume of a conversion started before this field
+            self.missing = [0] * len(values)
         for j, v in enumerate(values):
+            if math.isnan(v):
+                self.missing[j] += 1
+                continue
             self.sums[j] += v
-            self.mins[j] = min(self.mins[j], v)
-            self.maxs[j] = max(self.maxs[j], v)
+            low, high = self.mins[j], self.maxs[j]
+            self.mins[j] = v if low is None else min(low, v)
+            self.maxs[j] = v if high is None else max(high, v)
         self.count += 1
 
     def summary(self, names: list[str]) -> list[dict[str, Any]]:
+        missing = self.missing or [0] * len(self.sums)
         return (
             [
                 {
                     "name": names[j],
                     "min": self.mins[j],
                     "max": self.maxs[j],
-                    "mean": self.sums[j] / self.count,
+                    "mean": self.sums[j] / (self.count - missing[j]) if self.count > missing[j] else None,
+                    "missing": missing[j],
                 }
                 for j in range(len(self.sums))
             ]
@@ -72,6 +87,8 @@ class Manifest:
     checksums: dict[str, Any] = field(default_factory=dict)
     # A part of a sharded conversion: {"index", "count", "positions": [start, stop]}; None otherwise.
     shard: dict[str, Any] | None = None
+    # With --allow-missing: {"count", "by_column", "stored_as": {column: ignore value}}; None otherwise.
+    missing_labels: dict[str, Any] | None = None
     key_format: str = "%08d_<path>"
     complete: bool = True
     format: str = FORMAT_NAME
@@ -92,7 +109,11 @@ def checksum(path: Path) -> dict[str, Any] | None:
         with open(path, "rb") as fh:
             while block := fh.read(1 << 20):
                 sha.update(block)
-        return {"bytes": path.stat().st_size, "sha256": sha.hexdigest()}
+        found: dict[str, Any] = {"bytes": path.stat().st_size, "sha256": sha.hexdigest()}
+        digests = path.with_name(path.name + record_digests.SUFFIX)
+        if digests.is_file():  # the file's samples have digests of their own (HDF5 shards)
+            found.update(record_digest=record_digests.ALGORITHM, record_digests=digests.name)
+        return found
     return None
 
 
