@@ -168,7 +168,7 @@ def test_dwa_weights_from_the_last_two_epoch_losses():
 
 def test_gradnorm_moves_weights_towards_balanced_gradients_and_renormalises():
     torch.manual_seed(0)
-    model = build_model("small", TASKS, width=4)
+    model = build_model(TrainConfig(trunk="small", width=4), TASKS)
     gn = GradNorm(TASKS, alpha=1.5)
     objective = MultiTaskObjective(TASKS, gn)
     opt = torch.optim.SGD([*model.parameters(), *gn.parameters()], lr=0.01)
@@ -179,7 +179,7 @@ def test_gradnorm_moves_weights_towards_balanced_gradients_and_renormalises():
         "reg": torch.rand(4, 1),
     }
     for _ in range(3):
-        out = objective(model(x), targets, shared=model.shared_parameter)
+        out = objective(model(x), targets, shared=model.shared_parameter())
         opt.zero_grad()
         out.total.backward()
         assert gn.w.grad is not None and torch.isfinite(gn.w.grad).all()
@@ -227,10 +227,10 @@ def test_config_errors_name_the_setting(values, match):
 
 @pytest.mark.parametrize("trunk", ["small", "resnet"])
 def test_models_give_one_output_per_task(trunk):
-    model = build_model(trunk, TASKS, width=4, blocks=[1, 1])
+    model = build_model(TrainConfig(trunk=trunk, width=4, resnet_blocks=[1, 1]), TASKS)
     out = model(torch.randn(2, 3, 20, 20))
     assert {k: tuple(v.shape) for k, v in out.items()} == {"cls": (2, 3), "attr": (2, 3), "reg": (2, 1)}
-    assert model.shared_parameter.requires_grad
+    assert model.shared_parameter().requires_grad
 
 
 def test_metrics_by_hand():

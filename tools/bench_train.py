@@ -11,6 +11,12 @@ The device is --device (auto: CUDA when there is one, with AMP and channels_last
     python tools/bench_train.py                 # ~1 min on 2 CPU cores
     python tools/bench_train.py --quick         # a few seconds: smoke test
     python tools/bench_train.py --dataset DS --tasks tasks.toml --trunk resnet --batch-size 64
+    python tools/bench_train.py --compare       # mtldata's loop against a plain PyTorch loop, per trunk
+
+`--compare` trains the same model (same trunk, heads and initial weights), data and batch size with
+`mtldata.train.train` and with a plain loop (DataLoader of float tensors, forward, Caffe's losses,
+SGD step), for `small`, a torchvision ResNet-18 (when torchvision imports) and a Caffe trunk (the
+fixture net in ../shared/fixtures/caffe/mt, when present), and prints both side by side with ratios.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any
 import torch
 
 from mtldata.convert.pipeline import ConvertSpec, convert
+from mtldata.loader.transforms import TransformSpec
 from mtldata.storage.sample_set import CLASS_NAMES, LABEL_NAMES, make_sample_set
 from mtldata.tasks import TaskSet, TaskSpec, dump_tasks
 from mtldata.train import Reporter, TrainConfig, train
@@ -78,6 +85,87 @@ def bench(cfg: TrainConfig, warmup: int) -> dict[str, Any]:
     }
 
 
+def plain_loop(cfg: TrainConfig, warmup: int) -> dict[str, Any]:
+    """The baseline: what one writes by hand with torch alone, over the same model and data."""
+    from mtldata.loader.dataset import open_dataset
+    from mtldata.tasks import load_tasks
+    from mtldata.train.losses import task_loss
+    from mtldata.train.models import build_model
+
+    torch.manual_seed(cfg.seed)
+    spec = TransformSpec(scale=cfg.scale)
+    ds = open_dataset(cfg.dataset, tasks=load_tasks(Path(cfg.tasks)), transform=spec, phase="train")
+    model = build_model(cfg, ds.tasks, tuple(ds[0][0].shape))
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers, drop_last=True
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    model.train()
+    times, wait, step = [], 0.0, 0
+    while step < cfg.max_steps:
+        it = iter(loader)
+        while step < cfg.max_steps:
+            t0 = time.perf_counter()
+            try:
+                x, targets = next(it)
+            except StopIteration:
+                break
+            if step > warmup:
+                wait += time.perf_counter() - t0
+            out = model(x)
+            loss = sum(t.loss_weight * task_loss(t, out[t.name], targets[t.name]) for t in ds.tasks)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            times.append(time.perf_counter())
+    ds.close()
+    steps = len(times) - 1 - warmup
+    seconds = times[-1] - times[warmup]
+    return {"steps_per_s": steps / seconds, "data_wait_share": wait / seconds}
+
+
+def compare(args: argparse.Namespace, tmp_path: Path) -> list[dict[str, Any]]:
+    """Each trunk trained by mtldata's loop and by the plain loop, with the same settings."""
+    caffe_net = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "caffe" / "mt"
+    trunks = [("small", {})]
+    try:
+        import torchvision  # noqa: F401
+
+        trunks.append(("torchvision:resnet18", {}))
+    except Exception:  # noqa: BLE001 - a torchvision that does not import beside this torch
+        print("torchvision does not import: no ResNet-18 row", file=sys.stderr)
+    if (caffe_net / "train.prototxt").is_file():
+        trunks.append((f"caffe:{caffe_net / 'train.prototxt'}", {"init": str(caffe_net / "init.caffemodel")}))
+    dataset, tasks = sample_dataset(tmp_path, args.count, 32)  # 32x32: the Caffe fixture net's input
+    rows = []
+    for i, (trunk, extra) in enumerate(trunks):
+        cfg = TrainConfig(
+            dataset=str(dataset),
+            tasks=str(tasks),
+            trunk=trunk,
+            width=args.width,
+            batch_size=args.batch_size,
+            epochs=1000,
+            max_steps=args.steps + args.warmup + 1,
+            num_workers=int(args.workers.split(",")[0]),
+            device="cpu",
+            out_dir=str(tmp_path / f"cmp-{i}"),
+            log_every=10**9,
+            **extra,
+        )
+        ours = bench(cfg, args.warmup)
+        plain = plain_loop(cfg, args.warmup)
+        rows.append(
+            {
+                "trunk": trunk.split("/")[-1] if trunk.startswith("caffe:") else trunk,
+                "mtldata": ours,
+                "plain": plain,
+            }
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -102,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--quick", action="store_true", help="Tiny settings: a smoke test of this script.")
     parser.add_argument("--json", action="store_true", help="Print the results as JSON.")
+    parser.add_argument(
+        "--compare", action="store_true", help="mtldata's loop against a plain PyTorch loop, per trunk."
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.count, args.size, args.steps, args.warmup, args.batch_size, args.width = 96, 32, 4, 1, 16, 8
@@ -110,6 +201,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --dataset and --tasks together")
 
     device = pick_device(args.device)
+    if args.compare:
+        with tempfile.TemporaryDirectory(prefix="mtldata-bench-train-") as tmp:
+            rows = compare(args, Path(tmp))
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        print(
+            f"batch {args.batch_size}, {args.steps} timed steps, workers {args.workers.split(',')[0]}, CPU, 32x32 images"
+        )
+        print(
+            f"{'trunk':<22} {'mtldata steps/s':>15} {'plain steps/s':>13} {'ratio':>6} {'mtldata wait':>12} {'plain wait':>10}"
+        )
+        for r in rows:
+            a, b = r["mtldata"], r["plain"]
+            print(
+                f"{r['trunk']:<22} {a['steps_per_s']:>15.2f} {b['steps_per_s']:>13.2f} "
+                f"{a['steps_per_s'] / b['steps_per_s']:>6.2f} {100 * a['data_wait_share']:>11.1f}% "
+                f"{100 * b['data_wait_share']:>9.1f}%"
+            )
+        return 0
     with tempfile.TemporaryDirectory(prefix="mtldata-bench-train-") as tmp:
         tmp_path = Path(tmp)
         if args.dataset is None:

@@ -31,8 +31,12 @@ def _show_warnings() -> Any:
 class CliReporter:
     """Draws a progress bar per epoch and prints each epoch's per-task table (rank 0 only)."""
 
-    def __init__(self, quiet: bool = False, tables: bool = True) -> None:
+    def __init__(self, quiet: bool = False, tables: bool = True, bars: bool | None = None) -> None:
+        import sys
+
         self.quiet = quiet
+        # bars redraw a line: only on a terminal (a log file gets the per-epoch lines alone)
+        self.bars = (not quiet and sys.stderr.isatty()) if bars is None else bars
         self.tables = tables
         self.tasks: Any = None
         self.bar: Any = None
@@ -51,7 +55,7 @@ class CliReporter:
             )
 
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
-        if self.quiet:
+        if not self.bars:
             return
         from tqdm import tqdm
 
@@ -71,7 +75,7 @@ class CliReporter:
 
         self.close()
         self.last = record
-        if self.quiet:
+        if self.quiet and not self.tables:  # the demo's quiet run: its final table only
             return
         wait = 100 * record["data_wait_share"]
         best = "  (best)" if record.get("best") else ""
@@ -156,10 +160,27 @@ def _opt(*names: str, **kwargs: Any) -> Any:
 )
 @_opt(
     "--trunk",
-    type=click.Choice(["small", "resnet"]),
-    help="Shared trunk: a small CNN or a ResNet-style one. [default: small]",
+    help="Shared trunk: small, resnet (plain torch), torchvision:NAME, timm:NAME (extras [vision], [timm]), "
+    "caffe:NET.prototxt[:LAST_LAYER] (the Caffe net's layers up to LAST_LAYER, default the last one all its "
+    "outputs share; weights from --init x.caffemodel) or package.module:factory (returns (nn.Module, feature "
+    "size)). [default: small]",
 )
-@_opt("--width", type=click.IntRange(min=1), help="Channels of the trunk's first stage. [default: 32]")
+@_opt("--width", type=click.IntRange(min=1), help="small/resnet: channels of the first stage. [default: 32]")
+@_opt(
+    "--resnet-blocks",
+    "resnet_blocks",
+    type=click.IntRange(min=1),
+    multiple=True,
+    default=(),
+    help="resnet: basic blocks per stage, repeated per stage. [default: 2 2 2 2]",
+)
+@_opt(
+    "--pretrained",
+    is_flag=False,
+    flag_value="default",
+    help="torchvision/timm: start from the library's weights (its local cache: offline, a missing file is "
+    "an error saying where to put it); --pretrained FILE loads a state_dict or checkpoint into the trunk.",
+)
 @_opt(
     "--init",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
@@ -167,22 +188,59 @@ def _opt(*names: str, **kwargs: Any) -> Any:
 )
 @_opt("--freeze-trunk", is_flag=True, help="Train the heads only (feature extraction).")
 @_opt(
+    "--freeze-until",
+    metavar="LAYER",
+    help="Freeze the trunk's layers up to and including LAYER (a module name such as layer2, or a Caffe layer name).",
+)
+@_opt(
+    "--head-hidden",
+    type=click.IntRange(min=0),
+    help="Each head gets a hidden layer of this size with ReLU (0: linear heads). [default: 0]",
+)
+@_opt(
+    "--head-dropout",
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Dropout on the features a head takes (after the hidden layer if any). [default: 0]",
+)
+@_opt(
     "--trunk-lr-mult",
     type=click.FloatRange(min=0),
     help="Trunk learning rate = lr x this (fine-tuning). [default: 1]",
 )
-@_opt("--epochs", type=click.IntRange(min=1), help="[default: 10]")
+@_opt("--epochs", type=click.IntRange(min=1), help="Passes over the training set. [default: 10]")
 @_opt("--batch-size", "-b", type=click.IntRange(min=1), help="Per process. [default: 32, or the prototxt's]")
 @_opt(
     "--grad-accum",
     type=click.IntRange(min=1),
     help="Micro-batches per optimizer step (Caffe's iter_size). [default: 1]",
 )
-@_opt("--optimizer", type=click.Choice(["sgd", "adamw"]), help="[default: sgd]")
-@_opt("--lr", type=click.FloatRange(min=0), help="[default: 0.01]")
-@_opt("--momentum", type=click.FloatRange(min=0), help="[default: 0.9]")
-@_opt("--weight-decay", type=click.FloatRange(min=0), help="[default: 0.0005]")
-@_opt("--schedule", type=click.Choice(["cosine", "step", "constant"]), help="[default: cosine]")
+@_opt("--optimizer", type=click.Choice(["sgd", "adamw"]), help="SGD with momentum, or AdamW. [default: sgd]")
+@_opt(
+    "--lr",
+    type=click.FloatRange(min=0),
+    help="Base learning rate (heads; trunk x --trunk-lr-mult). [default: 0.01]",
+)
+@_opt("--momentum", type=click.FloatRange(min=0), help="SGD momentum. [default: 0.9]")
+@_opt(
+    "--weight-decay",
+    type=click.FloatRange(min=0),
+    help="L2 (SGD) or decoupled (AdamW) weight decay. [default: 0.0005]",
+)
+@_opt(
+    "--schedule",
+    type=click.Choice(["cosine", "step", "constant"]),
+    help="lr schedule: cosine decay to 0 over --epochs, x --lr-gamma every --lr-step-epochs, or constant. [default: cosine]",
+)
+@_opt(
+    "--lr-step-epochs",
+    type=click.IntRange(min=1),
+    help="--schedule step: epochs between lr drops. [default: 10]",
+)
+@_opt(
+    "--lr-gamma",
+    type=click.FloatRange(min=0),
+    help="--schedule step: the factor of each drop. [default: 0.1]",
+)
 @_opt("--warmup-steps", type=click.IntRange(min=0), help="Linear lr warm-up. [default: 0]")
 @_opt(
     "--clip-grad", type=click.FloatRange(min=0), help="Clip the gradient norm to this (0: off). [default: 0]"
@@ -197,7 +255,25 @@ def _opt(*names: str, **kwargs: Any) -> Any:
     type=click.Choice(["fixed", "uncertainty", "dwa", "gradnorm"]),
     help="How task losses combine beyond loss_weight. [default: fixed]",
 )
-@_opt("--weighting-lr", type=click.FloatRange(min=0), help="lr of learned task weights (0: --lr).")
+@_opt(
+    "--weighting-lr", type=click.FloatRange(min=0), help="lr of learned task weights (0: --lr). [default: 0]"
+)
+@_opt(
+    "--dwa-temperature",
+    type=click.FloatRange(min=0, min_open=True),
+    help="--weighting dwa: softmax temperature of the loss ratios. [default: 2]",
+)
+@_opt(
+    "--gradnorm-alpha",
+    type=float,
+    help="--weighting gradnorm: the restoring force alpha. [default: 1.5]",
+)
+@_opt(
+    "--best-metric",
+    help="What picks best.pt: loss (the loss_weight-weighted validation loss, else the training loss) or "
+    "TASK/METRIC on validation, e.g. cls/accuracy or attr/f1 (higher is better; loss, mean_error, mae, rmse: "
+    "lower). [default: loss]",
+)
 @_opt("--scale", type=float, help="transform_param scale. [default: 0.00390625]")
 @_opt(
     "--mean-value",
@@ -208,12 +284,23 @@ def _opt(*names: str, **kwargs: Any) -> Any:
     help="transform_param mean_value (repeat per channel, BGR).",
 )
 @_opt(
+    "--mean-file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="transform_param mean_file: a .binaryproto mean image (instead of --mean-value).",
+)
+@_opt(
     "--crop-size",
     type=click.IntRange(min=0),
     help="transform_param crop_size (random in training, centred in validation).",
 )
-@_opt("--mirror/--no-mirror", help="transform_param mirror.")
-@_opt("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="[default: auto]")
+@_opt(
+    "--mirror/--no-mirror", help="transform_param mirror: random horizontal flips in training. [default: off]"
+)
+@_opt(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    help="auto: CUDA when there is one. [default: auto]",
+)
 @_opt("--amp/--no-amp", help="Mixed precision on CUDA (bf16, or fp16 with a GradScaler). [default: on]")
 @_opt("--compile", is_flag=True, help="torch.compile the model.")
 @_opt("--channels-last/--no-channels-last", help="channels_last memory format on CUDA. [default: on]")
@@ -224,7 +311,7 @@ def _opt(*names: str, **kwargs: Any) -> Any:
     type=click.IntRange(min=0),
     help="DataLoader worker processes. [default: 2]",
 )
-@_opt("--seed", type=int, help="[default: 0]")
+@_opt("--seed", type=int, help="Seeds weights, data order, crops and --val-split. [default: 0]")
 @_opt(
     "--out-dir",
     "-o",
@@ -244,7 +331,7 @@ def _opt(*names: str, **kwargs: Any) -> Any:
     type=click.Path(path_type=Path, file_okay=False),
     help="With --solver: where snapshots go (snapshot_prefix is relative to it). [default: the current directory]",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars or tables.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars (the per-epoch lines and tables stay).")
 def train_command(dataset: Path | None, config_file: Path | None, quiet: bool, **options: Any) -> None:
     """Train a shared trunk with one head per task on DATASET.
 
@@ -267,6 +354,7 @@ def train_command(dataset: Path | None, config_file: Path | None, quiet: bool, *
         return
     overrides = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}
     overrides["mean_values"] = list(options["mean_values"]) or None
+    overrides["resnet_blocks"] = list(options["resnet_blocks"]) or None
     for flag in ("freeze_trunk", "compile", "resume", "tensorboard"):
         overrides[flag] = True if options[flag] else None
     if dataset is not None:

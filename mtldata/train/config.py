@@ -42,7 +42,6 @@ RUNTIME_FIELDS = frozenset(
 )
 
 _CHOICES = {
-    "trunk": ("small", "resnet"),
     "optimizer": ("sgd", "adamw"),
     "schedule": ("cosine", "step", "constant"),
     "weighting": ("fixed", "uncertainty", "dwa", "gradnorm"),
@@ -73,12 +72,16 @@ class TrainConfig:
     crop_size: int = 0
     mirror: bool = False
     # model
-    trunk: str = "small"
+    trunk: str = "small"  # small, resnet, torchvision:NAME, timm:NAME, caffe:NET.prototxt[:LAYER], pkg.mod:fn
     width: int = 32
     resnet_blocks: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
     init: str = ""  # start from these weights (an mtldata checkpoint or a state_dict file)
+    pretrained: str = ""  # "default": the library's weights (local cache), else a state_dict/checkpoint file
     freeze_trunk: bool = False
+    freeze_until: str = ""  # freeze the trunk's layers up to and including this one (by name)
     trunk_lr_mult: float = 1.0
+    head_hidden: int = 0  # heads get a hidden layer of this size (0: linear heads)
+    head_dropout: float = 0.0
     # optimisation
     epochs: int = 10
     batch_size: int = 32  # per process
@@ -93,6 +96,7 @@ class TrainConfig:
     warmup_steps: int = 0
     clip_grad: float = 0.0  # max gradient norm; 0: no clipping
     max_steps: int = 0  # stop after this many optimizer steps (the schedule still spans `epochs`)
+    best_metric: str = "loss"  # best.pt: "loss" (weighted validation loss) or TASK/METRIC, e.g. cls/accuracy
     # task weighting
     weighting: str = "fixed"
     weighting_lr: float = 0.0  # lr of learned task weights; 0: the model's lr
@@ -135,6 +139,7 @@ class TrainConfig:
             "weighting_lr",
             "trunk_lr_mult",
             "lr_gamma",
+            "head_hidden",
         )
         for name in non_negative:
             value = getattr(self, name)
@@ -146,6 +151,17 @@ class TrainConfig:
             raise ConfigError("give either val (a validation dataset) or val_split, not both")
         if not self.resnet_blocks or any(b < 1 for b in self.resnet_blocks):
             raise ConfigError(f"resnet_blocks: expected a list of integers >= 1, got {self.resnet_blocks}")
+        if not 0 <= self.head_dropout < 1:
+            raise ConfigError(f"head_dropout: expected a probability in [0, 1), got {self.head_dropout}")
+        if self.freeze_trunk and self.freeze_until:
+            raise ConfigError("give either freeze_trunk or freeze_until, not both")
+        if self.best_metric != "loss" and self.best_metric.count("/") != 1:
+            raise ConfigError(
+                f"best_metric: expected loss or TASK/METRIC (e.g. cls/accuracy), got {self.best_metric!r}"
+            )
+        from mtldata.train.trunks import parse_trunk  # here: the trunk registry imports this module
+
+        parse_trunk(self.trunk)
         if self.dwa_temperature <= 0:
             raise ConfigError(f"dwa_temperature: expected a number > 0, got {self.dwa_temperature}")
         if self.mean_file and self.mean_values:

@@ -187,6 +187,12 @@ class RunData:
     val_count: int
 
     def close(self) -> None:
+        """Stop the loaders' worker processes (now, not at garbage collection) and close the readers."""
+        for loader in (self.train_loader, self.val_loader):
+            workers = getattr(loader, "_iterator", None)  # persistent workers live in the loader's iterator
+            if workers is not None and hasattr(workers, "_shutdown_workers"):
+                workers._shutdown_workers()
+                loader._iterator = None
         self.train.close()
         if self.val is not None and self.val.reader is not self.train.reader:
             self.val.close()

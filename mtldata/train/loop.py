@@ -35,7 +35,7 @@ from mtldata.train.config import CONFIG_NAME, RUNTIME_FIELDS, ConfigError, Train
 from mtldata.train.data import RunData, build_data, resolve_config, step_generator
 from mtldata.train.losses import MultiTaskObjective
 from mtldata.train.metrics import TaskMetrics
-from mtldata.train.models import MultiTaskNet, build_model
+from mtldata.train.models import MultiTaskNet, build_model, freeze
 from mtldata.train.run_io import DESCRIPTION_KEY, model_description
 from mtldata.train.weighting import Weighting, make_weighting
 
@@ -250,8 +250,26 @@ def _average_buffers(model: nn.Module) -> None:
             buf.div_(world)
 
 
-def _score(record: dict[str, Any], tasks: TaskSet) -> float:
-    """Lower is better: the loss_weight-weighted validation loss, else the training one."""
+LOWER_IS_BETTER = ("loss", "mean_error", "mae", "rmse")
+
+
+def _score(record: dict[str, Any], tasks: TaskSet, metric: str = "loss") -> float:
+    """Lower is better: the loss_weight-weighted validation loss (else the training one), or the
+    validation metric `TASK/METRIC` (negated when higher is better)."""
+    if metric != "loss":
+        task, name = metric.split("/")
+        if not record.get("val"):
+            raise ConfigError(f"best_metric {metric}: needs validation data (--val or --val-split)")
+        values = record["val"].get(task)
+        if values is None or name not in values:
+            known = [f"{t}/{m}" for t, ms in record["val"].items() for m in ms]
+            raise ConfigError(
+                f"best_metric {metric}: no such validation metric (there are {', '.join(known)})"
+            )
+        value = values[name]
+        if value is None:
+            return math.inf
+        return value if name in LOWER_IS_BETTER or name.endswith("error") else -value
     if record.get("val"):
         parts = {t.name: record["val"][t.name]["loss"] for t in tasks}
     else:
@@ -276,7 +294,18 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
         return _train(cfg, reporter or Reporter())
     finally:
         if created_group:
-            dist.destroy_process_group()
+            _shut_down_group()
+
+
+def _shut_down_group() -> None:
+    """Leave the process group together: no rank tears down its connections while another still
+    uses them (a rank that exited early made its peer abort at exit, SIGABRT in about 1 run in 5)."""
+    try:
+        dist.barrier()
+    except Exception:  # noqa: BLE001 - a peer that already failed: still release this rank's group
+        pass
+    finally:
+        dist.destroy_process_group()
 
 
 def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
@@ -326,17 +355,18 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
     total_steps = steps_per_epoch * cfg.epochs
 
     # -- model, objective (losses + task weights), optimizer, schedule, precision
-    sample_image = data.train[0][0]
-    model = build_model(
-        cfg.trunk, tasks, in_channels=sample_image.shape[0], width=cfg.width, blocks=cfg.resnet_blocks
-    )
-    if cfg.init and checkpoint is None:
+    input_shape = tuple(int(d) for d in data.train[0][0].shape)
+    if cfg.crop_size:
+        input_shape = (input_shape[0], cfg.crop_size, cfg.crop_size)
+    notes: list[str] = []
+    model = build_model(cfg, tasks, input_shape, load_weights=checkpoint is None, notes=notes)
+    for note in notes:
+        reporter.message(note)
+    if cfg.init and checkpoint is None and not cfg.init.endswith(".caffemodel"):
         _load_init(model, cfg.init, reporter)
-    crop = cfg.crop_size if data.train_transform is not None else 0
-    input_shape = (sample_image.shape[0], *((crop, crop) if crop else sample_image.shape[1:]))
     description = model_description(cfg, tasks, getattr(data.train.reader, "manifest", None), input_shape)
-    if cfg.freeze_trunk:
-        model.trunk.requires_grad_(False)
+    trainable, frozen = freeze(model, trunk=cfg.freeze_trunk, until=cfg.freeze_until)
+    reporter.message(f"parameters: {trainable:,} train, {frozen:,} frozen")
     channels_last = cfg.channels_last and device.type == "cuda"
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     weighting = make_weighting(
@@ -373,7 +403,7 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
         train_model = ddp_model
     if cfg.compile:
         train_model = torch.compile(train_model)
-    shared = model.shared_parameter if cfg.weighting == "gradnorm" else None
+    shared = model.shared_parameter() if cfg.weighting == "gradnorm" else None
 
     writer = None
     if cfg.tensorboard and master:
@@ -391,6 +421,7 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
         return {
             "config": cfg.to_dict(),
             "tasks": dump_tasks(tasks),
+            "input_shape": list(input_shape),  # what build_model needs to rebuild the network
             "model": model.state_dict(),
             "objective": objective.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -411,9 +442,7 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
     try:
         while epoch < cfg.epochs and not stopped:
             data.train_sampler.set_epoch(epoch, start=batch_in_epoch * cfg.batch_size)
-            model.train()
-            if cfg.freeze_trunk:
-                model.trunk.eval()  # feature extraction: BatchNorm keeps its trained statistics
+            model.train()  # batch norms of a frozen part stay in eval mode (MultiTaskNet.train)
             objective.train()
             reporter.epoch_start(epoch + 1, cfg.epochs, steps_per_epoch - batch_in_epoch // cfg.grad_accum)
             # the epoch's running sums: per-task losses, the weighted total, the number of batches
@@ -522,7 +551,7 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
                 "seconds": elapsed,
                 "data_wait_share": wait / elapsed if elapsed > 0 else 0.0,
             }
-            score = _score(record, tasks)
+            score = _score(record, tasks, cfg.best_metric)
             record["best"] = score < best
             best = min(best, score)
             history.append(record)

@@ -137,7 +137,7 @@ def load_run(run: str | os.PathLike[str]) -> LoadedModel:
         raise CheckpointError(f"{path}: a damaged model description ({type(e).__name__}: {e})") from None
     if len(input_shape) != 3:
         raise CheckpointError(f"{path}: a damaged model description (input_shape {list(input_shape)})")
-    model = _rebuild(cfg, tasks, input_shape[0])
+    model = _rebuild(cfg, tasks, input_shape)  # type: ignore[arg-type]
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, TypeError) as e:
@@ -162,12 +162,11 @@ def load_run(run: str | os.PathLike[str]) -> LoadedModel:
     )
 
 
-def _rebuild(cfg: TrainConfig, tasks: TaskSet, in_channels: int) -> nn.Module:
-    """The run's network with fresh weights, built as training built it (the one place that does)."""
+def _rebuild(cfg: TrainConfig, tasks: TaskSet, input_shape: tuple[int, int, int]) -> nn.Module:
+    """The run's network, built as training built it (the one place that does); the checkpoint's
+    weights replace its own, so no pretrained or .caffemodel file is read."""
     try:
-        return build_model(
-            cfg.trunk, tasks, in_channels=in_channels, width=cfg.width, blocks=cfg.resnet_blocks
-        )
+        return build_model(cfg, tasks, input_shape, load_weights=False)
     except (ValueError, MtlDataError) as e:
         raise CheckpointError(f"cannot rebuild the run's model: {e}") from None
 

@@ -1,0 +1,128 @@
+"""Trunks for the tests: a MultiLeNet-like factory (`--trunk trunk_helpers:multilenet`) and a tiny one."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def multilenet() -> tuple[nn.Module, int]:
+    """MultiLeNet's shared part (Sener & Koltun 2018): two 5x5 conv + max-pool + ReLU stages, a 50-d layer."""
+    net = nn.Sequential(
+        nn.Conv2d(3, 10, 5),
+        nn.MaxPool2d(2),
+        nn.ReLU(),
+        nn.Conv2d(10, 20, 5),
+        nn.Dropout2d(0.5),
+        nn.MaxPool2d(2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.LazyLinear(50),
+        nn.ReLU(),
+    )
+    return net, 50
+
+
+def tiny_bn() -> tuple[nn.Module, int]:
+    """Conv-BN-ReLU twice, for freezing tests: named children 0..5."""
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+    )
+    return net, 6
+
+
+# ---------------------------------------------------------------------------------------------------
+# Runs shared by the Caffe and torchvision trunk tests: transfer choices, resume, DDP
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Notes:
+    """A Reporter that keeps the run's messages."""
+
+    def __init__(self) -> None:
+        from mtldata.train import Reporter
+
+        self.reporter = type("Keep", (Reporter,), {"message": lambda _, text: self.lines.append(text)})()
+        self.lines: list[str] = []
+
+
+def trunk_start(cfg):
+    """The model's weights before training (its --pretrained/--init weights loaded), as training builds it."""
+    from mtldata.loader.dataset import open_dataset
+    from mtldata.tasks import load_tasks
+    from mtldata.train.models import build_model
+
+    ds = open_dataset(cfg.dataset, output="uint8")
+    shape = tuple(ds[0][0].shape)
+    ds.close()
+    tasks = load_tasks(cfg.tasks, num_labels=5)
+    import torch
+
+    torch.manual_seed(cfg.seed)  # as the loop does: the same random weights where no file gives them
+    model = build_model(cfg, tasks, shape, load_weights=True)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def changed(before, after, prefix: str) -> dict[str, bool]:
+    """{name: whether it moved} for the float tensors under `prefix`."""
+    return {
+        k: not torch_equal(before[k], after[k])
+        for k in before
+        if k.startswith(prefix) and before[k].is_floating_point() and k in after
+    }
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+def _ddp_rank(rank: int, world: int, port: int, cfg_dict: dict, dump: str, runs: list[dict]) -> None:
+    import os
+    from pathlib import Path
+
+    import torch
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+    )
+    torch.set_num_threads(1)
+    from mtldata.train import TrainConfig, train
+
+    for i, changes in enumerate(runs):
+        result = train(TrainConfig(**{**cfg_dict, **changes}))
+        torch.save(
+            {"model": result.model.state_dict(), "step": result.step}, Path(dump) / f"run{i}-rank{rank}.pt"
+        )
+
+
+def ddp_train(cfg_dict: dict, dump, runs: list[dict], world: int = 2) -> list[list[dict]]:
+    """Train with `world` gloo processes, once per entry of `runs` (config changes, e.g. resume=True),
+    each run a fresh process group; returns [run][rank] -> {"model", "step"}. A rank that dies (a
+    signal at exit included) fails mp.spawn."""
+    import torch
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_rank, args=(world, _free_port(), cfg_dict, str(dump), runs), nprocs=world)
+    return [[torch.load(dump / f"run{i}-rank{r}.pt") for r in range(world)] for i in range(len(runs))]
+
+
+def wrong_size() -> tuple[nn.Module, int]:
+    """A factory that gets its feature size wrong (50 made, 51 claimed)."""
+    return multilenet()[0], 51
