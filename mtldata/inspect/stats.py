@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mtldata.errors import DatasetFormatError
+from mtldata.errors import DatasetFormatError, TaskSpecError
 from mtldata.storage.backends import open_reader, read_manifest
 from mtldata.tasks import TaskSet, TaskSpec, load_tasks
 
@@ -93,17 +93,35 @@ def dataset_stats(
                 )
             if progress is not None:
                 progress(i + 1, n)
+        k = len(rows[0]) if rows else int((manifest or {}).get("num_labels") or 0)
+        values = np.stack(rows).astype(np.float64) if rows else np.empty((0, k))
+        tasks_file = tasks if isinstance(tasks, (str, Path)) else None
+        if tasks is not None and not isinstance(tasks, TaskSet):
+            tasks = load_tasks(tasks, num_labels=k)
+        if tasks is not None and tasks.num_labels == k:
+            _check(values, tasks, tasks_file, path, reader)
     finally:
         reader.close()
-    k = len(rows[0]) if rows else int((manifest or {}).get("num_labels") or 0)
-    values = np.stack(rows).astype(np.float64) if rows else np.empty((0, k))
     names = list((manifest or {}).get("label_names") or [])
     if len(names) != k:
         names = [f"label_{j}" for j in range(k)]
-    if tasks is not None and not isinstance(tasks, TaskSet):
-        tasks = load_tasks(tasks, num_labels=k)
     figures = label_stats(values, tasks, names, bins=bins, max_classes=max_classes)
     return DatasetStats(path=str(path), count=n, num_labels=k, tasks=figures)
+
+
+def _check(values: np.ndarray, tasks: TaskSet, tasks_file: Any, path: Path, reader: Any) -> None:
+    """The labels against the tasks (NaN is missing); the first bad one named by task, key and value."""
+    try:
+        tasks.check_labels(values)
+    except TaskSpecError as exc:
+        key = reader.key(exc.sample) if exc.sample is not None else None
+        raise TaskSpecError(
+            f"{exc.reason} in {path} (`mtldata stats` without --tasks shows each column's values)",
+            file=tasks_file,
+            task=exc.task,
+            sample=exc.sample,
+            key=key,
+        ) from None
 
 
 def label_stats(

@@ -110,7 +110,7 @@ def _walk_lmdb(
     """Walk the image DB (and the label DB beside it); return each DB's record digest by its path."""
     import lmdb
 
-    from mtldata.storage.backends.lmdb import RecordDigest
+    from mtldata.storage.backends.lmdb import RecordDigest, open_readonly
 
     gray = bool(manifest and manifest.get("options", {}).get("gray"))
     shapes = set((manifest or {}).get("image", {}).get("shapes") or ())
@@ -122,9 +122,7 @@ def _walk_lmdb(
         with ExitStack() as stack:
             txns = {}
             for name, db in dbs.items():
-                env = stack.enter_context(
-                    lmdb.open(str(db), readonly=True, lock=False, readahead=False, subdir=True, max_readers=1)
-                )
+                env = stack.enter_context(open_readonly(db))  # a damaged data.mdb: DatasetFormatError
                 txns[name] = stack.enter_context(env.begin())
             total = txns["images"].stat()["entries"]
             image_records = _records(txns["images"], digests["images"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from mtldata.storage.backends import MANIFEST_NAME
 
 FORMAT_NAME = "mtldata"
 FORMAT_VERSION = 1
+MAX_DISTINCT = 64  # a label column's distinct values are kept in the manifest up to this many
 
 
 @dataclass
@@ -22,9 +24,14 @@ class LabelStats:
     sums: list[float] = field(default_factory=list)
     mins: list[float] = field(default_factory=list)
     maxs: list[float] = field(default_factory=list)
+    # What label checks against tasks.toml read instead of the labels (non-missing values only):
+    # whether every value of a column is an integer, and its distinct values while they are few.
+    integral: list[bool] | None = None
+    distinct: list[list[float] | None] | None = None
 
     def add(self, labels: Any) -> None:
         values = [float(v) for v in labels]
+        self._note_values(values)
         if not self.sums:
             self.sums = [0.0] * len(values)
             self.mins = list(values)
@@ -35,20 +42,37 @@ class LabelStats:
             self.maxs[j] = max(self.maxs[j], v)
         self.count += 1
 
+    def _note_values(self, values: list[float]) -> None:
+        if self.integral is None or self.distinct is None:
+            if self.count:  # resumed from a state saved before these were kept: leave them unknown
+                return
+            self.integral, self.distinct = [True] * len(values), [[] for _ in values]
+        for j, v in enumerate(values):
+            if math.isnan(v):  # a missing label
+                continue
+            if self.integral[j] and not v.is_integer():
+                self.integral[j] = False
+            seen = self.distinct[j]
+            if seen is not None and v not in seen:
+                seen.append(v)
+                if len(seen) > MAX_DISTINCT:
+                    self.distinct[j] = None
+
     def summary(self, names: list[str]) -> list[dict[str, Any]]:
-        return (
-            [
-                {
-                    "name": names[j],
-                    "min": self.mins[j],
-                    "max": self.maxs[j],
-                    "mean": self.sums[j] / self.count,
-                }
-                for j in range(len(self.sums))
-            ]
-            if self.count
-            else []
-        )
+        out = [
+            {
+                "name": names[j],
+                "min": self.mins[j],
+                "max": self.maxs[j],
+                "mean": self.sums[j] / self.count,
+            }
+            for j in range(len(self.sums) if self.count else 0)
+        ]
+        if self.integral is not None and self.distinct is not None:
+            for j, column in enumerate(out):
+                seen = self.distinct[j]
+                column.update(integral=self.integral[j], values=None if seen is None else sorted(seen))
+        return out
 
 
 @dataclass

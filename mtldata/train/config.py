@@ -109,6 +109,7 @@ class TrainConfig:
     resume: bool = False
     log_every: int = 10
     tensorboard: bool = False
+    skip_nonfinite: bool = False  # skip a step whose loss is NaN or inf instead of stopping the run
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -207,6 +208,8 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
