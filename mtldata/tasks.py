@@ -309,7 +309,9 @@ class TaskSet:
         def fail(task: TaskSpec, rows: np.ndarray, why: str) -> None:
             i, col = (int(v) for v in np.argwhere(rows)[0])
             value = values[i, task.start + col]
-            value = str(value) if isinstance(value, np.floating) else repr(value.item())  # 0.42, not 0.4199...
+            value = (
+                str(value) if isinstance(value, np.floating) else repr(value.item())
+            )  # 0.42, not 0.4199...
             key = None if keys is None else str(keys[i])
             raise TaskSpecError(
                 f"label column {task.start + col} is {value}: {why}", task=task.name, sample=i, key=key

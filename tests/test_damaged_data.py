@@ -154,7 +154,12 @@ def test_a_manifest_of_the_wrong_shape_is_one_error_naming_it(dataset, change):
     ds, tasks = dataset
     manifest = json.loads((ds / "manifest.json").read_text())
     (ds / "manifest.json").write_text(json.dumps(change(manifest)))
-    for args in (["info", ds], ["verify", "-q", ds], ["stats", "-q", ds], ["show", ds, "-o", ds.parent / "g.png"]):
+    for args in (
+        ["info", ds],
+        ["verify", "-q", ds],
+        ["stats", "-q", ds],
+        ["show", ds, "-o", ds.parent / "g.png"],
+    ):
         code, out = cli(*args)
         assert code == 1, (args, out)
         one_error_line(out, "manifest.json")
@@ -229,7 +234,9 @@ def encoded_dataset(tmp_path) -> tuple[Path, Path, bytes]:
     make_dataset(tmp_path / "src", count=12, size=8)
     out = tmp_path / "enc"
     convert(
-        ConvertSpec(list_file=tmp_path / "src" / "list.txt", output=out, image=ImageOptions(encoded=True), workers=1)
+        ConvertSpec(
+            list_file=tmp_path / "src" / "list.txt", output=out, image=ImageOptions(encoded=True), workers=1
+        )
     )
     key = _first_key(out / "images.lmdb", 5)
     bad = Datum(encoded=True, data=b"\x89PNG\r\n\x1a\n this is not a PNG", label=1)
@@ -509,7 +516,9 @@ def test_a_converted_dataset_s_manifest_summary_proves_its_labels(dataset):
     taskset = load_tasks(tasks, num_labels=5)
     assert taskset.summary_allows(summary)
     assert not taskset.summary_allows([{**summary[0], "values": [0.0, 3.0]}, *summary[1:]])
-    assert not taskset.summary_allows([{"name": c["name"], "min": c["min"], "max": c["max"]} for c in summary])
+    assert not taskset.summary_allows(
+        [{"name": c["name"], "min": c["min"], "max": c["max"]} for c in summary]
+    )
 
 
 # -------------------------------------------------------------------------------------------------
