@@ -368,6 +368,14 @@ def test_a_part_manifest_naming_an_absolute_errors_file_is_refused_by_merge(imag
     assert code == 1
     one_error_line(out, "p1/manifest.json", "errors.file", "relative path inside the dataset")
     assert not (tmp_path / "merged").exists()
+    manifest["errors"]["file"] = "errors.tsv"
+    (parts[1] / "manifest.json").write_text(json.dumps(manifest))
+    data = parts[1] / "images.lmdb" / "data.mdb"
+    os.truncate(data, data.stat().st_size - 4096)  # and a part cut short: merge reads it, no SIGBUS
+    done = subprocess_cli("merge", *parts, "-o", tmp_path / "merged", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    one_error_line(done.stderr, "p1/images.lmdb/data.mdb", "cut short")
+    assert not (tmp_path / "merged").exists()
 
 
 @pytest.mark.parametrize("where", ["/abs", "../elsewhere", "a/../../b"])

@@ -38,6 +38,7 @@ RUNTIME_FIELDS = frozenset(
         "log_every",
         "tensorboard",
         "out_dir",
+        "skip_nonfinite",  # a run stopped by a NaN loss may resume with it
     }
 )
 
