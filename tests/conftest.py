@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lmdb
@@ -58,3 +59,25 @@ def image_set(tmp_path: Path) -> tuple[Path, list[tuple[str, list[float]]]]:
         rows.append((f"images/{name}", [i % 3, i % 2, 0.25 * i, -1.5 + i]))
     lines = [p + " " + " ".join(f"{v:g}" for v in labels) for p, labels in rows]
     return write_list(tmp_path / "list.txt", lines), rows
+
+
+@pytest.fixture(scope="session")
+def solvers_dir(caffe_fixtures: Path) -> Path:
+    """Real Caffe's six solver runs (fixtures/caffe/solvers) and their expected.json."""
+    return caffe_fixtures / "solvers"
+
+
+@pytest.fixture(scope="session")
+def solver_expected(solvers_dir: Path) -> dict:
+    return json.loads((solvers_dir / "expected.json").read_text())
+
+
+def assert_blob_close(mine: np.ndarray, golden: np.ndarray, what: str) -> None:
+    """The solver fixtures' rule: max|mine − golden| ≤ 1e-4·max|golden|, exact where golden is all zeros."""
+    scale = float(np.abs(golden).max())
+    mine = np.asarray(mine, dtype=np.float32).reshape(golden.shape)
+    if scale == 0:
+        assert np.array_equal(mine, golden), f"{what}: should be exactly zero"
+        return
+    error = float(np.abs(mine - golden).max())
+    assert error <= 1e-4 * scale, f"{what}: max error {error:.3g} > 1e-4 * {scale:.3g}"

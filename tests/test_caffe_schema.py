@@ -399,20 +399,22 @@ def test_unknown_fields_warn_by_name_and_the_rest_parses(tmp_path: Path) -> None
         '  python_param { module: "m" layer: "L" param_str: "a" "b" }\n'
         '  top: "out"\n'
         "  convolution_param { num_output: 2 fancy_option: [1, 2] }\n"
+        "  detection_output_param { num_classes: 21 nms_param { top_k: 1 } }\n"
         "}\n"
-        'layers { name: "v1" type: CONVOLUTION }\n'
     )
     with pytest.warns(UnknownFieldWarning) as caught:
         net = read_net(path)
     message = str(caught[0].message)
     assert str(path) in message
-    assert "caffe.LayerParameter.python_param (line 5)" in message
+    assert "ignored 2 field(s)" in message
     assert "caffe.ConvolutionParameter.fancy_option (line 7)" in message
-    assert "caffe.NetParameter.layers (line 9; legacy V1" in message
-    assert "module" not in message  # fields inside an unknown field are not reported on their own
+    assert "caffe.LayerParameter.detection_output_param (line 8)" in message  # an SSD fork field
+    assert "num_classes" not in message  # fields inside an unknown field are not reported on their own
+    assert "python_param" not in message  # Caffe's own fields are known
     assert caught[0].filename == __file__  # the warning points at the caller
     assert net.name == "n" and list(net.layer[0].top) == ["out"]
     assert net.layer[0].convolution_param.num_output == 2
+    assert (net.layer[0].python_param.module, net.layer[0].python_param.param_str) == ("m", "ab")
 
 
 def test_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
@@ -468,15 +470,16 @@ def test_caffemodel_unknown_field_warns_with_layer(tmp_path: Path) -> None:
     net = caffe_pb2.NetParameter(name="n")
     layer = net.layer.add(name="p", type="PReLU")
     layer.blobs.append(array_to_blob(np.ones(3, np.float32)))
-    # prelu_param (131) is not in mtldata's schema; add it as raw bytes: tag 131<<3|2, empty message.
-    raw_layer = layer.SerializeToString() + b"\x9a\x08\x00"
-    wire = b"\x0a\x01n" + b"\xa2\x06" + bytes([len(raw_layer)]) + raw_layer + b"\x12\x00"
+    # Field 204 (SSD's detection_output_param) is not Caffe's; add it as raw bytes: tag 204<<3|2 and
+    # an empty message. So is NetParameter field 9.
+    raw_layer = layer.SerializeToString() + b"\xe2\x0c\x00"
+    wire = b"\x0a\x01n" + b"\xa2\x06" + bytes([len(raw_layer)]) + raw_layer + b"\x4a\x00"
     (tmp_path / "x.caffemodel").write_bytes(wire)
     with pytest.warns(UnknownFieldWarning) as caught:
         parsed = read_caffemodel(tmp_path / "x.caffemodel")
     message = str(caught[0].message)
-    assert "caffe.LayerParameter field 131 (layer 'p')" in message
-    assert "caffe.NetParameter field 2 (legacy V1" in message
+    assert "caffe.LayerParameter field 204 (layer 'p')" in message
+    assert "caffe.NetParameter field 9" in message
     assert caffemodel_weights(parsed)["p"][0].tolist() == [1.0, 1.0, 1.0]
     assert parsed.SerializeToString() == wire  # unknown fields survive a rewrite
 
@@ -490,3 +493,101 @@ def test_caffemodel_errors(tmp_path: Path) -> None:
         net.layer.add(name="fc").blobs.append(array_to_blob(np.zeros(1, np.float32)))
     with pytest.raises(DatasetFormatError, match="two layers named 'fc'"):
         caffemodel_weights(net)
+
+
+# --- The full schema -------------------------------------------------------------------------------
+
+# LayerParameter's *_param fields with Caffe's numbers (BVLC master caffe.proto).
+CAFFE_LAYER_PARAM_NUMBERS = {
+    "transform_param": 100, "loss_param": 101, "accuracy_param": 102, "argmax_param": 103,
+    "batch_norm_param": 139, "bias_param": 141, "clip_param": 148, "concat_param": 104,
+    "contrastive_loss_param": 105, "convolution_param": 106, "crop_param": 144, "data_param": 107,
+    "dropout_param": 108, "dummy_data_param": 109, "eltwise_param": 110, "elu_param": 140,
+    "embed_param": 137, "exp_param": 111, "flatten_param": 135, "hdf5_data_param": 112,
+    "hdf5_output_param": 113, "hinge_loss_param": 114, "image_data_param": 115,
+    "infogain_loss_param": 116, "inner_product_param": 117, "input_param": 143, "log_param": 134,
+    "lrn_param": 118, "memory_data_param": 119, "mvn_param": 120, "parameter_param": 145,
+    "pooling_param": 121, "power_param": 122, "prelu_param": 131, "python_param": 130,
+    "recurrent_param": 146, "reduction_param": 136, "relu_param": 123, "reshape_param": 133,
+    "scale_param": 142, "sigmoid_param": 124, "softmax_param": 125, "spp_param": 132,
+    "slice_param": 126, "swish_param": 147, "tanh_param": 127, "threshold_param": 128,
+    "tile_param": 138, "window_data_param": 129,
+}  # fmt: skip
+
+
+def test_layer_parameter_has_every_caffe_param_field_with_its_number() -> None:
+    fields = caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name
+    got = {name: f.number for name, f in fields.items() if name.endswith("_param")}
+    assert got == CAFFE_LAYER_PARAM_NUMBERS
+
+
+def test_new_parameter_messages_have_caffes_defaults() -> None:
+    layer = caffe_pb2.LayerParameter()
+    assert (layer.prelu_param.channel_shared, layer.prelu_param.HasField("filler")) == (False, False)
+    assert (layer.power_param.power, layer.power_param.scale, layer.power_param.shift) == (1, 1, 0)
+    assert (layer.exp_param.base, layer.log_param.base) == (-1, -1)
+    assert (layer.elu_param.alpha, layer.swish_param.beta, layer.threshold_param.threshold) == (1, 1, 0)
+    assert layer.mvn_param.normalize_variance and not layer.mvn_param.across_channels
+    assert layer.mvn_param.eps == pytest.approx(1e-9)
+    assert (layer.reduction_param.operation, layer.reduction_param.axis) == (
+        caffe_pb2.ReductionParameter.SUM,
+        0,
+    )
+    assert (layer.argmax_param.top_k, layer.argmax_param.HasField("axis")) == (1, False)
+    assert (layer.crop_param.axis, layer.tile_param.axis, layer.infogain_loss_param.axis) == (2, 1, 1)
+    assert layer.hinge_loss_param.norm == caffe_pb2.HingeLossParameter.L1
+    assert (layer.contrastive_loss_param.margin, layer.contrastive_loss_param.legacy_version) == (1, False)
+    assert layer.embed_param.bias_term and layer.window_data_param.crop_mode == "warp"
+    v0 = caffe_pb2.V0LayerParameter()
+    assert (v0.biasterm, v0.group, v0.stride, v0.local_size, v0.k) == (True, 1, 1, 5, 1)
+
+
+def test_v1_and_v0_layers_parse_into_the_legacy_messages() -> None:
+    from google.protobuf import text_format
+
+    net = text_format.Parse(
+        'layers { name: "c" type: CONVOLUTION blobs_lr: 1 blobs_lr: 2 weight_decay: 0 param: "w"'
+        "  convolution_param { num_output: 2 } }\n"
+        'layers { layer { name: "p" type: "padding" pad: 2 } }\n',
+        caffe_pb2.NetParameter(),
+    )
+    v1, v0 = net.layers
+    assert (v1.type, list(v1.blobs_lr), list(v1.weight_decay), list(v1.param)) == (4, [1, 2], [0], ["w"])
+    assert caffe_pb2.V1LayerParameter.LayerType.Name(v1.type) == "CONVOLUTION"
+    assert (v0.layer.name, v0.layer.type, v0.layer.pad) == ("p", "padding", 2)
+    wire = net.SerializeToString()
+    assert wire[:1] == b"\x12"  # NetParameter field 2, as old Caffe wrote V1 caffemodels
+    assert caffe_pb2.NetParameter.FromString(wire) == net
+
+
+def test_clip_param_without_its_required_bounds_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "clip.prototxt"
+    path.write_text('layer { name: "c" type: "Clip" clip_param { min: 0 } }\n')
+    with pytest.raises(
+        CaffeFileError, match=r"clip\.prototxt: missing required field\(s\): layer\[0\]\.clip_param\.max"
+    ):
+        read_net(path)
+    path.write_text('layer { name: "c" type: "Clip" clip_param { min: -1 max: 1 } }\n')
+    assert read_net(path).layer[0].clip_param.max == 1
+    partial = caffe_pb2.NetParameter()
+    partial.layer.add(name="c").clip_param.min = 0
+    (tmp_path / "clip.caffemodel").write_bytes(partial.SerializePartialToString())
+    with pytest.raises(CaffeFileError, match=r"clip\.caffemodel: missing required"):
+        read_caffemodel(tmp_path / "clip.caffemodel")
+
+
+def _fixture_files(pattern: str) -> list[Path]:
+    return sorted(FIXTURES.glob(pattern)) if FIXTURES.is_dir() else []
+
+
+@pytest.mark.parametrize("path", _fixture_files("*/*.prototxt"), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_fixture_prototxt_uses_only_caffe_fields(path: Path, strict_warnings: None) -> None:
+    text = path.read_text()
+    message = read_solver(path) if "base_lr" in text else read_net(path)
+    assert message.ListFields()
+
+
+@pytest.mark.parametrize("path", _fixture_files("*/*.caffemodel"), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_fixture_caffemodel_uses_only_caffe_fields(path: Path, strict_warnings: None) -> None:
+    net = read_caffemodel(path)
+    assert net.SerializeToString() == path.read_bytes()  # nothing lost or reordered by the schema

@@ -13,7 +13,8 @@ from google.protobuf import text_format
 from mtldata.caffe import caffe_pb2
 from mtldata.caffe.prototxt import read_caffemodel
 from mtldata.caffenet.net import CaffeNet, LearnableParam
-from mtldata.caffenet.solver import CaffeSGD, Solver, SolverError, format_number, learning_rate
+from mtldata.caffenet.solver import Solver, format_number, learning_rate
+from mtldata.caffenet.updates import CaffeUpdate, SolverError
 
 
 def solver_param(text: str) -> caffe_pb2.SolverParameter:
@@ -63,8 +64,8 @@ def test_lr_policy_errors():
         learning_rate(solver_param('lr_policy: "cosine" base_lr: 1'), 0)
     with pytest.raises(SolverError, match="stepsize > 0"):
         learning_rate(solver_param('lr_policy: "step" base_lr: 1 gamma: 0.1'), 0)
-    with pytest.raises(SolverError, match="'Adam' is not implemented"):
-        CaffeSGD([], solver_param('type: "Adam"'))
+    with pytest.raises(SolverError, match="unknown solver type 'LBFGS'"):
+        CaffeUpdate([], solver_param('type: "LBFGS"'))
 
 
 def one_param(value: float, lr_mult: float = 2.0, decay_mult: float = 0.5) -> LearnableParam:
@@ -73,7 +74,7 @@ def one_param(value: float, lr_mult: float = 2.0, decay_mult: float = 0.5) -> Le
 
 def test_sgd_update_by_hand_with_an_lr_change():
     p = one_param(1.0)
-    sgd = CaffeSGD([p], solver_param("momentum: 0.9 weight_decay: 0.1"))
+    sgd = CaffeUpdate([p], solver_param("momentum: 0.9 weight_decay: 0.1"))
     p.tensor.grad = torch.tensor([0.5])
     sgd.apply_update(0.1)
     # g = 0.5 + 0.1·0.5·1.0 = 0.55; V = 0.1·2·0.55 = 0.11; W = 1 − 0.11
@@ -96,23 +97,23 @@ def test_sgd_update_by_hand_with_an_lr_change():
 
 def test_iter_size_clip_l1_and_nesterov():
     p = one_param(2.0, lr_mult=1.0, decay_mult=1.0)
-    sgd = CaffeSGD([p], solver_param("momentum: 0 weight_decay: 0 iter_size: 4"))
+    sgd = CaffeUpdate([p], solver_param("momentum: 0 weight_decay: 0 iter_size: 4"))
     p.tensor.grad = torch.tensor([8.0])  # the sum of 4 accumulated gradients
     sgd.apply_update(1.0)
     assert p.tensor.item() == pytest.approx(0.0)  # 2 − 8/4
     p = one_param(0.0, lr_mult=1.0, decay_mult=1.0)
     q = LearnableParam("v/0", torch.nn.Parameter(torch.zeros(1)), 1.0, 1.0)
-    sgd = CaffeSGD([p, q], solver_param("clip_gradients: 1"))
+    sgd = CaffeUpdate([p, q], solver_param("clip_gradients: 1"))
     p.tensor.grad, q.tensor.grad = torch.tensor([3.0]), torch.tensor([4.0])
     sgd.apply_update(1.0)
     assert (p.tensor.item(), q.tensor.item()) == pytest.approx((-0.6, -0.8))
     p = one_param(-2.0, lr_mult=1.0, decay_mult=1.0)
-    sgd = CaffeSGD([p], solver_param('weight_decay: 0.5 regularization_type: "L1"'))
+    sgd = CaffeUpdate([p], solver_param('weight_decay: 0.5 regularization_type: "L1"'))
     p.tensor.grad = torch.tensor([0.0])
     sgd.apply_update(1.0)
     assert p.tensor.item() == pytest.approx(-1.5)  # W − lr·wd·sign(W)
     p = one_param(1.0, lr_mult=1.0, decay_mult=0.0)
-    sgd = CaffeSGD([p], solver_param('type: "Nesterov" momentum: 0.5'))
+    sgd = CaffeUpdate([p], solver_param('type: "Nesterov" momentum: 0.5'))
     for _ in range(2):
         p.tensor.grad = torch.tensor([1.0])
         sgd.apply_update(0.1)

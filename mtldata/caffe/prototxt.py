@@ -1,8 +1,8 @@
 """Caffe net, solver and weight files: prototxt text and binary caffemodels, read with mtldata's schema.
 
-mtldata's caffe.proto is a subset of Caffe's. Fields it lacks (other layer types' parameters, fork
-extensions) are skipped in text files and kept as unknown fields in binary ones; either way an
-`UnknownFieldWarning` names them, so a net that relies on them does not pass silently.
+mtldata's caffe.proto holds Caffe's full schema. Fields it lacks (fork extensions) are skipped in
+text files and kept as unknown fields in binary ones; either way an `UnknownFieldWarning` names them,
+so a net that relies on them does not pass silently.
 """
 
 from __future__ import annotations
@@ -23,12 +23,6 @@ from mtldata.durable import write_bytes_atomic
 from mtldata.errors import CaffeFileError, DatasetFormatError
 
 M = TypeVar("M", bound=Message)
-
-# Hints for the unknown fields users are most likely to meet.
-_HINTS = {
-    "caffe.NetParameter.layers": "legacy V1 layers; convert the file with Caffe's upgrade_net_proto_text",
-    "caffe.NetParameter field 2": "legacy V1 layers; convert the file with Caffe's upgrade_net_proto_binary",
-}
 
 
 class UnknownFieldWarning(UserWarning):
@@ -52,6 +46,7 @@ def read_caffemodel(path: str | Path) -> NetParameter:
         net.ParseFromString(Path(path).read_bytes())
     except DecodeError as e:
         raise CaffeFileError(path, f"not a binary NetParameter (caffemodel): {e}") from None
+    _check_required(path, net)
     unknown: dict[str, list[str]] = {}
     for key, layer in _unknown_binary_fields(net):
         unknown.setdefault(key, [])
@@ -94,19 +89,29 @@ def _read_text(path: str | Path, message: M) -> M:
         raise CaffeFileError(path, f"not UTF-8 text (byte {e.start})") from None
     try:
         # The strict parse is the fast path: it only fails on unknown fields or real errors.
-        return text_format.Parse(text, message)
+        text_format.Parse(text, message)
+        _check_required(path, message)
+        return message
     except text_format.ParseError:
         message.Clear()
     try:
         text_format.Parse(text, message, allow_unknown_field=True)
     except text_format.ParseError as e:
         raise _text_error(path, e) from None
+    _check_required(path, message)
     try:
         unknown = _unknown_text_fields(text, message.DESCRIPTOR)
     except text_format.ParseError:  # cannot happen for text protobuf just accepted; stay useful anyway
         unknown = {}
     _warn_unknown(path, unknown or {"(fields protobuf skipped but could not be listed)": ""}, stacklevel=4)
     return message
+
+
+def _check_required(path: str | Path, message: Message) -> None:
+    """Refuse a message missing a `required` field (clip_param's min/max), as Caffe's parsers do."""
+    if not message.IsInitialized():
+        missing = ", ".join(message.FindInitializationErrors())
+        raise CaffeFileError(path, f"missing required field(s): {missing}")
 
 
 def _text_error(path: str | Path, error: text_format.ParseError) -> CaffeFileError:
@@ -116,11 +121,10 @@ def _text_error(path: str | Path, error: text_format.ParseError) -> CaffeFileErr
 
 
 def _warn_unknown(path: str | Path, unknown: dict[str, str], stacklevel: int) -> None:
-    """Warn once for a file, naming each unknown field with where it was and a hint if there is one."""
+    """Warn once for a file, naming each unknown field with where it was."""
     parts = []
     for key, where in unknown.items():
-        notes = [n for n in (where, _HINTS.get(key, "")) if n]
-        parts.append(f"{key} ({'; '.join(notes)})" if notes else key)
+        parts.append(f"{key} ({where})" if where else key)
     warnings.warn(
         f"{path}: ignored {len(unknown)} field(s) unknown to mtldata's Caffe schema: {', '.join(parts)}",
         UnknownFieldWarning,

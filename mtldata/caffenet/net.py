@@ -224,6 +224,7 @@ class CaffeNet(nn.Module):
                     f"{', '.join(sorted(LAYERS))} (and feeds {', '.join(sorted(DATA_LAYER_TYPES))} from data)"
                 )
             module = factory(layer, phase)
+            module.search_dirs = [Path.cwd(), *([self.source.parent] if self.source else [])]
             self.layer_list.append(module)
             self._plan.append((module, list(layer.bottom), list(layer.top)))
         self.output_blobs = sorted(available)  # Caffe keeps them in a std::set: sorted by name
@@ -368,8 +369,6 @@ class CaffeNet(nn.Module):
         seen: set[int] = set()
         out = []
         for module in self.layers():
-            if module.buffer_blobs:
-                continue
             specs = module.layer_param.param
             for i, tensor in enumerate(module.blobs()):
                 if id(tensor) in seen:
@@ -377,7 +376,11 @@ class CaffeNet(nn.Module):
                 seen.add(id(tensor))
                 owner_spec = self._owners.get(specs[i].name, (None, specs[i]))[1] if i < len(specs) else None
                 spec = owner_spec if owner_spec is not None else caffe_pb2.ParamSpec()
-                out.append(LearnableParam(f"{module.layer_name}/{i}", tensor, spec.lr_mult, spec.decay_mult))
+                # BatchNorm's statistics are learnable params to Caffe's solver with lr_mult forced to 0
+                # (decay_mult keeps its value): they get no update, but adaptive solvers keep a
+                # history for them, and a .solverstate holds one blob per param.
+                lr_mult = 0.0 if module.buffer_blobs else spec.lr_mult
+                out.append(LearnableParam(f"{module.layer_name}/{i}", tensor, lr_mult, spec.decay_mult))
         return out
 
     def params_by_layer(self) -> dict[str, list[Tensor]]:

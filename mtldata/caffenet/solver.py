@@ -1,19 +1,12 @@
-"""Caffe's solver: learning-rate policies, the SGD update, and the Step/Solve/Test/Snapshot loop.
+"""Caffe's solver: learning-rate policies and the Step/Solve/Test/Snapshot loop.
 
-The update is SGDSolver::ApplyUpdate's, in its order and in float32:
-
-    clip the whole gradient to clip_gradients (L2 norm), divide it by iter_size,
-    g ← ∇ + weight_decay·decay_mult·W            (L1: sign(W) instead of W)
-    V ← momentum·V + lr·lr_mult·g
-    W ← W − V
-
-This is not torch.optim.SGD (V ← m·V + g; W ← W − lr·V): the two agree only while lr is constant.
+The update rules themselves (SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam) are in updates.py.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,14 +15,12 @@ import torch
 from torch import Tensor
 
 from mtldata.caffe import caffe_pb2
-from mtldata.caffe.blob import array_to_blob, blob_to_array
-from mtldata.caffenet.layers import CaffeNetError
-from mtldata.caffenet.net import CaffeNet, LearnableParam, load_caffemodel, save_caffemodel
+from mtldata.caffenet.net import CaffeNet, load_caffemodel, save_caffemodel
+from mtldata.caffenet.updates import CaffeUpdate, SolverError
 from mtldata.durable import write_bytes_atomic
 
 __all__ = [
     "LR_POLICIES",
-    "CaffeSGD",
     "IterationRecord",
     "LearningRate",
     "Solver",
@@ -39,14 +30,9 @@ __all__ = [
 ]
 
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
-SOLVER_TYPES = ("SGD", "Nesterov")
 
 Batch = Mapping[str, Tensor]
 LogFn = Callable[[str], None]
-
-
-class SolverError(CaffeNetError):
-    """A solver prototxt Caffe would reject, or one asking for what mtldata does not implement."""
 
 
 def format_number(x: float) -> str:
@@ -105,91 +91,6 @@ class LearningRate:
         return rate
 
 
-def solver_type(param: caffe_pb2.SolverParameter) -> str:
-    """The solver type, from `type` or the deprecated `solver_type` enum."""
-    if param.HasField("type"):
-        kind = param.type
-    elif param.HasField("solver_type"):
-        kind = {"SGD": "SGD", "NESTEROV": "Nesterov"}.get(
-            caffe_pb2.SolverParameter.SolverType.Name(param.solver_type), param.solver_type
-        )
-    else:
-        kind = "SGD"
-    if kind not in SOLVER_TYPES:
-        raise SolverError(f"solver type {kind!r} is not implemented; mtldata has {', '.join(SOLVER_TYPES)}")
-    return str(kind)
-
-
-class CaffeSGD:
-    """SGDSolver's (or NesterovSolver's) update over a net's learnable params, with its history V."""
-
-    def __init__(self, params: Sequence[LearnableParam], param: caffe_pb2.SolverParameter) -> None:
-        self.params = list(params)
-        self.kind = solver_type(param)
-        self.momentum = np.float32(param.momentum)
-        self.weight_decay = np.float32(param.weight_decay)
-        self.regularization = param.regularization_type
-        if self.regularization not in ("L1", "L2"):
-            raise SolverError(f"unknown regularization_type {self.regularization!r} (L1 or L2)")
-        self.clip = param.clip_gradients
-        if param.iter_size < 1:
-            raise SolverError(f"iter_size must be >= 1, got {param.iter_size}")
-        self.iter_size = param.iter_size
-        self.history = [torch.zeros_like(p.tensor, dtype=torch.float32) for p in self.params]
-
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.tensor.grad = None
-
-    @torch.no_grad()
-    def apply_update(self, rate: float) -> None:
-        """One update with learning rate `rate`, from the gradients accumulated in `.grad`."""
-        grads = [
-            p.tensor.grad if p.tensor.grad is not None else torch.zeros_like(p.tensor) for p in self.params
-        ]
-        if self.clip >= 0:
-            norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
-            if norm > self.clip:
-                factor = np.float32(self.clip / norm)
-                grads = [g * float(factor) for g in grads]
-        if self.iter_size > 1:
-            grads = [g * float(np.float32(1.0) / np.float32(self.iter_size)) for g in grads]
-        for p, g, v in zip(self.params, grads, self.history, strict=True):
-            local_rate = float(np.float32(rate) * np.float32(p.lr_mult))
-            local_decay = float(self.weight_decay * np.float32(p.decay_mult))
-            w = p.tensor
-            if local_decay:
-                g = g + local_decay * (w if self.regularization == "L2" else torch.sign(w))
-            if self.kind == "Nesterov":
-                previous = v.clone()
-                v.mul_(float(self.momentum)).add_(g, alpha=local_rate)
-                step = (1 + float(self.momentum)) * v - float(self.momentum) * previous
-            else:
-                v.mul_(float(self.momentum)).add_(g, alpha=local_rate)
-                step = v
-            w.sub_(step)
-
-    def state_proto(self, it: int, current_step: int, learned_net: str) -> caffe_pb2.SolverState:
-        state = caffe_pb2.SolverState()
-        state.iter = it
-        state.learned_net = learned_net
-        state.current_step = current_step
-        for v in self.history:
-            state.history.append(array_to_blob(v.numpy()))
-        return state
-
-    def load_history(self, state: caffe_pb2.SolverState) -> None:
-        if len(state.history) != len(self.history):
-            raise SolverError(
-                f"the solver state holds {len(state.history)} history blobs, the net has {len(self.history)} params"
-            )
-        for v, blob in zip(self.history, state.history, strict=True):
-            values = torch.from_numpy(np.ascontiguousarray(blob_to_array(blob)))
-            if values.numel() != v.numel():
-                raise SolverError("a history blob of the solver state does not match its parameter's size")
-            v.copy_(values.reshape(v.shape))
-
-
 @dataclass
 class IterationRecord:
     """What one training iteration computed: the weighted loss, each output, and the rate applied."""
@@ -224,6 +125,7 @@ class Solver:
     test_batches: list[Iterator[Batch]] = field(default_factory=list)
     snapshot_prefix: str = ""
     log: LogFn | None = None
+    before_iteration: Callable[[int], None] | None = None  # e.g. a ThreadChooser
 
     def __post_init__(self) -> None:
         if len(self.test_nets) != len(self.test_batches):
@@ -234,7 +136,7 @@ class Solver:
             raise SolverError("test nets need test_interval > 0")
         if self.param.average_loss < 1:
             raise SolverError("average_loss must be >= 1")
-        self.sgd = CaffeSGD(self.net.learnable_params(), self.param)
+        self.updater = CaffeUpdate(self.net.learnable_params(), self.param)
         self.schedule = LearningRate(self.param)
         for test_net in self.test_nets:
             test_net.share_weights_from(self.net)
@@ -284,7 +186,9 @@ class Solver:
         self._losses, self._smoothed = [], np.float32(0)
         done = []
         while self.iter < stop:
-            self.sgd.zero_grad()
+            if self.before_iteration is not None:
+                self.before_iteration(self.iter)
+            self.updater.zero_grad()
             if (
                 p.test_interval
                 and self.iter % p.test_interval == 0
@@ -305,10 +209,19 @@ class Solver:
             if display:
                 self._log(f"Iteration {self.iter}, loss = {format_number(self._smoothed)}")
                 self._log_outputs("Train", self.net, outputs)
+            step_before = self.schedule.current_step
             rate = self.schedule(self.iter)
+            if p.lr_policy == "multistep" and self.schedule.current_step != step_before:
+                self._log(f"MultiStep Status: Iteration {self.iter}, step = {self.schedule.current_step}")
             if display:
                 self._log(f"Iteration {self.iter}, lr = {format_number(rate)}")
-            self.sgd.apply_update(rate)
+            self.updater.apply_update(rate, self.iter)
+            if self.updater.last_clip is not None:
+                norm, factor = self.updater.last_clip
+                self._log(
+                    f"Gradient clipping: scaling down gradients (L2 norm {format_number(norm)} > "
+                    f"{format_number(p.clip_gradients)}) by scale factor {format_number(factor)}"
+                )
             record = IterationRecord(self.iter, float(loss), float(self._smoothed), outputs, rate)
             self.records.append(record)
             done.append(record)
@@ -374,7 +287,7 @@ class Solver:
         save_caffemodel(self.net, model, write_diff=self.param.snapshot_diff)
         state_path = self.snapshot_filename(".solverstate")
         self._log(f"Snapshotting solver state to binary proto file {state_path}")
-        state = self.sgd.state_proto(self.iter, self.schedule.current_step, model)
+        state = self.updater.state_proto(self.iter, self.schedule.current_step, model)
         write_bytes_atomic(state_path, state.SerializeToString())
         self.snapshots.append(Path(model))
         return Path(model)
@@ -385,7 +298,7 @@ class Solver:
         state.ParseFromString(Path(state_path).read_bytes())
         self.iter = state.iter
         self.schedule.current_step = state.current_step
-        self.sgd.load_history(state)
+        self.updater.load_history(state)
         if state.learned_net:
             learned = Path(state.learned_net)
             if not learned.is_absolute() and not learned.exists():

@@ -1,0 +1,104 @@
+"""Caffe's normalization layers against real BVLC Caffe (the goldens of every case) and hand computations.
+
+LRN, BatchNorm, MVN, Scale, Bias.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from caffe_layer_cases import family_cases, one_layer, run, run_case
+
+from mtldata.caffenet.layers import CaffeNetError
+
+
+@pytest.mark.parametrize("case", family_cases("normalization"))
+def test_layer_matches_the_caffe_golden(case):
+    assert run_case(case) == []
+
+
+# ---- LRN, BatchNorm, Scale ----------------------------------------------------------------------
+
+
+def test_lrn_across_channels_formula():
+    x = torch.tensor([1.0, 2.0, 3.0]).reshape(1, 3, 1, 1)
+    net = one_layer(
+        'name: "n" type: "LRN" bottom: "x" top: "y" lrn_param { local_size: 3 alpha: 1 beta: 0.75 k: 2 }',
+        {"x": (1, 3, 1, 1)},
+    )
+    # scale_c = k + alpha/size * (sum of x^2 over channels c-1..c+1, zero outside)
+    sums = [1 + 4, 1 + 4 + 9, 4 + 9]
+    want = [v * (2 + s / 3) ** -0.75 for v, s in zip([1, 2, 3], sums, strict=True)]
+    assert torch.allclose(run(net, x=x)["y"].flatten(), torch.tensor(want))
+
+
+def test_lrn_within_channel_formula():
+    x = torch.arange(1.0, 10.0).reshape(1, 1, 3, 3)
+    net = one_layer(
+        'name: "n" type: "LRN" bottom: "x" top: "y" lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 norm_region: WITHIN_CHANNEL }',
+        {"x": (1, 1, 3, 3)},
+    )
+    sq = np.pad((x[0, 0].numpy() ** 2), 1)
+    window = np.array([[sq[i : i + 3, j : j + 3].sum() for j in range(3)] for i in range(3)])
+    want = x[0, 0].numpy() * (1 + 0.5 * window / 9) ** -0.75  # k is not used within a channel
+    assert np.allclose(run(net, x=x)["y"][0, 0].numpy(), want, rtol=1e-6)
+
+
+def test_batch_norm_global_stats_use_the_scale_factor():
+    text = 'name: "bn" type: "BatchNorm" bottom: "x" top: "x" batch_norm_param { use_global_stats: true eps: 0.001 }'
+    net = one_layer(text, {"x": (3, 2)})
+    bn = net.layer("bn")
+    bn.mean.copy_(torch.tensor([2.0, 4.0]))
+    bn.variance.copy_(torch.tensor([8.0, 16.0]))
+    bn.scale_factor.fill_(2.0)
+    x = torch.randn(3, 2)
+    want = (x - torch.tensor([1.0, 2.0])) / torch.sqrt(torch.tensor([4.0, 8.0]) + 0.001)
+    assert torch.allclose(run(net, x=x)["x"], want)
+
+
+def test_batch_norm_training_moving_average():
+    net = one_layer(
+        'name: "bn" type: "BatchNorm" bottom: "x" top: "y" batch_norm_param { moving_average_fraction: 0.5 }',
+        {"x": (2, 2, 1, 2)},
+    )
+    bn = net.layer("bn")
+    assert bn.scale_factor.item() == 0  # the set-up dry run does not count as a batch
+    x1, x2 = torch.randn(2, 2, 1, 2), torch.randn(2, 2, 1, 2)
+    y = run(net, x=x1)["y"]
+    mean1, var1 = x1.mean((0, 2, 3)), x1.var((0, 2, 3), unbiased=False)
+    assert torch.allclose(
+        y, (x1 - mean1.view(1, 2, 1, 1)) / torch.sqrt(var1.view(1, 2, 1, 1) + 1e-5), atol=1e-5
+    )
+    run(net, x=x2)
+    mean2, var2 = x2.mean((0, 2, 3)), x2.var((0, 2, 3), unbiased=False)
+    assert bn.scale_factor.item() == pytest.approx(0.5 * 1 + 1)
+    assert torch.allclose(bn.mean, 0.5 * mean1 + mean2)
+    m = 4  # values per channel: the variance blob gets the m/(m-1) bias correction
+    assert torch.allclose(bn.variance, 0.5 * var1 * m / (m - 1) + var2 * m / (m - 1))
+    test = one_layer('name: "bn" type: "BatchNorm" bottom: "x" top: "y"', {"x": (2, 2, 1, 2)}, phase="test")
+    assert test.layer("bn").use_global_stats
+
+
+def test_batch_norm_rejects_learned_statistics():
+    with pytest.raises(CaffeNetError, match="'bn'.*statistics"):
+        one_layer('name: "bn" type: "BatchNorm" bottom: "x" top: "y" param { lr_mult: 1 }', {"x": (2, 2)})
+
+
+def test_scale_with_bias_and_two_bottoms():
+    net = one_layer(
+        'name: "s" type: "Scale" bottom: "x" top: "y" scale_param { bias_term: true }', {"x": (2, 3, 2)}
+    )
+    s = net.layer("s")
+    assert s.weight.shape == (3,) and torch.all(s.weight == 1) and torch.all(s.bias == 0)
+    with torch.no_grad():
+        s.weight.copy_(torch.tensor([1.0, 2.0, 3.0]))
+        s.bias.copy_(torch.tensor([0.0, 1.0, -1.0]))
+    x = torch.randn(2, 3, 2)
+    assert torch.allclose(run(net, x=x)["y"], x * s.weight.view(1, 3, 1) + s.bias.view(1, 3, 1))
+    net = one_layer(
+        'name: "s" type: "Scale" bottom: "x" bottom: "g" top: "y" scale_param { axis: 0 }',
+        {"x": (2, 3, 2), "g": (2, 3)},
+    )
+    g = torch.randn(2, 3)
+    assert torch.allclose(run(net, x=x, g=g)["y"], x * g[:, :, None])
