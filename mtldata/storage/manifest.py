@@ -47,16 +47,19 @@ class LabelStats:
             if self.count:  # resumed from a state saved before these were kept: leave them unknown
                 return
             self.integral, self.distinct = [True] * len(values), [[] for _ in values]
+        # sets beside the (JSON-friendly) lists, for membership tests; not a field, so never saved
+        sets = self.__dict__.setdefault("_sets", [None if c is None else set(c) for c in self.distinct])
         for j, v in enumerate(values):
             if math.isnan(v):  # a missing label
                 continue
             if self.integral[j] and not v.is_integer():
                 self.integral[j] = False
-            seen = self.distinct[j]
+            seen = sets[j]
             if seen is not None and v not in seen:
-                seen.append(v)
+                seen.add(v)
+                self.distinct[j].append(v)
                 if len(seen) > MAX_DISTINCT:
-                    self.distinct[j] = None
+                    self.distinct[j] = sets[j] = None
 
     def summary(self, names: list[str]) -> list[dict[str, Any]]:
         out = [
