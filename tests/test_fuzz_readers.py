@@ -402,7 +402,8 @@ def _write_h5(path: Path, layout: dict, seed: int) -> None:
 
 @FUZZ
 @given(layout=h5_layouts(), seed=st.integers(0, 100))
-def test_hdf5_layouts_read_or_are_refused_naming_the_file(layout, seed):
+def test_hdf5_layouts_read_or_are_refused_naming_the_file(layout, seed, monkeypatch):
+    monkeypatch.setenv("MTLDATA_MAX_SAMPLE_BYTES", str(1 << 20))  # any larger sample must be refused
     with scratch() as folder:
         path = folder / "part.h5"
         try:
