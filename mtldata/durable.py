@@ -34,8 +34,13 @@ def replace_atomically(path: str | os.PathLike[str], write: Callable[[IO[bytes]]
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        context = exc.__context__
+        if not isinstance(exc, OSError) and isinstance(context, OSError):
+            # A writer that wraps the system's error in its own (torch.save raises RuntimeError on a
+            # full disk): the OSError, naming the file, is what the caller can act on.
+            raise OSError(context.errno, context.strerror, str(target)) from exc
         raise
     fsync_path(target.parent)
     return target

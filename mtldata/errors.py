@@ -111,3 +111,56 @@ class WorkerDataError(DatasetFormatError):
         if message.startswith("Caught ") and marker in message:
             message = message.rsplit(marker, 1)[1].strip()
         super().__init__(message)
+
+
+def shorten(text: str, limit: int = 160) -> str:
+    """`text` as a message quotes it: whole when short, else its head and tail around an ellipsis."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    keep = (limit - 5) // 2
+    return f"{text[:keep]}[...]{text[-keep:]}"
+
+
+class OutputError(MtlDataError):
+    """Writing the output failed (no space, quota, I/O error, read-only or permission denied).
+
+    The message names the path and the remedy; `resumable` adds "run the same command with --resume".
+    """
+
+    def __init__(self, path: str | Path, reason: str, remedy: str = "") -> None:
+        self.path = str(path)
+        self.reason = reason
+        self.remedy = remedy  # e.g. " and run the same command with --resume"
+        super().__init__(f"{shorten(self.path)}: {reason}{remedy}")
+
+    def __reduce__(self):  # keeps the error picklable across worker processes
+        return (type(self), (self.path, self.reason, self.remedy))
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, fallback: str | Path, resumable: bool = False) -> OutputError:
+        """The one-line form of an OSError met while writing `fallback` (or the file it names)."""
+        import errno
+
+        path = exc.filename if exc.filename not in (None, "") else fallback
+        resume = " and run the same command with --resume" if resumable else ""
+        code = exc.errno
+        if code == errno.ENOSPC:
+            reason = "no space left on the device; free space"
+        elif code == errno.EDQUOT:
+            reason = "disk quota exceeded; free space or raise the quota"
+        elif code == errno.EFBIG:
+            reason = "file too large for this file system or process limit (ulimit -f)"
+        elif code == errno.EROFS:
+            reason = "the file system is read-only; write the output somewhere writable"
+        elif code in (errno.EACCES, errno.EPERM):
+            reason = "permission denied; make the folder writable or write the output elsewhere"
+        elif code == errno.EIO:
+            reason = "input/output error (a failing disk or a lost network mount)"
+        elif code == errno.ENAMETOOLONG:
+            reason, resume = "file name too long", ""
+        else:
+            reason = f"{exc.strerror or exc}"
+        if code in (errno.EROFS, errno.EACCES, errno.EPERM):
+            resume = ""  # a new output folder, not a resume of this one
+        return cls(path, reason, resume)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import db_items
 
@@ -84,3 +85,18 @@ def test_multilabel_pair_equals_the_caffe_multitask_fixture(caffe_fixtures, tmp_
     # Label DB: channels=K, 1x1, unpacked float_data, nothing else; 31 bytes each, as pycaffe wrote.
     assert_same_datums(tmp_path / "mt" / "labels.lmdb", caffe_fixtures / "mt" / "label_lmdb")
     assert {len(v) for _, v in db_items(tmp_path / "mt" / "labels.lmdb")} == {31}
+
+
+@pytest.mark.parametrize("key", [b"00000003_img06.png", b"00000005_img07_rgba.png"])
+def test_gray_colour_png_equals_convert_imageset_gray(caffe_fixtures, key):
+    """`--gray` on colour PNGs (RGB, RGBA) takes libpng's rgb-to-gray as OpenCV asks for it."""
+    from mtldata.storage.image import caffe_resize, load_image
+
+    caffe = dict(db_items(caffe_fixtures / "lmdb" / "gray_resized"))[key]
+    datum = parse_datum(caffe)
+    name = key.decode().split("_", 1)[1]
+    gray = caffe_resize(load_image(caffe_fixtures / "images" / name, gray=True), 20, 16)
+    assert (datum.channels, datum.height, datum.width) == (1, 16, 20)
+    want = np.frombuffer(datum.data, np.uint8).reshape(16, 20)
+    assert np.abs(gray.astype(int) - want).max() <= 1  # the issue's bar; in fact equal:
+    np.testing.assert_array_equal(gray, want)

@@ -441,7 +441,7 @@ def test_wrong_value_type_is_an_error_not_a_warning(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["init", "final"])
 def test_caffemodel_blob_shapes(caffe_dir: Path, expected: dict, name: str, strict_warnings: None) -> None:
     path = caffe_dir / "mt" / f"{name}.caffemodel"
-    net = read_caffemodel(path)
+    net = read_caffemodel(path, upgrade=False)
     assert net.SerializeToString() == path.read_bytes()  # nothing lost or reordered by the schema
     assert "fc1_relu_fc1_0_split" in [layer.name for layer in net.layer]  # Caffe's inserted Split
     weights = caffemodel_weights(net)
@@ -583,11 +583,11 @@ def _fixture_files(pattern: str) -> list[Path]:
 @pytest.mark.parametrize("path", _fixture_files("*/*.prototxt"), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_fixture_prototxt_uses_only_caffe_fields(path: Path, strict_warnings: None) -> None:
     text = path.read_text()
-    message = read_solver(path) if "base_lr" in text else read_net(path)
+    message = read_solver(path, upgrade=False) if "base_lr" in text else read_net(path, upgrade=False)
     assert message.ListFields()
 
 
 @pytest.mark.parametrize("path", _fixture_files("*/*.caffemodel"), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_fixture_caffemodel_uses_only_caffe_fields(path: Path, strict_warnings: None) -> None:
-    net = read_caffemodel(path)
+    net = read_caffemodel(path, upgrade=False)
     assert net.SerializeToString() == path.read_bytes()  # nothing lost or reordered by the schema

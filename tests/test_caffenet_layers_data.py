@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 from caffe_layer_cases import net_param
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from mtldata.caffenet.layers.data import ImageListEntry, NetFeeder, read_image_list
@@ -64,6 +66,38 @@ def test_image_list_label_is_the_int_after_the_last_space(tmp_path):
         ImageListEntry("e.jpg\t4", 0, 4),  # no space: the whole line is the name (atoi of it: 0)
         ImageListEntry("f.jpg", 0, 5),
     ]
+
+
+names = st.text(
+    st.characters(blacklist_characters="\n", blacklist_categories=("Cs",)), min_size=1, max_size=12
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(names.filter(lambda s: s.strip()), st.integers(-(2**31), 2**31 - 1)), min_size=1, max_size=5
+    )
+)
+def test_property_image_list_round_trips_name_and_label(tmp_path_factory, rows):
+    listing = tmp_path_factory.mktemp("list") / "list.txt"
+    listing.write_bytes(
+        "".join(f"{name} {label}\n" for name, label in rows).encode("utf-8", "surrogateescape")
+    )
+    assert read_image_list(listing) == [ImageListEntry(n, lab, i) for i, (n, lab) in enumerate(rows, 1)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=200))
+def test_property_any_list_bytes_give_entries_or_one_error(tmp_path_factory, data):
+    listing = tmp_path_factory.mktemp("list") / "list.txt"
+    listing.write_bytes(data)
+    try:
+        entries = read_image_list(listing)
+    except DatasetFormatError as exc:
+        assert str(listing) in str(exc)
+    else:
+        assert entries and all(isinstance(e.label, int) for e in entries)
 
 
 def test_image_list_blank_line_and_empty_file_are_errors(tmp_path):

@@ -1,7 +1,7 @@
 """Caffe's structure layers against real BVLC Caffe (the goldens of every case) and hand computations.
 
 Concat, Slice, Split, Eltwise, Flatten, Reshape, Crop, Tile,
-Reduction, ArgMax, Softmax, Silence, Parameter.
+Reduction, ArgMax, Softmax, Silence, Parameter, Filter, BatchReindex.
 """
 
 from __future__ import annotations
@@ -128,3 +128,23 @@ def test_crop_that_does_not_fit_names_the_layer():
             'name: "c" type: "Crop" bottom: "x" bottom: "r" top: "y" crop_param { axis: 2 offset: 3 }',
             {"x": (1, 1, 4, 4), "r": (1, 1, 2, 2)},
         )
+
+
+def test_filter_keeps_the_selected_items_and_routes_their_gradient():
+    net = one_layer('name: "f" type: "Filter" bottom: "x" bottom: "s" top: "y"', {"x": (4, 2), "s": (4,)})
+    x = torch.arange(8.0).reshape(4, 2).requires_grad_()
+    y = run(net, x=x, s=torch.tensor([1.0, 0.0, 0.5, 0.0]))["y"]
+    assert y.tolist() == [[0.0, 1.0], [4.0, 5.0]]
+    y.sum().backward()
+    assert x.grad.tolist() == [[1.0, 1.0], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0]]
+
+
+def test_batch_reindex_gathers_items_and_accumulates_repeats():
+    net = one_layer(
+        'name: "b" type: "BatchReindex" bottom: "x" bottom: "i" top: "y"', {"x": (3, 2), "i": (3,)}
+    )
+    x = torch.arange(6.0).reshape(3, 2).requires_grad_()
+    y = run(net, x=x, i=torch.tensor([2.0, 0.0, 2.0]))["y"]
+    assert y.tolist() == [[4.0, 5.0], [0.0, 1.0], [4.0, 5.0]]
+    y.sum().backward()
+    assert x.grad.tolist() == [[1.0, 1.0], [0.0, 0.0], [2.0, 2.0]]

@@ -1,6 +1,6 @@
 """Caffe's vision layers against real BVLC Caffe (the goldens of every case) and hand computations.
 
-Convolution, Deconvolution, Pooling, InnerProduct, Embed.
+Convolution, Deconvolution, Pooling, SPP, InnerProduct, Embed, Im2col.
 """
 
 from __future__ import annotations
@@ -149,3 +149,17 @@ def test_spp_pools_a_pyramid_of_bins_with_pooling_rules():
         'name: "s" type: "SPP" bottom: "x" top: "y" spp_param { pyramid_height: 1 }', {"x": (2, 3, 4, 4)}
     )
     assert run(net, x=torch.ones(2, 3, 4, 4))["y"].shape == (2, 3, 1, 1)
+
+
+def test_im2col_columns_times_the_weights_are_the_convolution():
+    conv = "kernel_h: 3 kernel_w: 2 pad: 1 stride: 2 dilation: 2"
+    net = one_layer(
+        f'name: "i" type: "Im2col" bottom: "x" top: "y" convolution_param {{ {conv} }}', {"x": (2, 3, 7, 6)}
+    )
+    x = torch.randn(2, 3, 7, 6)
+    cols = run(net, x=x)["y"]
+    weight = torch.randn(4, 3, 3, 2)
+    want = F.conv2d(x, weight, padding=1, stride=2, dilation=2)
+    assert cols.shape == (2, 18, *want.shape[2:])
+    got = (weight.reshape(4, -1) @ cols.reshape(2, 18, -1)).reshape(want.shape)
+    assert torch.allclose(got, want, atol=1e-5)

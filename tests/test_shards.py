@@ -130,7 +130,7 @@ def test_merge_refuses_parts_that_do_not_belong_together(image_set, tmp_path):
         merge([p0, p1, tmp_path / "whole"], tmp_path / "m")
     with pytest.raises(DatasetFormatError, match="no manifest.json"):
         merge([p0, p1, tmp_path / "images"], tmp_path / "m")
-    with pytest.raises(MtlDataError, match="one of the parts"):
+    with pytest.raises(MtlDataError, match="is one of the inputs"):
         merge([p0, p1, p2], p2)
     assert not (tmp_path / "m").exists() and not (tmp_path / "m.partial").exists()
     merge([p0, p1, p2], tmp_path / "m")

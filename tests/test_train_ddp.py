@@ -74,6 +74,7 @@ def test_two_gloo_ranks_end_with_identical_weights_and_task_weights(tmp_path):
         b["history"]
     )  # losses and validation metrics reduced across ranks
     assert sorted(p.name for p in out.iterdir()) == [
+        ".mtldata-run",  # the marker of a folder a run made (rank 0 only)
         "best.pt",
         "config.toml",
         "last.pt",

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 from mtldata.caffe import caffe_pb2
 from mtldata.caffe.blob import array_to_blob, blob_shape, blob_to_array
-from mtldata.caffe.prototxt import read_caffemodel, read_net, write_caffemodel
+from mtldata.caffe.prototxt import layer_line, read_caffemodel, read_net, write_caffemodel
+from mtldata.caffe.upgrade import upgrade_net
 from mtldata.caffenet.layers import DATA_LAYER_TYPES, LAYERS, CaffeNetError, Layer
 from mtldata.caffenet.netstate import PHASES, layers_in_state
 from mtldata.errors import DatasetFormatError
@@ -157,6 +158,7 @@ class CaffeNet(nn.Module):
     `input_shapes` (blob -> shape) sets the net up at once, creating every layer's blobs with Caffe's
     fillers; without it, Input layers and legacy `input_shape`/`input_dim` give the shapes, or the
     first `forward` does. Call `forward({top of a data layer: tensor, ...})` to get every blob.
+    `source` names the file a NetParameter came from, so errors can give the layer's line.
     """
 
     def __init__(
@@ -167,17 +169,28 @@ class CaffeNet(nn.Module):
         stages: Sequence[str] | None = None,
         level: int | None = None,
         input_shapes: Mapping[str, Sequence[int]] | None = None,
+        source: str | Path | None = None,
     ) -> None:
         super().__init__()
         if phase not in PHASES:
             raise ValueError(f"phase must be 'train' or 'test', got {phase!r}")
         param = net if isinstance(net, caffe_pb2.NetParameter) else read_net(net)
-        self.source = None if isinstance(net, caffe_pb2.NetParameter) else Path(net)
+        self.source = Path(source) if source is not None else None
+        if not isinstance(net, caffe_pb2.NetParameter):
+            self.source = Path(net)
+        if param.layers:  # a legacy V1/V0 message built in code: upgrade a copy as a file would be
+            param = _upgraded(param, self.source)
         self.net_name = param.name
         self.phase = phase
         stages = list(param.state.stage) if stages is None else list(stages)
         level = param.state.level if level is None else level
         filtered = filter_net(param, phase, stages, level)
+        if not filtered.layer:
+            where = f"{self.source}: " if self.source is not None else ""
+            raise CaffeNetError(
+                f"{where}net {param.name!r} has no layer in the {phase.upper()} phase "
+                f"({len(param.layer)} layer(s) in all, none kept by their include/exclude rules)"
+            )
         self.net_param = insert_splits(filtered)
         for layer in self.net_param.layer:
             if not layer.HasField("phase"):
@@ -220,7 +233,7 @@ class CaffeNet(nn.Module):
             factory = LAYERS.get(layer.type)
             if factory is None:
                 raise CaffeNetError(
-                    f"layer {layer.name!r}: unknown layer type {layer.type!r}; mtldata implements "
+                    f"{self.where(layer)}layer {layer.name!r}: unknown layer type {layer.type!r}; mtldata implements "
                     f"{', '.join(sorted(LAYERS))} (and feeds {', '.join(sorted(DATA_LAYER_TYPES))} from data)"
                 )
             module = factory(layer, phase)
@@ -237,6 +250,13 @@ class CaffeNet(nn.Module):
             self.setup(shapes)
 
     # ---- construction helpers ---------------------------------------------------------------
+
+    def where(self, layer: caffe_pb2.LayerParameter) -> str:
+        """The `file:line: ` prefix of a layer in the prototxt the net came from, as far as it is known."""
+        if self.source is None:
+            return ""
+        line = layer_line(self.source, layer.name, layer.type)
+        return f"{self.source}:{line}: " if line is not None else f"{self.source}: "
 
     @staticmethod
     def _declared_input_shapes(param: caffe_pb2.NetParameter) -> dict[str, list[int]]:
@@ -411,6 +431,14 @@ class CaffeNet(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
+def _upgraded(param: caffe_pb2.NetParameter, source: Path | None) -> caffe_pb2.NetParameter:
+    """A current-format copy of a legacy NetParameter message."""
+    copy = caffe_pb2.NetParameter()
+    copy.CopyFrom(param)
+    upgrade_net(copy, source if source is not None else "(NetParameter)")
+    return copy
+
+
 def _legacy_shape_matches(target: Sequence[int], blob: caffe_pb2.BlobProto) -> bool:
     """Blob::ShapeEquals for a proto with legacy num/channels/height/width: compare padded to 4-D."""
     if len(target) > 4:
@@ -432,6 +460,8 @@ def load_caffemodel(net: CaffeNet, source: str | Path | caffe_pb2.NetParameter) 
         )
     proto = source if isinstance(source, caffe_pb2.NetParameter) else read_caffemodel(source)
     where = "" if isinstance(source, caffe_pb2.NetParameter) else f"{source}: "
+    if proto.layers:  # a legacy V1/V0 message built in code
+        proto = _upgraded(proto, None)
     if not proto.layer and len(proto.ListFields()) == 0:
         raise CaffeNetError(f"{where}the caffemodel holds no layers")
     targets = {m.layer_name: m for m in net.layers()}

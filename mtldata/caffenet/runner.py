@@ -43,10 +43,10 @@ def _state(phase: int, *states: caffe_pb2.NetState) -> caffe_pb2.NetState:
 
 
 def _build_net(
-    param: caffe_pb2.NetParameter, state: caffe_pb2.NetState, bases: Sequence[Path]
+    param: caffe_pb2.NetParameter, state: caffe_pb2.NetState, bases: Sequence[Path], source: Path
 ) -> tuple[CaffeNet, NetFeeder]:
     phase = "train" if state.phase == caffe_pb2.TRAIN else "test"
-    net = CaffeNet(param, phase, stages=list(state.stage), level=state.level)
+    net = CaffeNet(param, phase, stages=list(state.stage), level=state.level, source=source)
     feeder = NetFeeder(net, bases)
     net.setup(feeder.peek_shapes())
     return net, feeder
@@ -82,36 +82,38 @@ def load_solver(
             f"{solver_path}: give exactly one of net, net_param, train_net, train_net_param (got {sources or 'none'})"
         )
 
-    def net_file(name: str) -> tuple[caffe_pb2.NetParameter, list[Path]]:
+    def net_file(name: str) -> tuple[caffe_pb2.NetParameter, list[Path], Path]:
         path = resolve_path(name, solver_bases, f"{solver_path}: net")
-        return read_net(path), [cwd, path.parent]
+        return read_net(path), [cwd, path.parent], path
 
     if param.HasField("train_net_param") or param.HasField("net_param"):
         train_param = param.train_net_param if param.HasField("train_net_param") else param.net_param
-        train_bases = solver_bases
+        train_bases, train_source = solver_bases, solver_path
     else:
-        train_param, train_bases = net_file(param.train_net if param.HasField("train_net") else param.net)
+        train_param, train_bases, train_source = net_file(
+            param.train_net if param.HasField("train_net") else param.net
+        )
     train_state = _state(caffe_pb2.TRAIN, train_param.state, param.train_state)
-    net, feeder = _build_net(train_param, train_state, train_bases)
+    net, feeder = _build_net(train_param, train_state, train_bases, train_source)
 
     # Test nets: test_net_param, then test_net files, then the generic net for the remaining test_iter.
-    test_params: list[tuple[caffe_pb2.NetParameter, list[Path]]] = [
-        (p, solver_bases) for p in param.test_net_param
+    test_params: list[tuple[caffe_pb2.NetParameter, list[Path], Path]] = [
+        (p, solver_bases, solver_path) for p in param.test_net_param
     ]
     test_params += [net_file(name) for name in param.test_net]
     generic = param.HasField("net") or param.HasField("net_param")
     if generic:
         extra = len(param.test_iter) - len(test_params)
-        test_params += [(train_param, train_bases)] * max(extra, 0)
+        test_params += [(train_param, train_bases, train_source)] * max(extra, 0)
     elif len(param.test_iter) != len(test_params):
         raise SolverError(f"{solver_path}: test_iter must be specified for each test network")
     if param.test_state and len(param.test_state) != len(test_params):
         raise SolverError(f"{solver_path}: test_state must be unspecified or given once per test net")
     test_nets, test_feeders = [], []
-    for i, (test_param, bases) in enumerate(test_params):
+    for i, (test_param, bases, source) in enumerate(test_params):
         extra_state = param.test_state[i] if param.test_state else caffe_pb2.NetState()
         test_net, test_feeder = _build_net(
-            test_param, _state(caffe_pb2.TEST, test_param.state, extra_state), bases
+            test_param, _state(caffe_pb2.TEST, test_param.state, extra_state), bases, source
         )
         test_nets.append(test_net)
         test_feeders.append(test_feeder)

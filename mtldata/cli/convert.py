@@ -9,7 +9,8 @@ from typing import Any
 import click
 
 from mtldata.cli.report import EXIT_INTERRUPTED, EXIT_SKIPPED, Progress, fail
-from mtldata.errors import MtlDataError
+from mtldata.errors import MtlDataError, OutputError, shorten
+from mtldata.storage.read_limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 
 
 @click.command()
@@ -18,7 +19,9 @@ from mtldata.errors import MtlDataError
     "-o",
     "--output",
     type=click.Path(path_type=Path),
-    help="Dataset directory to create. [default: ./<list stem>_lmdb]",
+    help="Dataset directory to create (a new folder; never the list's or --root's folder). "
+    "[default: ./<list stem>_lmdb, ./<list stem>_hdf5 with --backend hdf5; a part of --num-shards S "
+    "adds .part-IIIII-of-SSSSS]",
 )
 @click.option(
     "--root",
@@ -52,7 +55,8 @@ from mtldata.errors import MtlDataError
     type=click.Choice(["caffe", "antialias"]),
     default="caffe",
     show_default=True,
-    help="caffe: OpenCV bilinear as convert_imageset (within ±1 level); antialias: Pillow's smoother downscaling.",
+    help="caffe: bit-identical to convert_imageset's OpenCV INTER_LINEAR resize; antialias: Pillow's "
+    "smoother downscaling (not Caffe-identical).",
 )
 @click.option("--check-size", is_flag=True, help="Skip images whose size differs from the first image's.")
 @click.option(
@@ -81,7 +85,10 @@ from mtldata.errors import MtlDataError
 @click.option("--strict", is_flag=True, help="Stop at the first bad sample and leave no dataset behind.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted conversion from its last commit.")
 @click.option(
-    "--overwrite", is_flag=True, help="Replace an existing dataset (or interrupted conversion) at --output."
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing dataset mtldata made (or its interrupted conversion) at --output; "
+    "anything else there is refused and left untouched.",
 )
 @click.option(
     "--backend",
@@ -143,6 +150,21 @@ from mtldata.errors import MtlDataError
     help="Also write OUTPUT/train_val.prototxt for stock Caffe from --tasks: the data layers, a Slice, "
     "a small trunk, a head and a loss layer (with loss_weight) per task.",
 )
+@click.option(
+    "--max-file-mb",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_FILE_BYTES >> 20,
+    show_default=True,
+    help="An image file larger than this (MiB) is a bad sample, never read.",
+)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_PIXELS,
+    show_default=True,
+    help="An image of more pixels (width x height, from its header) is a bad sample, never decoded "
+    "(decompression bombs).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def convert(
     list_file: Path,
@@ -173,6 +195,8 @@ def convert(
     num_shards: int = 1,
     shard_index: int = 0,
     emit_prototxt: bool = False,
+    max_file_mb: int = DEFAULT_MAX_FILE_BYTES >> 20,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Convert an image list with label vectors into a dataset.
 
@@ -232,6 +256,8 @@ def convert(
             resize_mode=resize_mode,
             encoded=encoded or bool(encode_type),
             encode_type=encode_type or "",
+            max_file_bytes=max_file_mb << 20,
+            max_pixels=max_pixels,
         ),
         check_size=check_size,
         shuffle=shuffle,
@@ -260,6 +286,9 @@ def convert(
     except MtlDataError as exc:
         progress.close()
         fail(str(exc))
+    except OSError as exc:  # a write the library did not name (it names its own)
+        progress.close()
+        fail(str(OutputError.from_os_error(exc, output)))
     progress.close()
     rate = result.count / result.seconds if result.seconds > 0 else float("inf")
     click.echo(
@@ -274,13 +303,15 @@ def convert(
             click.echo(f"wrote {write_train_val(result.output, taskset)}")
         except (MtlDataError, ValueError) as exc:
             fail(str(exc))
+        except OSError as exc:
+            fail(str(OutputError.from_os_error(exc, result.output)))
     if result.skipped:
         click.echo(
             f"skipped {result.skipped} sample(s); all listed in {result.output / 'errors.tsv'}:", err=True
         )
         for err in result.errors[:10]:
             where = f"{list_file}:{err.line}"
-            click.echo(f"  {where}: {err.path + ': ' if err.path else ''}{err.reason}", err=True)
+            click.echo(f"  {where}: {shorten(err.path) + ': ' if err.path else ''}{err.reason}", err=True)
         if result.skipped > 10:
             click.echo(f"  ... and {result.skipped - 10} more", err=True)
         sys.exit(EXIT_SKIPPED)
@@ -350,9 +381,18 @@ def _check_list_labels(list_file: Path, tasks_file: Path, num_labels: int | None
     "parts", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, file_okay=False)
 )
 @click.option(
-    "-o", "--output", required=True, type=click.Path(path_type=Path), help="Dataset directory to create."
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Dataset directory to create (a new folder, not one holding the parts).",
 )
-@click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --output.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing dataset mtldata made (or an interrupted merge) at --output; "
+    "anything else there is refused and left untouched.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def merge(parts: tuple[Path, ...], output: Path, overwrite: bool, quiet: bool) -> None:
     """Join the parts of a sharded conversion into one dataset.
@@ -371,6 +411,9 @@ def merge(parts: tuple[Path, ...], output: Path, overwrite: bool, quiet: bool) -
     except MtlDataError as exc:
         progress.close()
         fail(str(exc))
+    except OSError as exc:
+        progress.close()
+        fail(str(OutputError.from_os_error(exc, output)))
     progress.close()
     click.echo(
         f"merged {result.parts} parts, {result.count} samples, into {result.output} in {result.seconds:.1f} s"

@@ -9,8 +9,11 @@ from pathlib import Path
 import click
 
 from mtldata.cli.inspect import format_info
-from mtldata.cli.report import Progress, fail
-from mtldata.errors import MtlDataError
+from mtldata.cli.report import Progress, fail, os_error_line
+from mtldata.errors import MtlDataError, OutputError
+
+# What the demo writes into its folder (-d): it refuses a folder where these exist and it did not make them.
+DEMO_FILES = ("list.txt", "tasks.toml", "images", "run", "demo_lmdb", "demo_lmdb.partial")
 
 
 @click.command()
@@ -18,7 +21,9 @@ from mtldata.errors import MtlDataError
     "-d",
     "--directory",
     type=click.Path(path_type=Path, file_okay=False),
-    help="Where to write the sample set and dataset. [default: a new temporary folder]",
+    help="Where to write the sample set (list.txt, images/), tasks.toml, the dataset (demo_lmdb/) and "
+    "the run (run/); a folder already holding such files that the demo did not make is refused. "
+    "[default: a new temporary folder]",
 )
 @click.option(
     "-n",
@@ -39,10 +44,19 @@ def demo(directory: Path | None, count: int, quiet: bool, no_train: bool = False
     from mtldata.convert.pipeline import ConvertSpec
     from mtldata.convert.pipeline import convert as run_convert
     from mtldata.inspect.info import dataset_info
+    from mtldata.storage.output_guard import DEMO_MARKER, claim_folder
     from mtldata.storage.sample_set import LABEL_NAMES, make_sample_set
 
     directory = directory or Path(tempfile.mkdtemp(prefix="mtldata-demo-"))
-    list_file = make_sample_set(directory, count=count)
+    try:
+        # Only into the demo's own files: a folder holding a user's list.txt, tasks.toml, images/
+        # or run/ is refused and left as it is.
+        claim_folder(directory, DEMO_MARKER, DEMO_FILES, "mtldata demo")
+        list_file = make_sample_set(directory, count=count)
+    except MtlDataError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(os_error_line(exc, directory))
     click.echo(f"sample set: {count} images and {list_file}")
     output = directory / "demo_lmdb"
     spec = ConvertSpec(
@@ -55,9 +69,15 @@ def demo(directory: Path | None, count: int, quiet: bool, no_train: bool = False
     progress = Progress(quiet, "img", "convert")
     try:
         result = run_convert(spec, progress)
+    except OutputError as exc:  # the demo has no --resume: it starts again
+        progress.close()
+        fail(str(OutputError(exc.path, exc.reason, " and run the demo again" if exc.remedy else "")))
     except MtlDataError as exc:
         progress.close()
         fail(str(exc))
+    except OSError as exc:
+        progress.close()
+        fail(os_error_line(exc, directory))
     progress.close()
     click.echo(f"converted {result.count} samples in {result.seconds:.1f} s -> {output}")
     click.echo(format_info(dataset_info(output)))

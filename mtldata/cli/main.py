@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import click
 
+from mtldata.cli.caffe import caffe_group
 from mtldata.cli.convert import COMMANDS as CONVERT_COMMANDS
 from mtldata.cli.demo import demo
 from mtldata.cli.inspect import COMMANDS as INSPECT_COMMANDS
@@ -29,7 +30,7 @@ def main() -> None:
 
 from mtldata.cli.train import tasks_command, train_command  # noqa: E402  (torch loads only when they run)
 
-for _command in (*CONVERT_COMMANDS, demo, *INSPECT_COMMANDS, train_command, tasks_command):
+for _command in (*CONVERT_COMMANDS, demo, *INSPECT_COMMANDS, train_command, tasks_command, caffe_group):
     main.add_command(_command)
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -10,6 +11,24 @@ import click
 EXIT_ERROR = 1
 EXIT_SKIPPED = 3  # the dataset is complete, but some samples were skipped (see errors.tsv)
 EXIT_INTERRUPTED = 130
+
+
+def os_error_line(exc: OSError, output: str | Path, resumable: bool = False) -> str:
+    """The one line of an OSError: as an output failure (with its remedy) when it is about `output`,
+    else the file and the system's reason."""
+    from mtldata.errors import OutputError, shorten
+
+    name = exc.filename
+    inside = name in (None, "")
+    if not inside:
+        try:
+            target = Path(output).resolve()
+            inside = Path(name).resolve() == target or target in Path(name).resolve().parents
+        except (OSError, ValueError):
+            inside = False
+    if inside:
+        return str(OutputError.from_os_error(exc, output, resumable))
+    return f"{shorten(str(name))}: {exc.strerror or exc}"
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from mtldata.cli.report import EXIT_INTERRUPTED, fail
+from mtldata.cli.report import EXIT_INTERRUPTED, fail, os_error_line
 from mtldata.errors import MtlDataError
 
 
@@ -113,6 +113,9 @@ def _run(cfg: Any, reporter: CliReporter) -> Any:
     except MtlDataError as exc:
         reporter.close()
         fail(str(exc))
+    except OSError as exc:  # out of space, read-only or permission denied in out_dir
+        reporter.close()
+        fail(os_error_line(exc, cfg.out_dir, resumable=(Path(cfg.out_dir) / "last.pt").is_file()))
     return None
 
 
@@ -301,9 +304,12 @@ def train_command(dataset: Path | None, config_file: Path | None, quiet: bool, *
     "-o",
     "--output",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Write the tasks.toml here instead of printing it.",
+    help="Write the tasks.toml here instead of printing it (a new file unless --overwrite).",
 )
-def tasks_command(prototxt: Path, num_labels: int | None, output: Path | None) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace an existing file at --output.")
+def tasks_command(
+    prototxt: Path, num_labels: int | None, output: Path | None, overwrite: bool = False
+) -> None:
     """Print the tasks.toml a Caffe prototxt's Slice and loss layers describe.
 
     Loss layers become tasks (SoftmaxWithLoss: softmax, SigmoidCrossEntropyLoss: sigmoid,
@@ -323,12 +329,24 @@ def tasks_command(prototxt: Path, num_labels: int | None, output: Path | None) -
     if output is None:
         click.echo(text, nl=False)
     else:
-        output.write_text(text, encoding="utf-8")
+        from mtldata.durable import write_bytes_atomic
+
+        if output.name in ("", ".", "..") or output.is_dir():
+            fail(f"{output}: names a folder; give the tasks.toml file to write")
+        if output.exists() and output.resolve() == prototxt.resolve():
+            fail(f"{output}: is the input prototxt; write the tasks.toml to a new file")
+        if output.exists() and not overwrite:
+            fail(f"{output}: already exists; pass --overwrite to replace it")
+        try:
+            write_bytes_atomic(output, text.encode("utf-8"))
+        except OSError as exc:  # named as the file asked for, not its temporary sibling
+            fail(os_error_line(OSError(exc.errno, exc.strerror, str(output)), output))
         click.echo(f"wrote {output} ({len(imported.tasks)} tasks)", err=True)
 
 
 def demo_training(directory: Path, dataset: Path, quiet: bool, epochs: int = 25) -> None:
     """The demo's short run on the built-in sample set, then its per-task metrics."""
+    from mtldata.storage.output_guard import RUN_MARKER
     from mtldata.storage.sample_set import CLASS_NAMES, LABEL_NAMES
     from mtldata.tasks import TaskSet, TaskSpec, dump_tasks
     from mtldata.train.config import TrainConfig
@@ -343,8 +361,8 @@ def demo_training(directory: Path, dataset: Path, quiet: bool, epochs: int = 25)
         num_labels=len(LABEL_NAMES),
     )
     run_dir = directory / "run"
-    if (run_dir / "last.pt").exists():  # the demo's own folder: a new demo replaces the old run
-        shutil.rmtree(run_dir)
+    if (run_dir / "last.pt").exists() and (run_dir / RUN_MARKER).is_file():
+        shutil.rmtree(run_dir)  # the demo's own run (its folder is the demo's): a new demo replaces it
     tasks_file = directory / "tasks.toml"
     tasks_file.write_text(dump_tasks(tasks), encoding="utf-8")
     cfg = TrainConfig(

@@ -19,9 +19,15 @@ from typing import Any
 
 from mtldata.convert.pipeline import ERRORS_NAME, MANIFEST_ERRORS, PARTIAL_SUFFIX, _publish
 from mtldata.durable import fsync_path
-from mtldata.errors import DatasetFormatError, DatasetStateError, MtlDataError
+from mtldata.errors import DatasetFormatError, DatasetStateError, MtlDataError, OutputError, shorten
 from mtldata.storage.backends import WriterOptions, make_writer, open_reader, read_manifest
 from mtldata.storage.manifest import LabelStats, Manifest, dataset_checksums, write_manifest
+from mtldata.storage.output_guard import (
+    WriterLock,
+    check_output_path,
+    check_replaceable,
+    is_staging,
+)
 from mtldata.version import __version__
 
 # Manifest options that may differ between parts without changing what they hold.
@@ -154,24 +160,49 @@ def merge(
     output = Path(output)
     if not parts:
         raise MtlDataError("no parts to merge")
-    if any(p.resolve() == output.resolve() for p in parts):
-        raise MtlDataError(f"{output} is one of the parts; merge into a new directory")
+    check_output_path(output, parts)
     manifests = [_part_manifest(p) for p in parts]
     order = check_parts(parts, manifests)
     parts = [parts[j] for j in order]
     manifests = [manifests[j] for j in order]
-    first = manifests[0]
 
     staging = output.with_name(output.name + PARTIAL_SUFFIX)
-    if output.exists() and not overwrite:
-        raise DatasetStateError(f"{output} already exists; pass --overwrite to replace it")
-    if staging.exists():
+    if output.exists() or output.is_symlink():
         if not overwrite:
-            raise DatasetStateError(
-                f"{staging} exists (an interrupted conversion or merge); pass --overwrite"
-            )
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+            raise DatasetStateError(f"{shorten(str(output))}: already exists; pass --overwrite to replace it")
+        check_replaceable(output)
+    existed = staging.exists() or staging.is_symlink()
+    if existed and not is_staging(staging):
+        raise DatasetStateError(
+            f"{shorten(str(staging))}: exists and is not a conversion or merge mtldata started; "
+            f"it is left untouched: move it away or choose another output"
+        )
+    lock = WriterLock.acquire(staging, "merge")
+    try:
+        if existed:
+            if not overwrite:
+                raise DatasetStateError(
+                    f"{staging}: exists (an interrupted conversion or merge); pass --overwrite"
+                )
+            lock.clear()
+        return _merge_locked(parts, manifests, output, staging, commit_every, progress, started)
+    except OSError as exc:
+        raise OutputError.from_os_error(exc, staging) from None
+    finally:
+        lock.release()
+
+
+def _merge_locked(
+    parts: list[Path],
+    manifests: list[dict[str, Any]],
+    output: Path,
+    staging: Path,
+    commit_every: int,
+    progress: Callable[[int, int], None] | None,
+    started: float,
+) -> MergeResult:
+    """The merge proper, in a locked staging folder (removed again if the merge fails)."""
+    first = manifests[0]
     try:
         options = WriterOptions(
             num_labels=first["num_labels"],
@@ -200,8 +231,9 @@ def merge(
         writer.commit()
         files = writer.close()
         with open(staging / ERRORS_NAME, "wb") as out:
-            for part, manifest in zip(parts, manifests, strict=True):
-                errors = part / manifest.get("errors", {}).get("file", ERRORS_NAME)
+            for part in parts:
+                # Only the part's own errors.tsv: a manifest naming another path is not followed.
+                errors = part / ERRORS_NAME
                 if errors.is_file():
                     out.write(errors.read_bytes())
         manifest = _merged_manifest(parts, manifests, files, stats, done)
@@ -210,7 +242,7 @@ def merge(
         fsync_path(staging)
         _publish(staging, output)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)  # still locked: no other writer is in it
         raise
     skipped = manifest.errors["count"]
     return MergeResult(output, done, len(parts), skipped, time.monotonic() - started, manifest.to_dict())

@@ -29,17 +29,33 @@ from typing import Any
 import numpy as np
 
 from mtldata.durable import fsync_path, write_json_atomic
-from mtldata.errors import DatasetStateError, InputError, MtlDataError, SampleRejectedError
+from mtldata.errors import (
+    DatasetStateError,
+    InputError,
+    MtlDataError,
+    OutputError,
+    SampleRejectedError,
+    shorten,
+)
 from mtldata.storage.backends import WriterOptions, check_writer_options, make_writer
 from mtldata.storage.image import ImageDecodeError, ImageOptions, prepare_image
 from mtldata.storage.listfile import ListEntry, ListLineError, iter_list, summarize_list
 from mtldata.storage.manifest import LabelStats, Manifest, dataset_checksums, write_manifest
+from mtldata.storage.output_guard import (
+    STAGING_MARKER,
+    WriterLock,
+    check_output_path,
+    check_replaceable,
+    is_staging,
+    staging_owner,
+    staging_path,
+)
 from mtldata.storage.records import ImagePayload, Sample
 from mtldata.version import __version__
 
 PROGRESS_NAME = "progress.json"
 ERRORS_NAME = "errors.tsv"
-PARTIAL_SUFFIX = ".partial"
+PARTIAL_SUFFIX = ".partial"  # the staging folder: storage.output_guard.staging_path
 # Images go to the workers in chunks (fewer, larger messages), sized from the images seen so far
 # to about CHUNK_BYTES each, so that the window of chunks in flight bounds memory for any image size.
 CHUNK_BYTES = 8 << 20
@@ -303,12 +319,27 @@ def _work_items(spec: ConvertSpec, num_labels: int, num_lines: int) -> Iterator[
         yield everything[i]
 
 
-def _prepare_staging(spec: ConvertSpec, fingerprint: dict[str, Any]) -> tuple[Path, _State | None]:
+def _prepare_staging(
+    spec: ConvertSpec, fingerprint: dict[str, Any]
+) -> tuple[Path, _State | None, WriterLock]:
+    """Lock the staging folder (one writer per output) and make it ready: fresh, cleared or resumed."""
     out = spec.output
-    staging = out.with_name(out.name + PARTIAL_SUFFIX)
-    if out.exists() and not spec.overwrite:
-        raise DatasetStateError(f"{out} already exists; pass --overwrite to replace it")
-    if staging.exists():
+    staging = staging_path(out)
+    if out.exists() or out.is_symlink():
+        if not spec.overwrite:
+            raise DatasetStateError(f"{shorten(str(out))}: already exists; pass --overwrite to replace it")
+        check_replaceable(out)
+    existed = staging.exists() or staging.is_symlink()
+    if existed and not is_staging(staging):
+        raise DatasetStateError(
+            f"{shorten(str(staging))}: exists and is not a conversion mtldata started; "
+            f"it is left untouched: move it away or choose another output"
+        )
+    lock = WriterLock.acquire(staging, "convert")
+    try:
+        if not existed:
+            return staging, None, lock
+        command = staging_owner(staging).get("command", "convert")
         if spec.resume:
             progress = staging / PROGRESS_NAME
             if progress.is_file():
@@ -319,35 +350,42 @@ def _prepare_staging(spec: ConvertSpec, fingerprint: dict[str, Any]) -> tuple[Pa
                         f"cannot resume {staging}: it was started with different input or options "
                         f"({', '.join(changed)} changed); use --overwrite to start over"
                     )
-                return staging, state
-            # Interrupted before its first commit: nothing worth keeping.
-            shutil.rmtree(staging)
+                return staging, state, lock
+            # Interrupted before its first commit (or a merge's leftover): nothing worth keeping.
+            lock.clear()
         elif spec.overwrite:
-            shutil.rmtree(staging)
+            lock.clear()
+        elif command == "merge":
+            raise DatasetStateError(
+                f"{staging}: holds an interrupted merge; run `mtldata merge` again with --overwrite"
+            )
         else:
             raise DatasetStateError(
-                f"{staging} holds an interrupted conversion; pass --resume to continue it "
+                f"{staging}: holds an interrupted conversion; pass --resume to continue it "
                 f"or --overwrite to start over"
             )
-    staging.mkdir(parents=True)
-    return staging, None
+    except BaseException:
+        lock.release()
+        raise
+    return staging, None, lock
 
 
 def convert(spec: ConvertSpec, progress: ProgressCallback | None = None) -> ConvertResult:
     """Convert an image list into a dataset directory, as described by `spec`."""
     started = time.monotonic()
-    if not spec.list_file.is_file():
-        raise MtlDataError(f"{spec.list_file}: no such list file")
+    _check_inputs(spec)
     try:
         summary = summarize_list(spec.list_file, spec.num_labels)
     except ValueError as exc:
         raise MtlDataError(str(exc)) from exc
+    except OSError as exc:
+        raise MtlDataError(f"{shorten(str(spec.list_file))}: cannot read the list ({exc.strerror})") from None
     k = summary.num_labels
     if spec.label_names and len(spec.label_names) != k:
         raise MtlDataError(f"--label-names gives {len(spec.label_names)} names but the list has {k} labels")
     fingerprint = spec.fingerprint(summary.sha256)
     fingerprint["num_labels"] = k
-    shard_start, shard_stop = spec.shard_range(summary.num_lines)
+    spec.shard_range(summary.num_lines)  # a bad --shard-index fails before any work
     if spec.num_shards > 1:
         fingerprint["shard"] = [spec.shard_index, spec.num_shards]
     writer_options = WriterOptions(
@@ -358,7 +396,47 @@ def convert(spec: ConvertSpec, progress: ProgressCallback | None = None) -> Conv
         destination=spec.output,
     )
     check_writer_options(spec.backend, writer_options)  # before anything is written
-    staging, state = _prepare_staging(spec, fingerprint)
+    staging, state, lock = _prepare_staging(spec, fingerprint)
+    try:
+        return _convert_locked(spec, summary, fingerprint, writer_options, staging, state, progress, started)
+    except OSError as exc:
+        # Out of space, quota, I/O error, read-only or permission denied: what was committed stays
+        # in the staging folder, and a resume continues from there once the cause is fixed.
+        resumable = (staging / PROGRESS_NAME).is_file()
+        raise OutputError.from_os_error(exc, staging, resumable=resumable) from None
+    finally:
+        lock.release()
+
+
+def _check_inputs(spec: ConvertSpec) -> None:
+    """Errors the whole run would meet, found before any work: the list, --root, the output path."""
+    list_file, root = spec.list_file, spec.resolved_root()
+    if "\0" in str(list_file) or "\0" in str(root):
+        raise MtlDataError(f"{shorten(repr(str(list_file)))}: a path with a NUL byte names no file")
+    if not list_file.is_file():
+        kind = "is not a regular file" if list_file.exists() else "no such list file"
+        raise MtlDataError(f"{shorten(str(list_file))}: {kind}")
+    if not root.is_dir():
+        raise MtlDataError(
+            f"{shorten(str(root))}: --root is not a folder (no such directory); every path in the "
+            f"list is relative to it"
+        )
+    check_output_path(spec.output, [list_file, root])
+
+
+def _convert_locked(
+    spec: ConvertSpec,
+    summary: Any,
+    fingerprint: dict[str, Any],
+    writer_options: WriterOptions,
+    staging: Path,
+    state: _State | None,
+    progress: ProgressCallback | None,
+    started: float,
+) -> ConvertResult:
+    """The conversion proper, in a locked staging folder."""
+    k = summary.num_labels
+    shard_start, shard_stop = spec.shard_range(summary.num_lines)
     writer = make_writer(spec.backend, staging, writer_options)
     if state is None:
         state = _State(fingerprint=fingerprint, next_position=shard_start)
@@ -387,7 +465,7 @@ def convert(spec: ConvertSpec, progress: ProgressCallback | None = None) -> Conv
 
     def record_error(line: int, path: str, reason: str) -> None:
         if spec.strict:
-            raise InputError(spec.list_file, line, f"{path}: {reason}" if path else reason)
+            raise InputError(spec.list_file, line, f"{shorten(path)}: {reason}" if path else reason)
         row = f"{line}\t{path}\t{reason}\n".replace("\r", " ")
         errors_file.write(row.encode("utf-8", errors="replace"))
         state.error_count += 1
@@ -437,7 +515,7 @@ def convert(spec: ConvertSpec, progress: ProgressCallback | None = None) -> Conv
                     try:
                         writer.put(Sample(position, f"{position:08d}_{item.path}", result, labels))
                     except SampleRejectedError as exc:  # the backend cannot store it: stop here
-                        raise InputError(spec.list_file, item.line, f"{item.path}: {exc}") from exc
+                        raise InputError(spec.list_file, item.line, f"{shorten(item.path)}: {exc}") from exc
                     state.written += 1
                     state.stats.add(labels)
                     shape_key = "x".join(map(str, result.shape))
@@ -458,6 +536,12 @@ def convert(spec: ConvertSpec, progress: ProgressCallback | None = None) -> Conv
         errors_file.close()
         writer.close()
         shutil.rmtree(staging, ignore_errors=True)
+        raise
+    except OSError:
+        # A full disk or an I/O error: release the files (the caller may resume in this process).
+        abandon = getattr(writer, "abandon", None)
+        if abandon is not None:
+            abandon()
         raise
     finally:
         errors_file.close()
@@ -506,6 +590,7 @@ def read_errors(path: Path) -> list[SampleError]:
 
 def _publish(staging: Path, out: Path) -> None:
     """Move the finished dataset into place; an old one (with --overwrite) goes only afterwards."""
+    (staging / STAGING_MARKER).unlink(missing_ok=True)  # a published dataset is no staging folder
     old = None
     if out.exists():
         old = out.with_name(f"{out.name}.old-{os.getpid()}")

@@ -21,12 +21,18 @@ Decoding in gray (``--gray``, ``IMREAD_GRAYSCALE``) gives an ``HxW`` ``uint8`` a
 
 * JPEG (YCbCr): libjpeg's luma (Y) plane, obtained with ``draft("L", size)`` before loading, which is
   what OpenCV asks libjpeg for. Gray JPEGs are returned as stored.
-* PNG with colour (RGB, RGBA, palette): libpng's ``png_set_rgb_to_gray(.., 0.299, 0.587)`` integer
-  formula, which OpenCV's PNG decoder uses: coefficients ``rc = 29900*32768//100000 = 9797``,
-  ``gc = 58700*32768//100000 = 19234``, ``bc = 32768 - rc - gc = 3737`` and
-  ``gray = (rc*R + gc*G + bc*B) >> 15`` (truncating; a pixel with R == G == B keeps its value).
-  Alpha is dropped first. (For 16-bit colour PNGs libpng converts before dropping to 8 bits; here
-  the conversion is applied to the 8-bit values, so such files may be off by one level.)
+* PNG with colour (RGB, RGBA, palette): libpng's rgb-to-gray, as OpenCV's PNG decoder asks for it
+  (``png_set_rgb_to_gray(.., 0.299, 0.587)``, libpng 1.6): coefficients
+  ``rc = 29900*32768//100000 = 9797``, ``gc = 58700*32768//100000 = 19234``, ``bc = 32768 - rc - gc =
+  3737``; a pixel with R == G == B keeps its value. Without a file gamma,
+  ``gray = (rc*R + gc*G + bc*B) >> 15`` (truncating). When the file states a gamma that is not about
+  1 (a ``gAMA`` chunk, or ``sRGB``, which means 0.45455), libpng converts in linear light through its
+  8-bit gamma tables: ``gray = from_1[(rc*to_1[R] + gc*to_1[G] + bc*to_1[B] + 16384) >> 15]``, with
+  ``to_1[v] = floor(255*(v/255)**(1/file_gamma) + 0.5)`` and ``from_1`` the inverse power (0 and 255
+  map to themselves); this lifts saturated colours by tens of levels (pure red: 147 instead of 76).
+  Alpha is dropped first. This is byte-exact against libpng 1.6 for 8-bit PNGs. (For 16-bit colour
+  PNGs libpng converts before dropping to 8 bits, while Pillow hands over only the high bytes: such
+  files may be off by one level, by a few with a gamma chunk. ICC profiles are not looked at.)
 * Anything else with colour (CMYK JPEG, BMP, TIFF, ...): OpenCV's fixed-point BT.601 luma
   ``(4899*R + 9617*G + 1868*B + 8192) >> 14`` on the RGB pixels described above.
 
@@ -50,15 +56,20 @@ is never changed, so a truncated image raises instead of being grey-padded.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
+import math
 import os
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mtldata.errors import MtlDataError
+from mtldata.storage.read_limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 from mtldata.storage.records import ImagePayload
 
 __all__ = [
@@ -74,6 +85,7 @@ __all__ = [
 
 RESIZE_MODES = ("caffe", "antialias")
 JPEG_QUALITY = 95  # OpenCV's imencode default (IMWRITE_JPEG_QUALITY)
+
 
 _EXIF_ORIENTATION = 0x0112
 _FORMAT_NAMES = {"jpg": "jpeg", "jpeg": "jpeg", "jpe": "jpeg", "png": "png"}
@@ -93,12 +105,16 @@ class ImageOptions:
     resize_mode: str = "caffe"  # "caffe": OpenCV INTER_LINEAR parity; "antialias": Pillow, antialiased
     encoded: bool = False
     encode_type: str = ""  # "", "jpg", "png"; non-empty implies encoded (as in Caffe)
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # a larger file is a bad sample, never read
+    max_pixels: int = DEFAULT_MAX_PIXELS  # a larger image (width x height) is a bad sample, never decoded
 
     def __post_init__(self) -> None:
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, not {self.resize_mode!r}")
         if self.resize_width < 0 or self.resize_height < 0:
             raise ValueError("resize_width and resize_height must be >= 0")
+        if self.max_file_bytes < 1 or self.max_pixels < 1:
+            raise ValueError("max_file_bytes and max_pixels must be >= 1")
 
     @property
     def resizes(self) -> bool:
@@ -115,12 +131,40 @@ class ImageOptions:
 # Decoding
 
 
-def _open(source: str | os.PathLike | bytes) -> Image.Image:
+@contextlib.contextmanager
+def _own_pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """With our own limit, Pillow's (a warning past 89 MP, an error past twice that) stands aside."""
+    if max_pixels is None:
+        yield
+        return
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageDecodeError(
+            f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
+            f"(a decompression bomb?); raise it with --max-pixels"
+        )
+
+
+def _open(source: str | os.PathLike | bytes, max_pixels: int | None = None) -> Image.Image:
     """Open (parse the header of) a file or buffer, mapping failures to ImageDecodeError."""
     try:
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            return Image.open(io.BytesIO(bytes(source)))
-        return Image.open(source)
+        with _own_pixel_limit(max_pixels):
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                im = Image.open(io.BytesIO(bytes(source)))
+            else:
+                im = Image.open(source)
+        _check_pixels(im.size[0], im.size[1], max_pixels)
+        return im
+    except ImageDecodeError:
+        raise
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         raise _file_error(exc) from None
     except UnidentifiedImageError:
@@ -142,11 +186,58 @@ def _file_error(exc: OSError) -> ImageDecodeError:
     return ImageDecodeError(f"cannot read file: {exc.strerror or exc}")
 
 
-def _read_file(path: str | os.PathLike) -> bytes:
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _not_regular(mode: int) -> ImageDecodeError:
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    if kind == "a directory":
+        return ImageDecodeError("is a directory, not an image file")
+    return ImageDecodeError(f"is {kind}, not a regular file")
+
+
+def _read_file(path: str | os.PathLike, max_bytes: int | None = None) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`; anything else is an ImageDecodeError.
+
+    O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then tells it is no file to read.
+    """
     try:
-        return Path(os.fspath(path)).read_bytes()
+        fd = os.open(os.fspath(path), os.O_RDONLY | os.O_NONBLOCK)
+    except ValueError:
+        raise ImageDecodeError("the path holds a NUL byte") from None
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a socket (or a device without a driver)
+            try:
+                raise _not_regular(os.stat(os.fspath(path)).st_mode) from None
+            except OSError:
+                pass
+        raise _file_error(exc) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _not_regular(info.st_mode)
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise ImageDecodeError(_too_large(info.st_size, max_bytes))
+        limit = info.st_size if max_bytes is None else max_bytes
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(limit + 1)  # bounded even if the file grows while it is read
     except OSError as exc:
         raise _file_error(exc) from None
+    finally:
+        os.close(fd)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ImageDecodeError(_too_large(len(data), max_bytes))
+    return data
+
+
+def _too_large(size: int, max_bytes: int) -> str:
+    return f"file is {size:,} bytes, over the limit of {max_bytes:,}; raise it with --max-file-mb"
 
 
 def _orientation(im: Image.Image) -> int:
@@ -175,14 +266,54 @@ def _load(im: Image.Image) -> Image.Image:
     return im
 
 
-def _libpng_gray(rgb: np.ndarray) -> np.ndarray:
-    """libpng's png_do_rgb_to_gray for 8-bit data without gamma, with OpenCV's 0.299/0.587 weights."""
+_PNG_FP_1 = 100000  # libpng's fixed-point 1.0
+_PNG_GAMMA_SRGB = 45455  # the file gamma an sRGB chunk implies
+
+
+def png_file_gamma(info: dict) -> int | None:
+    """The file gamma libpng 1.6 uses for a PNG (fixed point, x100000), from Pillow's ``info``; None if unstated.
+
+    An sRGB chunk wins over gAMA, as in libpng's colour-space rules; libpng ignores a gAMA outside
+    16..625000000 (0.00016 to 6250).
+    """
+    if "srgb" in info:
+        return _PNG_GAMMA_SRGB
+    gamma = info.get("gamma")
+    if isinstance(gamma, (int, float)) and 16 <= round(gamma * _PNG_FP_1) <= 625_000_000:
+        return int(round(gamma * _PNG_FP_1))
+    return None
+
+
+def _png_reciprocal(a: int) -> int:
+    return int(math.floor(1e10 / a + 0.5))  # libpng's png_reciprocal, floating-point build
+
+
+def _png_gamma_table(gamma: int) -> np.ndarray:
+    """libpng's png_build_8bit_table: identity unless the gamma is off 1.0 by more than 0.05."""
+    table = np.arange(256, dtype=np.uint8)
+    if abs(gamma - _PNG_FP_1) > 5000:  # png_gamma_significant
+        v = np.arange(1, 255, dtype=np.float64)
+        table[1:255] = np.floor(255 * np.power(v / 255, gamma * 0.00001) + 0.5).astype(np.uint8)
+    return table
+
+
+def _libpng_gray(rgb: np.ndarray, file_gamma: int | None = None) -> np.ndarray:
+    """libpng's png_do_rgb_to_gray for 8-bit data with OpenCV's 0.299/0.587 weights (see the module doc)."""
     rc, gc = 9797, 19234  # (29900 * 32768) // 100000, (58700 * 32768) // 100000
     bc = 32768 - rc - gc
     r = rgb[..., 0].astype(np.int32)
     g = rgb[..., 1].astype(np.int32)
     b = rgb[..., 2].astype(np.int32)
-    return ((rc * r + gc * g + bc * b) >> 15).astype(np.uint8)
+    # Tables exist only for a significant file gamma; the screen gamma is then its reciprocal.
+    if file_gamma is None or abs(file_gamma - _PNG_FP_1) <= 5000:
+        return ((rc * r + gc * g + bc * b) >> 15).astype(np.uint8)
+    screen_gamma = _png_reciprocal(file_gamma)
+    to_1 = _png_gamma_table(_png_reciprocal(file_gamma)).astype(np.int32)
+    from_1 = _png_gamma_table(_png_reciprocal(screen_gamma))
+    same = _png_gamma_table(int(math.floor(1e15 / file_gamma / screen_gamma + 0.5)))  # for R == G == B
+    gray = from_1[(rc * to_1[r] + gc * to_1[g] + bc * to_1[b] + 16384) >> 15]
+    neutral = (r == g) & (r == b)
+    return np.where(neutral, same[r], gray).astype(np.uint8)
 
 
 def _bt601_gray(rgb: np.ndarray) -> np.ndarray:
@@ -209,11 +340,13 @@ def _to_8bit_array(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def _decoded_to_array(im: Image.Image, gray: bool, is_png_colour: bool) -> np.ndarray:
+def _decoded_to_array(
+    im: Image.Image, gray: bool, is_png_colour: bool, file_gamma: int | None = None
+) -> np.ndarray:
     a = _to_8bit_array(im)
     if gray:
         if a.ndim == 3:
-            a = _libpng_gray(a) if is_png_colour else _bt601_gray(a)
+            a = _libpng_gray(a, file_gamma) if is_png_colour else _bt601_gray(a)
         return np.ascontiguousarray(a)
     if a.ndim == 2:
         return np.ascontiguousarray(np.repeat(a[:, :, None], 3, axis=2))
@@ -221,13 +354,16 @@ def _decoded_to_array(im: Image.Image, gray: bool, is_png_colour: bool) -> np.nd
 
 
 def _decode(
-    source: str | os.PathLike | bytes, gray: bool, draft_size: tuple[int, int] | None = None
+    source: str | os.PathLike | bytes,
+    gray: bool,
+    draft_size: tuple[int, int] | None = None,
+    max_pixels: int | None = None,
 ) -> np.ndarray:
     """Open, decode and orient a file or buffer: HxWx3 BGR or HxW gray uint8, per the module rules.
 
     ``draft_size`` (antialias mode only) lets libjpeg downscale in the DCT domain to at least that size.
     """
-    im = _open(source)
+    im = _open(source, max_pixels)
     with im:
         fmt = im.format
         is_png_colour = fmt == "PNG" and im.mode not in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L")
@@ -244,7 +380,8 @@ def _decode(
                 im.draft("L", req)
             elif draft_size is not None and im.mode in ("RGB", "L"):
                 im.draft(im.mode, req)
-        return _decoded_to_array(_load(im), gray, is_png_colour)
+        file_gamma = png_file_gamma(im.info) if is_png_colour else None
+        return _decoded_to_array(_load(im), gray, is_png_colour, file_gamma)
 
 
 def load_image(path: str | os.PathLike, gray: bool = False) -> np.ndarray:
@@ -252,7 +389,7 @@ def load_image(path: str | os.PathLike, gray: bool = False) -> np.ndarray:
 
     Returns HxWx3 BGR uint8, or HxW uint8 when ``gray``. Raises ImageDecodeError.
     """
-    return _decode(path, gray)
+    return _decode(_read_file(path), gray)
 
 
 def _has_app1(data: bytes) -> bool:
@@ -277,7 +414,9 @@ def _has_app1(data: bytes) -> bool:
     return True
 
 
-def _decode_simplejpeg(data: bytes, gray: bool, out: np.ndarray | None = None) -> np.ndarray | None:
+def _decode_simplejpeg(
+    data: bytes, gray: bool, out: np.ndarray | None = None, max_pixels: int | None = None
+) -> np.ndarray | None:
     """Decode a plain (non-rotated, YCbCr/gray) JPEG with simplejpeg; None when it is not applicable.
     Writes into `out` (see decode_bytes) when its shape is the image's."""
     if data[:3] != b"\xff\xd8\xff":
@@ -292,6 +431,7 @@ def _decode_simplejpeg(data: bytes, gray: bool, out: np.ndarray | None = None) -
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except (ValueError, RuntimeError):
         return None  # let the Pillow path produce the error message
+    _check_pixels(width, height, max_pixels)
     if colorspace not in ("YCbCr", "RGB", "Gray") or height * width > (Image.MAX_IMAGE_PIXELS or 1 << 62):
         return None
     if _has_app1(data):
@@ -323,19 +463,22 @@ def _decode_simplejpeg(data: bytes, gray: bool, out: np.ndarray | None = None) -
     return np.ascontiguousarray(decoded.reshape(shape))
 
 
-def decode_bytes(data: bytes, gray: bool = False, out: np.ndarray | None = None) -> np.ndarray:
+def decode_bytes(
+    data: bytes, gray: bool = False, out: np.ndarray | None = None, max_pixels: int | None = None
+) -> np.ndarray:
     """Decode encoded Datum bytes to HxWx3 BGR (or HxW gray) uint8, the same pixels as load_image.
 
     Uses simplejpeg for JPEG when it is installed (and the image needs no EXIF rotation), Pillow otherwise.
     `out`, a C-contiguous uint8 array, receives the pixels when it has the image's shape and the
     simplejpeg path applies (a loader decodes straight into its batch so); the result is then `out`
-    itself, else a new array, with `out` left in an unspecified state.
+    itself, else a new array, with `out` left in an unspecified state. An image of more than
+    `max_pixels` pixels is refused from its header, before any pixel memory is allocated.
     """
     data = bytes(data)
-    decoded = _decode_simplejpeg(data, gray, out)
+    decoded = _decode_simplejpeg(data, gray, out, max_pixels)
     if decoded is not None:
         return decoded
-    return _decode(data, gray)
+    return _decode(data, gray, max_pixels=max_pixels)
 
 
 def to_chw(img: np.ndarray) -> np.ndarray:
@@ -484,7 +627,7 @@ def encode_image(img: np.ndarray, fmt: str) -> bytes:
 
 def _antialias_resize(data: bytes, opts: ImageOptions) -> np.ndarray:
     w, h = opts.resize_width, opts.resize_height
-    a = _decode(data, opts.gray, draft_size=(2 * w, 2 * h))
+    a = _decode(data, opts.gray, draft_size=(2 * w, 2 * h), max_pixels=opts.max_pixels)
     pil = Image.fromarray(a if a.ndim == 2 else np.ascontiguousarray(a[:, :, ::-1]))
     out = np.asarray(pil.resize((w, h), Image.Resampling.BILINEAR))
     return np.ascontiguousarray(out if out.ndim == 2 else out[:, :, ::-1])
@@ -526,11 +669,12 @@ def prepare_image(path: str | os.PathLike, opts: ImageOptions) -> ImagePayload:
       re-encoded with :func:`encode_image` (jpg or png only; anything else raises).
     * Raw: the planar CHW BGR (or gray) bytes.
     """
-    data = _read_file(path)  # read once: decoded from, and stored verbatim when the rules say so
+    # Read once (bounded, regular files only): decoded from, and stored verbatim when the rules say so.
+    data = _read_file(path, opts.max_file_bytes)
     if opts.resizes and opts.resize_mode == "antialias":
         img = _antialias_resize(data, opts)
     else:
-        img = decode_bytes(data, opts.gray)  # simplejpeg where installed: same pixels, ~2x faster
+        img = decode_bytes(data, opts.gray, max_pixels=opts.max_pixels)  # simplejpeg where installed
         if opts.resizes:
             img = caffe_resize(img, opts.resize_width, opts.resize_height)
     channels = 1 if img.ndim == 2 else img.shape[2]

@@ -25,6 +25,14 @@ _TOKEN = re.compile(r"\S+")
 # float32 holds every integer up to 2**24 exactly; labels beyond that would silently change.
 _FLOAT32_EXACT_INT = 2**24
 _INT32_MAX = 2**31 - 1
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Byte-order marks of encodings a list may be saved in by mistake (Windows tools write UTF-16).
+_WIDE_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
 
 
 @dataclass(frozen=True)
@@ -101,11 +109,23 @@ def infer_num_labels(text: str) -> int:
     return k
 
 
+def _check_encoding(path: Path, head: bytes) -> None:
+    """Name a list saved as UTF-16/32 as such (else every line would be "not valid UTF-8")."""
+    wide = next((name for bom, name in _WIDE_BOMS if head.startswith(bom)), None)
+    if wide is None and len(head) >= 4 and head.count(0) * 4 >= len(head):
+        wide = "UTF-16 or UTF-32 (no byte-order mark)"  # ASCII text in a wide encoding: half NULs
+    if wide is not None:
+        raise ValueError(f"{path}: the list is {wide} encoded; save it as UTF-8 (or ASCII) text")
+
+
 def summarize_list(path: str | Path, num_labels: int | None = None) -> ListSummary:
     """First pass: sha256 of the file, number of data lines, and K (given or inferred)."""
     path = Path(path)
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
+        head = fh.read(4096)
+        _check_encoding(path, head)
+        digest.update(head)
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     count = 0
@@ -138,6 +158,8 @@ def parse_line(
         return error(f"expected a path and {num_labels} labels, found {found} label(s) in {_quote(text)}")
     label_tokens = [tok for _, tok in spans[-num_labels:]]
     path = text[: spans[-num_labels][0]].strip()
+    if "\0" in path:
+        return error(f"the path {_quote(path)} holds a NUL byte")
     path_tokens = path.split()
     if len(path_tokens) > 1 and _is_number(path_tokens[-1]):
         # "a.jpg 1 0 1" with K=2 would otherwise become the path "a.jpg 1": only accept a path that
@@ -159,8 +181,8 @@ def parse_line(
             return error(f"label {position} ({token}) overflows to infinity")
         if _INTEGER.fullmatch(token) and abs(int(token)) > _FLOAT32_EXACT_INT:
             return error(f"label {position} ({token}) is an integer float32 cannot hold exactly")
-        if not math.isfinite(float(np.float32(value))):
-            return error(f"label {position} ({token}) overflows float32")
+        if abs(value) > _FLOAT32_MAX:  # compared, not converted: numpy would warn on the overflow
+            return error(f"label {position} ({token}) overflows float32 (largest {_FLOAT32_MAX:.7g})")
         values.append(value)
     if abs(values[0]) > _INT32_MAX:
         return error(f"label 1 ({label_tokens[0]}) does not fit the Datum's int32 label")

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from mtldata.storage.output_guard import RUN_MARKER, claim_folder
 from mtldata.tasks import TaskSet, dump_tasks
 from mtldata.train.checkpoint import (
     CheckpointError,
@@ -41,6 +42,8 @@ from mtldata.train.weighting import Weighting, make_weighting
 __all__ = ["Reporter", "TrainResult", "autocast", "amp_dtype", "pick_device", "train"]
 
 METRICS_NAME = "metrics.jsonl"
+# What a run writes into its out_dir; a folder holding any of them without RUN_MARKER is not a run's.
+RUN_FILES = (CONFIG_NAME, "tasks.toml", METRICS_NAME, "last.pt", "best.pt")
 
 
 class Reporter:
@@ -306,6 +309,8 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
             f"{out_dir} already holds a run (last.pt); continue it with --resume or choose another out_dir"
         )
     if master:
+        if checkpoint is None:  # a new run: never over a user's own tasks.toml/config.toml/metrics
+            claim_folder(out_dir, RUN_MARKER, RUN_FILES, "mtldata train")
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / CONFIG_NAME).write_text(cfg.to_toml(), encoding="utf-8")
         (out_dir / "tasks.toml").write_text(dump_tasks(tasks), encoding="utf-8")

@@ -69,17 +69,17 @@ class PReLU(Layer):
 
     def setup(self, bottoms):
         p, x = self.layer_param.prelu_param, bottoms[0]
-        if x.ndim < 1:
-            raise self.error("needs a bottom with at least one axis")
-        shape = () if p.channel_shared else (1 if x.ndim < 2 else x.shape[1],)
+        if x.ndim < 2:
+            raise self.error(f"needs a bottom with at least 2 axes (N, C, ...), got shape {tuple(x.shape)}")
+        shape = () if p.channel_shared else (x.shape[1],)
         self.set_blob("weight", fill(filler_or(p, "filler", 0.25), shape))
 
     def forward(self, x):
         slope = self.weight
         if slope.ndim:
-            if x.ndim >= 2 and x.shape[1] != slope.shape[0]:
+            if x.shape[1] != slope.shape[0]:
                 raise self.error(f"{slope.shape[0]} slopes for {x.shape[1]} channels")
-            slope = slope.reshape([1, -1] + [1] * (x.ndim - 2)) if x.ndim >= 2 else slope
+            slope = slope.reshape([1, -1] + [1] * (x.ndim - 2))
         # Caffe's gradient at 0 is the slope, and the slope's gradient sums x over x <= 0.
         return [torch.where(x > 0, x, slope * x)]
 
@@ -121,7 +121,8 @@ class Power(Layer):
         power, scale, shift = p.power, p.scale, p.shift
         diff_scale = power * scale
         if diff_scale == 0:  # constant: 1 for power 0, shift^power for scale 0; zero gradient
-            value = 1.0 if power == 0 else math.pow(shift, power)
+            # float32 pow as Caffe's (nan for a negative shift to a fractional power, inf for 0^-1)
+            value = 1.0 if power == 0 else float(torch.tensor(shift, dtype=torch.float32).pow(power))
             return [prescribed_gradient(torch.full_like(x, value), (x, torch.zeros_like(x)))]
         with torch.no_grad():
             base = x * scale + shift

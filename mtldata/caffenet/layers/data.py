@@ -14,6 +14,8 @@ runner feeds each one from its source, as Caffe's do:
   (OpenCV INTER_LINEAR arithmetic), gray with `is_color: false`, in list order unless `shuffle`.
 * `Input`: the caller gives the tops (`CaffeNet.forward`).
 
+`DummyData` is the exception: it reads nothing, so it is an ordinary layer the net runs.
+
 Caffe resolves `source`, the .h5 paths and `mean_file` against the working directory; mtldata tries
 the working directory first and then the folder of the file that names the path.
 """
@@ -496,7 +498,8 @@ class NetFeeder:
                 self.feeds.append(_ImageDataFeed(layer, source, net.phase, bases))
             else:
                 raise DatasetFormatError(
-                    f"layer {layer.name!r}: the runner feeds Data, HDF5Data and ImageData layers, not {layer.type}"
+                    f"{net.where(layer)}layer {layer.name!r}: the runner feeds Data, HDF5Data and ImageData layers, "
+                    f"not {layer.type}"
                 )
 
     def peek_shapes(self) -> dict[str, list[int]]:

@@ -206,10 +206,8 @@ class InfogainLoss(_Loss):
         valid = torch.ones_like(target, dtype=torch.bool) if ignore is None else target != ignore
         if bool((valid & ((target < 0) | (target >= classes))).any()):
             raise self.error(f"labels must be in [0, {classes}) or be ignore_label")
-        rows = h.reshape(classes, classes).to(x.dtype)[
-            torch.where(valid, target, 0)
-        ]  # (outer, inner, classes)
-        total = -(rows.permute(0, 2, 1) * logp * valid[:, None, :].to(x.dtype)).sum()
+        weights = h.reshape(classes, classes).to(x.dtype)[torch.where(valid, target, 0)]  # H[label]
+        total = -(weights.permute(0, 2, 1) * logp * valid[:, None, :].to(x.dtype)).sum()
         tops = [total / _normalizer(_normalization(self.layer_param, _Norm.VALID), outer, inner, valid.sum())]
         if len(self.layer_param.top) > 1:
             tops.append(torch.softmax(x, axis))

@@ -268,6 +268,50 @@ def _ranked(x: Tensor, axis: int, k: int) -> tuple[Tensor, Tensor]:
     return values.narrow(axis, 0, k), (size - 1 - index).narrow(axis, 0, k)
 
 
+class Filter(Layer):
+    """The items (axis 0) of each bottom whose selector (the last bottom) is nonzero; the gradient goes
+    back to those items only, never to the selector."""
+
+    type_name = "Filter"
+    min_bottoms = 2
+    max_bottoms = None
+    max_tops = None
+
+    def __init__(self, param, phase):
+        super().__init__(param, phase)
+        if len(param.top) != len(param.bottom) - 1:
+            raise self.error("needs one top per bottom, the selector (last bottom) excluded")
+
+    def forward(self, *bottoms):
+        *data, selector = bottoms
+        if selector.numel() != selector.shape[0]:
+            raise self.error(f"the selector must hold one value per item, got shape {tuple(selector.shape)}")
+        keep = torch.nonzero(selector.detach().reshape(-1) != 0).reshape(-1)
+        if self.dry_run:  # the net's setup pass: every item, as Caffe's first Reshape keeps the batch
+            keep = torch.arange(selector.shape[0], device=selector.device)
+        for x in data:
+            if x.shape[0] != selector.shape[0]:
+                raise self.error(f"a bottom of {x.shape[0]} items for a selector of {selector.shape[0]}")
+        return [x.index_select(0, keep) for x in data]
+
+
+class BatchReindex(Layer):
+    """The items of the first bottom in the order the second lists (indices may repeat; the gradient of a
+    repeated item accumulates)."""
+
+    type_name = "BatchReindex"
+    min_bottoms = 2
+    max_bottoms = 2
+
+    def forward(self, x, order):
+        if order.ndim != 1:
+            raise self.error(f"the index bottom must be 1-D, got shape {tuple(order.shape)}")
+        index = order.detach().long()  # static_cast<int>
+        if bool(((index < 0) | (index >= x.shape[0])).any()):
+            raise self.error(f"indices must be in [0, {x.shape[0]})")
+        return [x.index_select(0, index)]
+
+
 class Parameter(Layer):
     """A learned blob of `parameter_param.shape` as its only top (Caffe leaves it zero until loaded)."""
 
@@ -304,4 +348,6 @@ LAYERS = register(
     Reduction,
     ArgMax,
     Parameter,
+    Filter,
+    BatchReindex,
 )

@@ -1,4 +1,4 @@
-"""Caffe's vision layers: Convolution, Deconvolution, Pooling, SPP, InnerProduct, Embed."""
+"""Caffe's vision layers: Convolution, Deconvolution, Pooling, SPP, InnerProduct, Embed, Im2col."""
 
 from __future__ import annotations
 
@@ -90,6 +90,30 @@ class Deconvolution(Convolution):
 
     type_name = "Deconvolution"
     transposed = True
+
+
+class Im2col(Layer):
+    """Caffe's im2col as a layer: (N, C, H, W) to (N, C·kh·kw, out_h, out_w), rows ordered by channel,
+    then kernel row, then kernel column (convolution_param's kernel, pad, stride, dilation)."""
+
+    type_name = "Im2col"
+
+    def forward(self, x):
+        p = self.layer_param.convolution_param
+        if x.ndim != 4 or canonical_axis(p.axis, x.ndim) != 1:
+            raise self.error(f"needs a 4-D (N, C, H, W) bottom with channels on axis 1, got {tuple(x.shape)}")
+        kernel = spatial_values(p.kernel_size, "kernel_h", "kernel_w", p, 2, None, "kernel_size")
+        stride = spatial_values(p.stride, "stride_h", "stride_w", p, 2, 1, "stride")
+        pad = spatial_values(p.pad, "pad_h", "pad_w", p, 2, 0, "pad")
+        dilation = spatial_values(p.dilation, "", "", p, 2, 1, "dilation")
+        out = [
+            (x.shape[2 + i] + 2 * pad[i] - (dilation[i] * (kernel[i] - 1) + 1)) // stride[i] + 1
+            for i in range(2)
+        ]
+        if min(out) <= 0:
+            raise self.error(f"a {tuple(x.shape)} bottom leaves no output for kernel {kernel}")
+        columns = F.unfold(x, kernel, dilation=dilation, padding=pad, stride=stride)
+        return [columns.reshape(x.shape[0], -1, *out)]
 
 
 def _pool_size(size: int, kernel: int, pad: int, stride: int, ceil: bool) -> int:
@@ -295,4 +319,5 @@ LAYERS = register(
     SPP,
     InnerProduct,
     Embed,
+    Im2col,
 )

@@ -153,7 +153,10 @@ def open_reader(path: str | Path, labels: str | Path | None = None) -> DatasetRe
     from mtldata.storage.backends.lmdb import LmdbReader
 
     path = Path(path)
+    staging = path if path.name.endswith(".partial") else path.with_name(path.name + ".partial")
     if not path.exists():
+        if staging.is_dir():
+            raise DatasetFormatError(f"{path}: not there yet: {_staging_status(staging)} in {staging}")
         raise DatasetFormatError(f"{path}: no such file or directory")
     if labels is not None:
         return LmdbReader(path, Path(labels))
@@ -169,10 +172,8 @@ def open_reader(path: str | Path, labels: str | Path | None = None) -> DatasetRe
         raise DatasetFormatError(
             f"{path}: manifest names backend {backend!r}, which this mtldata cannot read"
         )
-    if path.name.endswith(".partial") or (path.parent / (path.name + ".partial")).exists():
-        raise DatasetFormatError(
-            f"{path}: an interrupted conversion; finish it with `mtldata convert ... --resume`"
-        )
+    if staging.is_dir():
+        raise DatasetFormatError(f"{staging}: {_staging_status(staging)}")
     if path.is_file() or (path / "hdf5_list.txt").is_file():
         # An .h5 file, an HDF5Data `source` list, or a folder holding hdf5_list.txt.
         from mtldata.storage.backends.hdf5 import open_hdf5
@@ -186,6 +187,12 @@ def open_reader(path: str | Path, labels: str | Path | None = None) -> DatasetRe
     raise DatasetFormatError(
         f"{path}: not a dataset mtldata knows (no manifest.json, no LMDB data.mdb, no hdf5_list.txt)"
     )
+
+
+def _staging_status(staging: Path) -> str:
+    from mtldata.storage.output_guard import staging_status
+
+    return staging_status(staging)
 
 
 def dataset_num_labels(path: str | Path, labels: str | Path | None = None) -> int | None:

@@ -12,6 +12,8 @@ name, and renamed. The samples of the shard being filled wait in an append-only
 from __future__ import annotations
 
 import bisect
+import contextlib
+import errno
 import math
 import os
 import struct
@@ -238,14 +240,20 @@ class Hdf5Writer:
         labels = np.ascontiguousarray(sample.labels, dtype=np.float32).reshape(-1)
         if labels.size != self.k:
             raise ValueError(f"sample {sample.key!r} has {labels.size} labels, the writer expects {self.k}")
-        self._fh.write(_frame(sample.index, sample.key, labels, image.data, shape))
+        try:
+            self._fh.write(_frame(sample.index, sample.key, labels, image.data, shape))
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(self._pending_path)) from None
         self.pending_count += 1
         if self.pending_count >= self.shard_size:
             self._seal()
 
     def commit(self) -> None:
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        try:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(self._pending_path)) from None
 
     def _seal(self) -> None:
         """Write the pending samples as the next shard, atomically, and start a new pending file."""
@@ -258,7 +266,6 @@ class Hdf5Writer:
         self._open_pending()
 
     def _write_shard(self, number: int, pending: Path) -> None:
-        h5py = _h5py()
         assert self.shape is not None
         n, (c, h, w), k = self.pending_count, self.shape, self.k
         dtype = np.dtype(self.opts.dtype)
@@ -272,6 +279,34 @@ class Hdf5Writer:
 
         final = self.dir / shard_name(number)
         tmp = final.with_name(final.name + ".tmp")
+        if self.opts.compression is None:
+            # HDF5's C library does not always fail cleanly on a full disk: check the space first.
+            need = n * (c * h * w * dtype.itemsize + 4 * k * (1 + len(self.opts.tasks)) + 256) + (1 << 20)
+            stat = os.statvfs(self.dir)
+            if stat.f_bavail * stat.f_frsize < need:
+                raise OSError(errno.ENOSPC, f"needs {need:,} bytes for the shard", str(final))
+        try:
+            self._fill_shard(tmp, pending, n, (c, h, w), k, dtype, rows, storage)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a torn shard only takes space a resume needs
+            raise
+        fsync_path(tmp)
+        os.replace(tmp, final)
+        fsync_path(self.dir)
+
+    def _fill_shard(
+        self,
+        tmp: Path,
+        pending: Path,
+        n: int,
+        chw: tuple[int, int, int],
+        k: int,
+        dtype: np.dtype,
+        rows: int,
+        storage: Any,
+    ) -> None:
+        h5py = _h5py()
+        c, h, w = chw
         with h5py.File(tmp, "w", libver=("earliest", "v108")) as f:  # readable by HDF5 1.8 (Caffe)
             f.attrs[PIXELS_ATTR] = "pixels"
             data = f.create_dataset("data", (n, c, h, w), dtype, **storage(c, h, w))
@@ -297,9 +332,11 @@ class Hdf5Writer:
                     row, buffer = end, []
             if row != n:
                 raise DatasetFormatError(f"{pending}: holds {row} whole samples, expected {n}")
-        fsync_path(tmp)
-        os.replace(tmp, final)
-        fsync_path(self.dir)
+
+    def abandon(self) -> None:
+        """Close the pending file after a failure; what was committed stays."""
+        with contextlib.suppress(OSError):
+            self._fh.close()
 
     def truncate_from(self, index: int) -> None:
         self._fh.flush()

@@ -6,6 +6,8 @@ aligned because they iterate the same keys in the same byte order.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import struct
@@ -28,6 +30,10 @@ IMAGES_DIR = "images.lmdb"
 LABELS_DIR = "labels.lmdb"
 # Sparse on Linux and macOS, so a generous start costs nothing; it still doubles on MDB_MAP_FULL.
 DEFAULT_INITIAL_MAP_SIZE = 1 << 30
+# File space is reserved ahead of a write transaction in steps of at least this much (see _reserve).
+RESERVE_STEP = 16 << 20
+# Pages any write transaction may add besides its records' own (branch copies, free-list pages).
+TXN_OVERHEAD = 64 << 10
 
 
 # LMDB's meta pages (pages 0 and 1 of data.mdb), as LMDB 0.9 lays them out on a 64-bit build: a
@@ -193,6 +199,15 @@ def database_digest(path: Path, window_bytes: int = 64 << 20) -> dict[str, Any]:
             return digest.result()
 
 
+def _os_error(exc: Exception, path: Path) -> OSError:
+    """An lmdb.Error from a failed system call as the OSError it stands for (errno from its text)."""
+    text = str(exc)
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES, errno.EFBIG):
+        if os.strerror(code) in text:
+            return OSError(code, os.strerror(code), str(path))
+    return OSError(errno.EIO, text, str(path))
+
+
 class _GrowingEnv:
     """A writable LMDB environment whose map doubles whenever a batch does not fit."""
 
@@ -206,11 +221,56 @@ class _GrowingEnv:
         self.journal_path = path.with_name(path.name + ".digests")
         self._journal = open(self.journal_path, "ab")  # noqa: SIM115 - open for the writer's life
         self._journal_batch = bytearray()
+        self._allocated = 0  # bytes of data.mdb known to have disk blocks behind them
+        self._txn_base = 0  # where the open transaction's new pages can start (bytes)
+        self._txn_need = 0  # what its puts can add at most (bytes)
+
+    def _reserve(self, nbytes: int) -> None:
+        """Give data.mdb real disk blocks for every page the open transaction can write.
+
+        With writemap, LMDB writes pages straight into the mapped data.mdb, a sparse file: a page
+        the file system cannot back (a full disk or quota) kills the process with SIGBUS. Allocating
+        ahead with posix_fallocate turns that into an ordinary OSError (ENOSPC), raised here. A put
+        can add at most its overflow pages plus a page-split path; twice the bytes plus a page per
+        put bounds it.
+        """
+        self._txn_need += 2 * nbytes + 4096
+        needed = self._txn_base + self._txn_need
+        if needed <= self._allocated:
+            return
+        map_size = self.env.info()["map_size"]
+        needed = min(needed, map_size)
+        if needed <= self._allocated:
+            return  # the map is full: the put fails with MapFullError, the map grows, _begin reserves
+        data = self.path / "data.mdb"
+        fd = os.open(data, os.O_RDWR)
+        try:
+            # A step ahead where the disk has room (fewer calls), else just what this transaction needs.
+            for target in (min(needed + RESERVE_STEP, map_size), needed):
+                try:
+                    os.posix_fallocate(fd, self._allocated, target - self._allocated)
+                    self._allocated = target
+                    return
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or target == needed:
+                        raise OSError(exc.errno, exc.strerror, str(data)) from None
+        finally:
+            os.close(fd)
+
+    def _begin(self, nbytes: int | None = None) -> None:
+        """Start a write transaction with file space for `nbytes` (default: the batch to replay)."""
+        self._txn_base = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
+        self._txn_need = TXN_OVERHEAD
+        self._reserve(sum(len(k) + len(v) for k, v in self._batch) if nbytes is None else nbytes)
+        self._txn = self.env.begin(write=True)
 
     def _open(self, map_size: int) -> Any:
         # writemap: pages are written in place in the shared map instead of being copied out
         # with write(); about 4x faster commits of image-sized values, still synced per commit.
-        return lmdb.open(str(self.path), map_size=map_size, subdir=True, max_dbs=0, writemap=True)
+        try:
+            return lmdb.open(str(self.path), map_size=map_size, subdir=True, max_dbs=0, writemap=True)
+        except lmdb.Error as exc:
+            raise _os_error(exc, self.path) from None
 
     def put(self, key: bytes, value: bytes, value_sha256: bytes | None = None) -> None:
         """Put into the open write transaction (started on demand); durable only after commit."""
@@ -218,18 +278,22 @@ class _GrowingEnv:
         self._journal_batch += len(key).to_bytes(4, "little") + key + digest
         self._batch.append((key, value))
         if self._txn is None:
-            self._txn = self.env.begin(write=True)
+            self._begin()
+        else:
+            self._reserve(len(key) + len(value))
         try:
             self._txn.put(key, value)
         except lmdb.MapFullError:
             self._grow_and_replay()
+        except lmdb.Error as exc:
+            raise _os_error(exc, self.path) from None
 
     def _grow_and_replay(self) -> None:
         while True:
             self._txn.abort()
             self._txn = None
             self.env.set_mapsize(self.env.info()["map_size"] * 2)
-            self._txn = self.env.begin(write=True)
+            self._begin()
             try:
                 for key, value in self._batch:
                     self._txn.put(key, value)
@@ -245,6 +309,8 @@ class _GrowingEnv:
         except lmdb.MapFullError:
             self._grow_and_replay()
             self._txn.commit()
+        except lmdb.Error as exc:
+            raise _os_error(exc, self.path) from None
         self._txn = None
         self._batch.clear()
         self._journal.write(self._journal_batch)
@@ -283,10 +349,27 @@ class _GrowingEnv:
                 if found is not None and found >= index:
                     doomed.append(bytes(key))
         if doomed:
-            with self.env.begin(write=True) as txn:
+            self._begin(nbytes=256 * len(doomed))  # deletes copy pages too (writemap: in the map)
+            try:
                 for key in doomed:
-                    txn.delete(key)
+                    self._txn.delete(key)
+                self._txn.commit()
+            except BaseException:
+                self._txn.abort()
+                raise
+            finally:
+                self._txn = None
         return len(doomed)
+
+    def abandon(self) -> None:
+        """Drop the open transaction and close the files after a failure; what was committed stays."""
+        with contextlib.suppress(Exception):
+            if self._txn is not None:
+                self._txn.abort()
+        self._txn = None
+        for close in (self.env.close, self._journal.close):
+            with contextlib.suppress(Exception):
+                close()
 
     def digest(self) -> dict[str, Any]:
         """The RecordDigest of what has been committed, from the journal (call after the last commit)."""
@@ -339,6 +422,10 @@ class LmdbWriter:
         # removes with truncate_from; never a label without its image.
         self.images.commit()
         self.labels.commit()
+
+    def abandon(self) -> None:
+        self.images.abandon()
+        self.labels.abandon()
 
     def truncate_from(self, index: int) -> None:
         self.images.delete_from(index)
