@@ -28,7 +28,7 @@ except ModuleNotFoundError:  # Python 3.10
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["KINDS", "LabelSlicer", "TaskSet", "TaskSpec", "dump_tasks", "load_tasks"]
+__all__ = ["KINDS", "MISSING_CLASS", "LabelSlicer", "TaskSet", "TaskSpec", "dump_tasks", "load_tasks"]
 
 # softmax: SoftmaxWithLoss (one column, an integral class index); sigmoid: SigmoidCrossEntropyLoss
 # (k binary columns); euclidean: EuclideanLoss (k real columns).
@@ -37,6 +37,10 @@ KINDS = ("softmax", "sigmoid", "euclidean")
 # A class index is stored as a float32 label, which holds every integer only up to 2**24: a softmax
 # task with more classes could never see its higher classes (and its head would not fit in memory).
 MAX_CLASSES = 2**24
+
+# A missing label is NaN in the float label vector; a softmax target, an int64 class index, holds this
+# instead (never a class; torch's cross_entropy takes it as ignore_index).
+MISSING_CLASS = -1
 
 # Task names become Caffe top names, HDF5 dataset names and dict keys: keep them plain.
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
@@ -627,7 +631,8 @@ class LabelSlicer:
     without slice points an equal split into `len(names)` (or `num_outputs`) parts; the pieces are
     `torch.split` views keeping the input's dtype and shape. `LabelSlicer.from_tasks(taskset)` also
     converts each block for its loss: softmax -> int64 (N,) by truncation, as Caffe's
-    `static_cast<int>`; sigmoid and euclidean -> float32 (N, k).
+    `static_cast<int>`, a missing (NaN) class -> MISSING_CLASS; sigmoid and euclidean -> float32 (N, k),
+    missing values staying NaN.
     """
 
     def __init__(
@@ -732,7 +737,8 @@ class LabelSlicer:
         for task in self._tasks:
             if task.kind == "softmax":
                 # The cast truncates toward zero, as Caffe's static_cast<int> of the float label.
-                out[task.name] = rows[:, task.start].to(torch.int64)
+                column = rows[:, task.start]
+                out[task.name] = column.nan_to_num(float(MISSING_CLASS)).to(torch.int64)
             else:
                 out[task.name] = rows[:, task.columns].contiguous()
         return out

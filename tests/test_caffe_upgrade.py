@@ -537,3 +537,31 @@ def test_a_v1_message_built_in_code_is_upgraded_by_caffenet_and_load_caffemodel(
     out = built({"x": torch.ones(1, 2, 1, 1)})["y"]
     assert out.tolist() == [[3.0, 7.0, 12.0]]
     assert len(net.layers) == 1  # the caller's message is left as it was
+
+
+def test_train_solver_runs_a_v1_net_with_an_old_solver_as_caffe_would(caffe_fixtures, tmp_path, monkeypatch):
+    """The mt golden net, rewritten in the V1 format (and its solver with solver_type), trains as the original."""
+    mt = caffe_fixtures / "mt"
+    text = (mt / "train.prototxt").read_text()
+    v1_names = {new: old for old, new in V1_TYPE_NAMES.items()}
+    text = re.sub(r'^  type: "(\w+)"', lambda m: f"  type: {v1_names[m.group(1)]}", text, flags=re.M)
+    text = text.replace("layer {", "layers {")
+    # The V1 data layer's own scale field moves to transform_param on upgrade.
+    text = text.replace("    scale: 0.00390625\n", "").replace(
+        '    source: "img_lmdb"\n', '    source: "img_lmdb"\n    scale: 0.00390625\n'
+    )
+    (tmp_path / "train_v1.prototxt").write_text(text)
+    want = read_net(mt / "train.prototxt")
+    want.layer[1].transform_param.SetInParent()  # Caffe's upgrade touches every V1 data layer's
+    assert read_net(tmp_path / "train_v1.prototxt") == want
+    solver = (mt / "solver.prototxt").read_text().replace('type: "SGD"', "solver_type: SGD")
+    solver = solver.replace('net: "train.prototxt"', f'net: "{tmp_path / "train_v1.prototxt"}"')
+    (tmp_path / "solver_v1.prototxt").write_text(solver)
+    monkeypatch.chdir(mt)  # the Data layers' sources resolve against the working directory, as in Caffe
+    args = ["train", "--solver", str(tmp_path / "solver_v1.prototxt"), "--init", str(mt / "init.caffemodel")]
+    result = CliRunner().invoke(main, [*args, "--workdir", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert (
+        "Iteration 0, loss = 2.47048" in lines and "Iteration 10, loss = 2.04531" in lines
+    )  # Caffe's figures

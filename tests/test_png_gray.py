@@ -6,7 +6,9 @@ linear light when the file states a gamma (gAMA or sRGB). mtldata must give the 
 
 from __future__ import annotations
 
+import io
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,8 @@ from hypothesis.extra import numpy as hnp
 from libpng_oracle import libpng_gray, load_libpng
 from PIL import Image, PngImagePlugin
 
-from mtldata.storage.image import load_image, png_file_gamma
+from mtldata.storage.image import decode_bytes, load_image, png_file_gamma
+from mtldata.storage.png16 import png_sig_bit
 
 LIBPNG = load_libpng()
 needs_libpng = pytest.mark.skipif(LIBPNG is None, reason="the system has no libpng16 to compare with")
@@ -82,3 +85,87 @@ def test_png_file_gamma_follows_libpngs_rules():
     assert png_file_gamma({"gamma": 1.0, "srgb": 0}) == 45455  # sRGB wins over gAMA
     assert png_file_gamma({"gamma": 0.00001}) is None  # below libpng's 16/100000: ignored
     assert png_file_gamma({"gamma": 7000.0}) is None
+
+
+def _paeth(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    p = a + b - c
+    pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
+    return np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+
+
+def write_png16(
+    path: Path, samples: np.ndarray, filters: list[int], chunks: list[tuple[bytes, bytes]]
+) -> Path:
+    """A 16-bit RGB or RGBA PNG written byte by byte, each row with the given filter type (0-4)."""
+    height, width, channels = samples.shape
+    bpp = 2 * channels
+    rows = samples.astype(">u2").reshape(height, -1).view(np.uint8).astype(np.int32)
+    body = []
+    for y in range(height):
+        raw = rows[y]
+        prior = rows[y - 1] if y else np.zeros_like(raw)
+        left = np.concatenate([np.zeros(bpp, np.int32), raw[:-bpp]])
+        up_left = np.concatenate([np.zeros(bpp, np.int32), prior[:-bpp]])
+        kind = filters[y % len(filters)]
+        pred = [0, left, prior, (left + prior) >> 1, _paeth(left, prior, up_left)][kind]
+        body.append(bytes([kind]) + ((raw - pred) & 0xFF).astype(np.uint8).tobytes())
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    colour = 2 if channels == 3 else 6
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, colour, 0, 0, 0)
+    extra = b"".join(chunk(kind, data) for kind, data in chunks)
+    idat = chunk(b"IDAT", zlib.compress(b"".join(body)))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + extra + idat + chunk(b"IEND", b""))
+    return path
+
+
+_chunks16 = st.one_of(
+    _chunks,
+    st.builds(
+        lambda v, s: [gama(v), (b"sBIT", bytes([s, s, s]))], st.integers(30_000, 80_000), st.integers(1, 16)
+    ),
+)
+
+
+@needs_libpng
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    samples=hnp.arrays(np.uint16, st.tuples(st.integers(1, 9), st.integers(1, 9), st.sampled_from([3, 4]))),
+    filters=st.lists(st.integers(0, 4), min_size=1, max_size=5),
+    chunks=_chunks16,
+    neutral_rows=st.integers(0, 2),
+)
+def test_16bit_colour_png_in_gray_is_byte_equal_to_libpng(tmp_path, samples, filters, chunks, neutral_rows):
+    samples = samples.copy()
+    samples[:neutral_rows, :, 1:3] = samples[:neutral_rows, :, :1]
+    if samples.shape[2] == 4 and chunks and chunks[-1][0] == b"sBIT":
+        chunks = [*chunks[:-1], (b"sBIT", chunks[-1][1] + b"\x10")]  # RGBA's sBIT has 4 bytes
+    path = write_png16(tmp_path / "x16.png", samples, filters, chunks)
+    want = libpng_gray(LIBPNG, path)
+    np.testing.assert_array_equal(load_image(path, gray=True), want)
+    np.testing.assert_array_equal(decode_bytes(path.read_bytes(), gray=True), want)
+
+
+def test_png_sig_bit_reads_the_sbit_chunk_before_the_image_data(tmp_path):
+    samples = np.arange(2 * 3 * 3, dtype=np.uint16).reshape(2, 3, 3) * 3000
+    plain = write_png16(tmp_path / "plain.png", samples, [0], [gama(45455)]).read_bytes()
+    ten = write_png16(tmp_path / "ten.png", samples, [0], [(b"sBIT", bytes([10, 9, 10]))]).read_bytes()
+    bad = write_png16(tmp_path / "bad.png", samples, [0], [(b"sBIT", bytes([0, 9, 10]))]).read_bytes()
+    assert [png_sig_bit(io.BytesIO(d)) for d in (plain, ten, bad, b"not a png", plain[:20])] == [
+        0,
+        10,
+        0,
+        0,
+        0,
+    ]
+
+
+def test_16bit_gray_without_gamma_keeps_the_high_byte_of_the_16bit_luma(tmp_path):
+    samples = np.array(
+        [[[0x12FF, 0x3401, 0x5680], [0xFFFF, 0xFFFF, 0xFFFF], [0x0101, 0x0101, 0x0101]]], np.uint16
+    )
+    path = write_png16(tmp_path / "x.png", samples, [0], [])
+    luma = (9797 * 0x12FF + 19234 * 0x3401 + 3737 * 0x5680 + 16384) >> 15
+    assert load_image(path, gray=True).tolist() == [[luma >> 8, 255, 1]]

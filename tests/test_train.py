@@ -187,7 +187,7 @@ def test_gradnorm_moves_weights_towards_balanced_gradients_and_renormalises():
         gn.after_step()
         assert gn.w.sum().item() == pytest.approx(3.0, rel=1e-5)
     assert not torch.allclose(gn.w, torch.ones(3))
-    assert bool(gn.has_initial) and "w" in gn.state_dict() and "initial" in gn.state_dict()
+    assert bool(gn.has_initial.all()) and "w" in gn.state_dict() and "initial" in gn.state_dict()
 
 
 def test_unknown_weighting_is_rejected():

@@ -53,6 +53,16 @@ def get(db: Path, key: bytes) -> bytes:
     return value
 
 
+def record_problems(report):
+    """The problems found in the records themselves, without the digest mismatches that any edit
+    of a record also gives."""
+    return [
+        p
+        for p in report.problems
+        if "record digest mismatch" not in p.reason and "the conversion did not write" not in p.reason
+    ]
+
+
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
@@ -63,7 +73,70 @@ def test_a_fresh_dataset_verifies(dataset):
     assert report.counts == {"images": 12, "labels": 12, "manifest": 12}
     assert report.problems == [] and report.notes == []
     assert "checksums (images.lmdb, labels.lmdb)" in report.checked
+    assert "every record against its own digest" in report.checked
     assert format_report(report).endswith("OK")
+
+
+def flip_byte_in_data_mdb(db: Path, value: bytes, at: int) -> None:
+    """Flip one byte of `value` (a record's stored bytes) where it lies in data.mdb, as disk damage would."""
+    raw = bytearray((db / "data.mdb").read_bytes())
+    where = raw.find(value)
+    assert where >= 0 and raw.find(value, where + 1) < 0
+    raw[where + at] ^= 0x01
+    (db / "data.mdb").write_bytes(bytes(raw))
+
+
+def test_a_flipped_pixel_byte_in_data_mdb_is_named_by_its_key(dataset):
+    images = dataset / "images.lmdb"
+    key = keys_of(images)[6]
+    value = get(images, key)
+    flip_byte_in_data_mdb(images, value, len(value) // 2)  # inside the pixels: still a valid Datum
+    report = verify_dataset(dataset)
+    assert not report.ok
+    assert report.bad_keys == [key.decode()]
+    assert (
+        report.problems[0].reason == "images.lmdb: record digest mismatch: its bytes changed since conversion"
+    )
+    assert any(
+        p.key is None and p.reason.startswith("images.lmdb: checksum mismatch") for p in report.problems
+    )
+
+
+def test_a_record_added_after_conversion_is_named(dataset):
+    edit(
+        dataset / "images.lmdb",
+        put={b"00000099_new.jpg": get(dataset / "images.lmdb", keys_of(dataset / "images.lmdb")[0])},
+    )
+    edit(
+        dataset / "labels.lmdb",
+        put={b"00000099_new.jpg": get(dataset / "labels.lmdb", keys_of(dataset / "labels.lmdb")[0])},
+    )
+    report = verify_dataset(dataset)
+    assert report.bad_keys == ["00000099_new.jpg"]
+    assert sorted(p.reason for p in report.problems if p.key is not None) == [
+        "images.lmdb: a record the conversion did not write (not in its digests)",
+        "labels.lmdb: a record the conversion did not write (not in its digests)",
+    ]
+
+
+def test_datasets_without_per_record_digests_still_verify_by_their_whole_db_checksums(dataset):
+    # What a dataset converted before per-record digests looks like: no .digests files, and
+    # checksum entries of {"records", "sha256"} only.
+    manifest_path = dataset / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for name, entry in manifest["checksums"].items():
+        manifest["checksums"][name] = {"records": entry["records"], "sha256": entry["sha256"]}
+        (dataset / (name + ".digests")).unlink()
+    manifest_path.write_text(json.dumps(manifest))
+    report = verify_dataset(dataset)
+    assert report.ok, format_report(report)
+    assert "every record against its own digest" not in report.checked
+    images = dataset / "images.lmdb"
+    value = get(images, keys_of(images)[1])
+    flip_byte_in_data_mdb(images, value, len(value) // 2)
+    report = verify_dataset(dataset)
+    assert [p.key for p in report.problems] == [None]
+    assert record_problems(report)[0].reason.startswith("images.lmdb: checksum mismatch")
 
 
 def test_the_manifest_records_a_digest_of_each_db(dataset, image_set, tmp_path):
@@ -71,7 +144,8 @@ def test_the_manifest_records_a_digest_of_each_db(dataset, image_set, tmp_path):
     assert set(checksums) == {"images.lmdb", "labels.lmdb"}
     for name, recorded in checksums.items():
         assert recorded["records"] == 12 and len(recorded["sha256"]) == 64
-        assert database_digest(dataset / name) == recorded
+        assert recorded["record_digest"] == "sha256" and recorded["record_digests"] == name + ".digests"
+        assert database_digest(dataset / name) == {k: recorded[k] for k in ("records", "sha256")}
     # The digest is of the records, not of data.mdb: a conversion with other workers agrees.
     convert(ConvertSpec(list_file=image_set[0], output=tmp_path / "ds2", workers=2))
     assert json.loads((tmp_path / "ds2" / "manifest.json").read_text())["checksums"] == checksums
@@ -85,7 +159,7 @@ def test_a_truncated_image_record_is_named(dataset):
     report = verify_dataset(dataset)
     assert not report.ok
     assert report.bad_keys == [key.decode()]
-    assert "not a Caffe Datum" in report.problems[0].reason
+    assert "not a Caffe Datum" in record_problems(report)[0].reason
     mismatch = [p for p in report.problems if p.key is None]
     assert len(mismatch) == 1 and mismatch[0].reason.startswith("images.lmdb: checksum mismatch")
 
@@ -98,7 +172,7 @@ def test_a_raw_image_with_too_few_pixels_is_named(dataset):
     edit(images, put={key: short.SerializeToString()})
     report = verify_dataset(dataset)
     assert report.bad_keys == [key.decode()]
-    assert "raw image holds 10 bytes, its shape 3x20x24 needs 1440" in report.problems[0].reason
+    assert "raw image holds 10 bytes, its shape 3x20x24 needs 1440" in record_problems(report)[0].reason
 
 
 def test_a_label_db_with_a_missing_key_is_named(dataset):
@@ -120,7 +194,7 @@ def test_a_label_without_an_image_is_named(dataset):
     edit(labels, put={b"00000003_zzz.jpg": get(labels, keys_of(labels)[3])})
     report = verify_dataset(dataset)
     assert report.bad_keys == ["00000003_zzz.jpg"]
-    assert report.problems[0].reason == "label record without an image record in images.lmdb"
+    assert record_problems(report)[0].reason == "label record without an image record in images.lmdb"
 
 
 def test_a_label_record_of_the_wrong_width_is_named(dataset):
@@ -129,7 +203,7 @@ def test_a_label_record_of_the_wrong_width_is_named(dataset):
     edit(labels, put={key: label_datum([1.0, 2.0])})
     report = verify_dataset(dataset)
     assert report.bad_keys == [key.decode()]
-    assert report.problems[0].reason == "label record: holds 2 labels, the manifest says 4"
+    assert record_problems(report)[0].reason == "label record: holds 2 labels, the manifest says 4"
 
 
 def test_encoded_records_are_decoded_and_a_corrupt_one_is_named(image_set, tmp_path):
@@ -141,7 +215,7 @@ def test_encoded_records_are_decoded_and_a_corrupt_one_is_named(image_set, tmp_p
     edit(out / "images.lmdb", put={key: image_datum(b"\xff\xd8\xff" + b"\x00" * 64, 0, None)})
     report = verify_dataset(out)
     assert report.bad_keys == [key.decode()]
-    assert report.problems[0].reason.startswith("encoded image does not decode")
+    assert record_problems(report)[0].reason.startswith("encoded image does not decode")
 
 
 def test_a_count_disagreeing_with_errors_tsv_is_reported(tmp_path):
@@ -207,3 +281,38 @@ def test_cli_exit_codes_and_bad_keys(dataset):
     assert bad.exit_code == 1
     assert f"{key.decode()}: no label record in labels.lmdb" in bad.output
     assert f"first bad keys: {key.decode()}" in bad.output
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_a_flipped_pixel_byte_in_an_hdf5_shard_is_named_by_its_key(image_set, tmp_path, dtype):
+    import h5py
+
+    list_file, _ = image_set
+    out = tmp_path / "h5"
+    convert(
+        ConvertSpec(
+            list_file=list_file, output=out, workers=1, backend="hdf5", backend_options={"hdf5_dtype": dtype}
+        )
+    )
+    shard = out / "part-00000.h5"
+    assert (out / "part-00000.h5.digests").is_file()
+    recorded = json.loads((out / "manifest.json").read_text())["checksums"]["part-00000.h5"]
+    assert recorded["record_digest"] == "sha256" and recorded["record_digests"] == "part-00000.h5.digests"
+    assert verify_dataset(out).ok
+    with h5py.File(shard, "r") as f:
+        data = f["data"]
+        row_bytes = data[0].nbytes
+        at = data.id.get_offset() + 4 * row_bytes + row_bytes // 2  # sample 4, mid-image
+        key = f["key"].asstr()[4]
+    raw = bytearray(shard.read_bytes())
+    raw[at] ^= 0x01  # the lowest bit: for float32 pixels, a value no longer integral
+    shard.write_bytes(bytes(raw))
+    report = verify_dataset(out)
+    assert report.bad_keys == [key]
+    if dtype == "uint8":
+        assert report.problems[0].reason == (
+            "record digest mismatch: its pixels or labels changed since conversion"
+        )
+    else:  # the reader refuses it first
+        assert "not integral pixels" in report.problems[0].reason
+    assert any(p.key is None and "checksum mismatch" in p.reason for p in report.problems)

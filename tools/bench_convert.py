@@ -1,12 +1,24 @@
-"""Benchmark `mtldata convert` against a single-process baseline, side by side in one run.
+"""Benchmark `mtldata convert` against baselines measured in the same run, printed as ratios.
 
-Generates N photo-like 256x256 JPEGs, then converts the list (raw and --encoded) with mtldata
-and with a plain loop (PIL decode -> Datum -> LMDB, one process), each in a fresh subprocess so
-that peak RSS is measured per run. Peak RSS is also measured at a second, longer list (the same
-images listed several times) to show that memory does not grow with the number of lines.
+Generates photo-like JPEGs (`--images` distinct files, `--size` px), lists them `--lines` times in
+all (the list repeats the corpus), then runs each converter in a fresh subprocess (so peak RSS is
+that run's own), alternating them `--runs` times and keeping the median:
 
-    python tools/bench_convert.py                 # 4,000 images, about three minutes on 2 cores
-    python tools/bench_convert.py --quick         # a smoke run
+  baseline     one process: Pillow decode -> HWC->CHW -> Datum -> LMDB (as fast as convert_imageset)
+  decode limit 2 processes that read and decode the same files (simplejpeg, as mtldata) and nothing else
+  byte copy    one process: read each file's bytes -> encoded Datum -> LMDB, no decode
+  mtldata      raw, --encoded (validates by decoding), --encoded --validate header, and HDF5 raw,
+               with --workers (default 2)
+
+Targets (issue 15): raw >= 3x baseline and >= 0.6x decode limit; encoded >= 0.85x decode limit;
+encoded --validate header >= 0.5x byte copy; HDF5 raw >= 2x baseline. A second list of
+`--scale-lines` lines (mtldata raw only) checks that throughput and peak RSS stay flat.
+Each run's CPU time (its process and its children) is printed too: on a shared machine wall
+clock is noisy, CPU seconds per image much less so.
+
+    python tools/bench_convert.py                          # 2,000 lines of 256 px, a few minutes
+    python tools/bench_convert.py --lines 100000 --size 64 --runs 1   # the long list
+    python tools/bench_convert.py --quick                  # a smoke run
 """
 
 from __future__ import annotations
@@ -25,7 +37,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-TARGET_SPEEDUP = 1.7
+TARGETS = {  # row -> (baseline row, minimum ratio)
+    "mtldata raw": [("baseline", 3.0), ("decode limit", 0.6)],
+    "mtldata encoded": [("decode limit", 0.85)],
+    "mtldata encoded, --validate header": [("byte copy", 0.5)],
+    "mtldata hdf5 raw": [("baseline", 2.0)],
+}
 
 
 def make_corpus(directory: Path, count: int, size: int = 256, seed: int = 0) -> list[str]:
@@ -59,63 +76,77 @@ def make_corpus(directory: Path, count: int, size: int = 256, seed: int = 0) -> 
     return names
 
 
-def write_list(path: Path, names: list[str], repeat: int, k: int = 5) -> None:
+def write_list(path: Path, names: list[str], lines: int, k: int = 5) -> None:
+    """`lines` lines over the corpus, repeating it as often as needed, with k labels each."""
     rng = np.random.default_rng(1)
     with open(path, "w") as fh:
-        for _ in range(repeat):
-            for name in names:
-                labels = [int(rng.integers(0, 3))] + [int(v) for v in rng.integers(0, 2, k - 2)]
-                labels.append(round(float(rng.random()), 3))
-                fh.write(name + " " + " ".join(str(v) for v in labels) + "\n")
+        for i in range(lines):
+            labels = [int(rng.integers(0, 3))] + [int(v) for v in rng.integers(0, 2, k - 2)]
+            labels.append(round(float(rng.random()), 3))
+            fh.write(names[i % len(names)] + " " + " ".join(str(v) for v in labels) + "\n")
 
 
-# Each measured run is its own process, so ru_maxrss is that run's peak (workers counted apart).
-MTLDATA_RUN = textwrap.dedent(
+# Every measured run is its own process: ru_maxrss is that run's peak, RUSAGE_CHILDREN its workers'.
+REPORT = """
+import time as _time
+_CPU0 = None
+def start_clock():
+    # CPU seconds count from here (imports and interpreter start-up excluded, as from the wall clock)
+    global _CPU0
+    _CPU0 = _time.process_time()
+    return _time.perf_counter()
+def report(count, seconds):
+    import json, resource
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(json.dumps({"count": count, "seconds": seconds,
+                      "cpu": _time.process_time() - _CPU0 + kids.ru_utime + kids.ru_stime,
+                      "rss_main": me.ru_maxrss, "rss_child": kids.ru_maxrss}))
+"""
+
+MTLDATA_RUN = REPORT + textwrap.dedent(
     """
-    import json, resource, sys, time
+    import sys, time
     from pathlib import Path
     from mtldata.convert.pipeline import ConvertSpec, convert
     from mtldata.storage.image import ImageOptions
-    list_file, out, encoded, workers = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
-    start = time.perf_counter()
-    result = convert(ConvertSpec(list_file=Path(list_file), output=Path(out), workers=workers,
-                                 image=ImageOptions(encoded=encoded)))
-    seconds = time.perf_counter() - start
-    print(json.dumps({"count": result.count, "seconds": seconds,
-                      "rss_main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                      "rss_child": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+    list_file, out, mode, workers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    options = {"raw": ImageOptions(), "encoded": ImageOptions(encoded=True),
+               "header": ImageOptions(encoded=True, validate="header"), "hdf5": ImageOptions()}[mode]
+    start = start_clock()
+    result = convert(ConvertSpec(list_file=Path(list_file), output=Path(out), workers=workers, image=options,
+                                 backend="hdf5" if mode == "hdf5" else "lmdb"))
+    report(result.count, time.perf_counter() - start)
     """
 )
 
 # The baseline: what a careful one-process script does (PIL decode -> Datum -> LMDB, batched commits).
-BASELINE_RUN = textwrap.dedent(
+BASELINE_RUN = REPORT + textwrap.dedent(
     """
-    import json, resource, sys, time
+    import sys, time
     from pathlib import Path
     import lmdb, numpy as np
     from PIL import Image
     from mtldata.caffe.caffe_pb2 import Datum
-    list_file, out, encoded = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "1"
+    list_file, out, decode = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "decode"
     root = Path(list_file).parent
-    start = time.perf_counter()
+    start = start_clock()
     out.mkdir(parents=True)
-    images = lmdb.open(str(out / "images"), map_size=1 << 34)
-    labels = lmdb.open(str(out / "labels"), map_size=1 << 34)
+    images = lmdb.open(str(out / "images"), map_size=1 << 36)
+    labels = lmdb.open(str(out / "labels"), map_size=1 << 36)
     ti, tl = images.begin(write=True), labels.begin(write=True)
     n = 0
     for i, line in enumerate(open(list_file)):
         parts = line.split()
         path, values = parts[0], [float(v) for v in parts[1:]]
-        raw = (root / path).read_bytes()
-        with Image.open(root / path) as im:
-            pixels = np.asarray(im.convert("RGB"))
         d = Datum(label=int(values[0]))
-        if encoded:
-            d.data, d.encoded = raw, True
-        else:
+        if decode:
+            with Image.open(root / path) as im:
+                pixels = np.asarray(im.convert("RGB"))
             chw = np.ascontiguousarray(pixels[:, :, ::-1].transpose(2, 0, 1))
             d.channels, d.height, d.width = chw.shape
             d.data, d.encoded = chw.tobytes(), False
+        else:  # the byte-copying writer: the file's bytes as they are
+            d.data, d.encoded = (root / path).read_bytes(), True
         key = f"{i:08d}_{path}".encode()
         ti.put(key, d.SerializeToString())
         ld = Datum(channels=len(values), height=1, width=1)
@@ -126,86 +157,159 @@ BASELINE_RUN = textwrap.dedent(
             ti.commit(); tl.commit()
             ti, tl = images.begin(write=True), labels.begin(write=True)
     ti.commit(); tl.commit()
-    seconds = time.perf_counter() - start
-    print(json.dumps({"count": n, "seconds": seconds,
-                      "rss_main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "rss_child": 0}))
+    report(n, time.perf_counter() - start)
+    """
+)
+
+# The decode limit: 2 processes, each reading and decoding its half of the list, nothing else.
+DECODE_LIMIT_RUN = REPORT + textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    list_file, processes = sys.argv[1], int(sys.argv[2])
+    root = Path(list_file).parent
+    paths = [str(root / line.split()[0]) for line in open(list_file)]
+    try:
+        import simplejpeg
+        def decode(data):
+            return simplejpeg.decode_jpeg(data, colorspace="BGR", fastdct=False, fastupsample=False)
+    except ImportError:
+        import io, numpy as np
+        from PIL import Image
+        def decode(data):
+            with Image.open(io.BytesIO(data)) as im:
+                return np.asarray(im.convert("RGB"))
+    start = start_clock()
+    children = []
+    for p in range(processes):
+        pid = os.fork()
+        if pid == 0:
+            for path in paths[p::processes]:
+                with open(path, "rb") as fh:
+                    decode(fh.read())
+            os._exit(0)
+        children.append(pid)
+    for pid in children:
+        os.waitpid(pid, 0)
+    report(len(paths), time.perf_counter() - start)
     """
 )
 
 
 def run(script: str, *args: object) -> dict:
     proc = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True)
-    if proc.returncode != 0:
+    if proc.returncode not in (0, 3):  # 3: mtldata skipped samples (it reports them; none expected)
         raise SystemExit(f"benchmark run failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def median_run(runs: list[dict]) -> dict:
-    """The run with the median time (its RSS figures come along with it)."""
+    """The run with the median time (its CPU and RSS figures come along with it)."""
     return sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+
+
+def measure(work: Path, list_file: Path, workers: int, runs: int, hdf5: bool) -> dict[str, dict]:
+    """Every row's median run over `list_file`; the runs alternate, so a burst of other load on the
+    machine hits them alike."""
+    rows: dict[str, tuple[str, tuple]] = {
+        "baseline": (BASELINE_RUN, ("decode",)),
+        "decode limit": (DECODE_LIMIT_RUN, (workers,)),
+        "byte copy": (BASELINE_RUN, ("copy",)),
+        "mtldata raw": (MTLDATA_RUN, ("raw", workers)),
+        "mtldata encoded": (MTLDATA_RUN, ("encoded", workers)),
+        "mtldata encoded, --validate header": (MTLDATA_RUN, ("header", workers)),
+    }
+    if hdf5:
+        rows["mtldata hdf5 raw"] = (MTLDATA_RUN, ("hdf5", workers))
+    results: dict[str, list[dict]] = {name: [] for name in rows}
+    for r in range(runs):
+        for j, (name, (script, extra)) in enumerate(rows.items()):
+            out = work / f"out_{j}_{r}"
+            args = (list_file, *extra) if script is DECODE_LIMIT_RUN else (list_file, out, *extra)
+            results[name].append(run(script, *args))
+            shutil.rmtree(out, ignore_errors=True)
+    return {name: median_run(found) for name, found in results.items()}
+
+
+def print_table(rows: dict[str, dict], lines: int) -> bool:
+    """The table of rates and ratios; True when every target is met."""
+    rate = {name: r["count"] / r["seconds"] for name, r in rows.items()}
+    print(f"{'run':<36}{'img/s':>9}{'CPU ms/img':>11}{'peak RSS MiB':>13}   ratios (target)")
+    all_met = True
+    for name, r in rows.items():
+        assert r["count"] == lines, (name, r["count"], lines)
+        rss = max(r["rss_main"], r["rss_child"]) / 1024
+        text = f"{name:<36}{rate[name]:>9.0f}{1000 * r['cpu'] / r['count']:>11.3f}{rss:>13.0f}  "
+        for base, target in TARGETS.get(name, []):
+            if base not in rate:
+                continue
+            ratio = rate[name] / rate[base]
+            met = ratio >= target
+            all_met &= met
+            text += f" {ratio:.2f}x {base} (>= {target}: {'met' if met else 'NOT met'});"
+        print(text.rstrip(";"))
+    return all_met
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("-n", "--images", type=int, default=4000, help="distinct JPEGs in the corpus")
-    parser.add_argument("--workers", type=int, default=2, help="mtldata --workers")
-    parser.add_argument("--repeat", type=int, default=2, help="the long list repeats the corpus this often")
+    parser.add_argument("--lines", type=int, default=2000, help="lines of the list (the corpus repeats)")
+    parser.add_argument("--images", type=int, default=2000, help="distinct JPEGs in the corpus")
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels (64 saves disk)")
+    parser.add_argument("--workers", type=int, default=2, help="mtldata --workers and decode-limit processes")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each row; the median counts")
+    parser.add_argument(
+        "--scale-lines",
+        type=int,
+        default=10000,
+        help="a second list this long, mtldata raw only: throughput and peak RSS should stay flat (0: skip)",
+    )
+    parser.add_argument("--no-hdf5", action="store_true", help="skip the HDF5 row")
     parser.add_argument("--dir", type=Path, help="work folder (default: a temporary one, removed after)")
-    parser.add_argument("--runs", type=int, default=3, help="runs of each converter; the median counts")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     args = parser.parse_args()
     if args.quick:
-        args.images, args.repeat, args.runs = 64, 2, 1
+        args.lines, args.images, args.size, args.runs, args.scale_lines = 48, 24, 64, 1, 96
     work = args.dir or Path(tempfile.mkdtemp(prefix="mtldata-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
         started = time.perf_counter()
-        names = make_corpus(work, args.images)
-        short, long_ = work / "list.txt", work / "list_long.txt"
-        write_list(short, names, 1)
-        write_list(long_, names, args.repeat)
+        names = make_corpus(work, min(args.images, args.lines), args.size)
+        list_file = work / "list.txt"
+        write_list(list_file, names, args.lines)
         print(
-            f"corpus: {len(names)} photo-like 256x256 JPEGs ({time.perf_counter() - started:.0f} s to make); "
-            f"{os.cpu_count()} cores; mtldata workers={args.workers}"
+            f"bench_convert: {args.lines} lines over {len(names)} photo-like {args.size}x{args.size} JPEGs "
+            f"({time.perf_counter() - started:.0f} s to make); {os.cpu_count()} cores; "
+            f"mtldata workers={args.workers}; median of {args.runs} run(s)"
         )
-        rows = []
-        for mode, encoded in (("raw", "0"), ("encoded", "1")):
-            # Alternate the two a few times and keep the median: one short run is at the mercy of
-            # whatever else the machine does in those seconds.
-            base_runs, our_runs = [], []
-            for r in range(args.runs):
-                base_runs.append(run(BASELINE_RUN, short, work / f"base_{mode}_{r}", encoded))
-                our_runs.append(run(MTLDATA_RUN, short, work / f"ours_{mode}_{r}", encoded, args.workers))
-                shutil.rmtree(work / f"base_{mode}_{r}")
-                shutil.rmtree(work / f"ours_{mode}_{r}")
-            base, ours = median_run(base_runs), median_run(our_runs)
-            assert ours["count"] == base["count"] == len(names), (ours, base)
-            rows.append((mode, len(names) / base["seconds"], len(names) / ours["seconds"], base, ours))
+        rows = measure(work, list_file, args.workers, args.runs, not args.no_hdf5)
         print()
-        print(f"median of {args.runs} run(s) each")
-        print(
-            f"{'mode':<9}{'baseline img/s':>16}{'mtldata img/s':>15}{'ratio':>8}   target >= {TARGET_SPEEDUP}x"
-        )
-        for mode, b, o, _, _ in rows:
-            verdict = "met" if o / b >= TARGET_SPEEDUP else "NOT met"
-            print(f"{mode:<9}{b:>16.0f}{o:>15.0f}{o / b:>7.2f}x   {verdict}")
-        long_ours = run(MTLDATA_RUN, long_, work / "ours_long", "0", args.workers)
-        long_base = run(BASELINE_RUN, long_, work / "base_long", "0")
-        short_ours, short_base = rows[0][4], rows[0][3]
-        n_short, n_long = len(names), len(names) * args.repeat
-        print()
-        print("peak RSS (MiB), raw mode; mtldata main process / largest worker")
-        print(f"{'lines':>8}{'baseline':>10}{'mtldata main':>14}{'worker':>9}")
-        for n, b, o in ((n_short, short_base, short_ours), (n_long, long_base, long_ours)):
+        all_met = print_table(rows, args.lines)
+        if args.scale_lines:
+            long_list = work / "list_long.txt"
+            write_list(long_list, names, args.scale_lines)
+            long_run = run(MTLDATA_RUN, long_list, work / "out_long", "raw", args.workers)
+            shutil.rmtree(work / "out_long", ignore_errors=True)
+            short_run = rows["mtldata raw"]
+            speed = (long_run["count"] / long_run["seconds"]) / (short_run["count"] / short_run["seconds"])
+            rss = long_run["rss_main"] / short_run["rss_main"]
+            flat = abs(speed - 1) <= 0.10 and rss < 1.15
+            all_met &= flat
+            print()
             print(
-                f"{n:>8}{b['rss_main'] / 1024:>10.1f}{o['rss_main'] / 1024:>14.1f}{o['rss_child'] / 1024:>9.1f}"
+                f"mtldata raw at {args.scale_lines} lines: {long_run['count'] / long_run['seconds']:.0f} img/s, "
+                f"{1000 * long_run['cpu'] / long_run['count']:.3f} CPU ms/img, peak RSS main "
+                f"{long_run['rss_main'] / 1024:.0f} MiB / worker {long_run['rss_child'] / 1024:.0f} MiB: "
+                f"{speed:.2f}x the throughput and {rss:.2f}x the main-process peak RSS at {args.lines} lines "
+                f"(target: within 10% and flat: {'met' if flat else 'NOT met'})"
             )
-        growth = long_ours["rss_main"] / short_ours["rss_main"]
+        print()
+        print("all targets met" if all_met else "some targets NOT met")
+        load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
         print(
-            f"mtldata main-process peak RSS grows {growth:.2f}x for {args.repeat}x the lines "
-            f"({'flat' if growth < 1.15 else 'GROWS'})"
+            f"load average at the end: {load} on {os.cpu_count()} cores (other processes skew wall-clock figures)"
         )
     finally:
         if args.dir is None:

@@ -13,6 +13,10 @@ installed) with mtldata's converter, then measures samples/s of:
 Targets: raw LMDB >= 0.5x the bare cursor, encoded >= 0.8x the bare decode loop, per worker
 (with 2 workers the rate is divided by 2 before comparing).
 
+Then, per sample in one process (what a user's own Dataset wrapper gets from `ds[i]`), side by side
+with (e) a plain Pillow per-sample loader over the same files: the 256 px JPEGs (encoded and raw
+LMDB), and small gray PNGs like MultiMNIST's 28 px digits (encoded LMDB). Target: ds[i] >= 1x (e).
+
     python tools/bench_load.py                 # about 5 min on 2 cores
     python tools/bench_load.py --quick         # a few seconds: smoke test
 """
@@ -266,6 +270,117 @@ class ImageFolderStyle(Dataset):
         return torch.from_numpy(pixels).permute(2, 0, 1), torch.tensor(label)
 
 
+class PillowPerSample(Dataset):
+    """(e): a plain per-sample loader: open the file with Pillow, make a tensor and a label tensor."""
+
+    def __init__(self, root: Path, list_file: Path, mode: str) -> None:
+        self.items = []
+        for line in list_file.read_text(encoding="utf-8").splitlines():
+            path, *labels = line.split()
+            self.items.append((str(root / path), [float(v) for v in labels]))
+        self.mode = mode
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        path, labels = self.items[i]
+        with Image.open(path) as im:
+            pixels = torch.from_numpy(np.array(im.convert(self.mode)))
+        return pixels, torch.tensor(labels, dtype=torch.float32)
+
+
+def make_digits(root: Path, n: int, size: int = 28, seed: int = 0) -> Path:
+    """n small gray PNGs (a bright stroke on noise, like MultiMNIST's digits) and their list."""
+    rng = np.random.default_rng(seed)
+    (root / "digits").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        rel = f"digits/{i:06d}.png"
+        if not (root / rel).exists():
+            img = rng.integers(0, 40, (size, size)).astype(np.uint8)
+            r, c = rng.integers(2, size // 2, 2)
+            img[r : r + size // 3, c : c + 3] = 255
+            img[r : r + 3, c : c + size // 3] = 230
+            Image.fromarray(img, "L").save(root / rel)
+        lines.append(f"{rel} {i % 10} {(i // 10) % 10}")
+    list_file = root / "digits.txt"
+    list_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return list_file
+
+
+def per_sample_rates(runs: dict[str, Dataset], repeat: int) -> dict[str, tuple[float, float]]:
+    """Best samples/s (wall) and per CPU-second of reading every index of each dataset with [i],
+    interleaved over `repeat` rounds after a warm-up."""
+    best = {name: (0.0, 0.0) for name in runs}
+    for round_ in range(repeat + 1):
+        for name, ds in runs.items():
+            n = len(ds)
+            cpu, start = time.process_time(), time.perf_counter()
+            for i in range(n):
+                ds[i]
+            wall, used = time.perf_counter() - start, time.process_time() - cpu
+            if round_:
+                best[name] = (max(best[name][0], n / wall), max(best[name][1], n / max(used, 1e-9)))
+    return best
+
+
+def per_sample_table(root: Path, list_file: Path, datasets: dict[str, Path], n: int, repeat: int) -> bool:
+    """The ds[i] rows against (e); True when every ratio meets 1x."""
+    digits_list = make_digits(root, n)
+    digits = root / "ds_digits"
+    if not (digits / "manifest.json").is_file():
+        convert(
+            ConvertSpec(
+                list_file=digits_list,
+                output=digits,
+                image=ImageOptions(encoded=True, gray=True),
+                workers=2,
+                overwrite=True,
+            )
+        )
+    groups = {
+        "256 px JPEG": (
+            PillowPerSample(root, list_file, "RGB"),
+            {
+                "ds[i], encoded LMDB": open_dataset(datasets["encoded"], tasks=TASKS, output="uint8"),
+                "ds[i], raw LMDB": open_dataset(datasets["raw"], tasks=TASKS, output="uint8"),
+            },
+        ),
+        "28 px gray PNG": (
+            PillowPerSample(root, digits_list, "L"),
+            {"ds[i], encoded LMDB": open_dataset(digits, output="uint8")},
+        ),
+    }
+    runs: dict[str, Dataset] = {}
+    for group, (pillow, ours) in groups.items():
+        runs[f"{group}: (e) Pillow per-sample loader"] = pillow
+        runs.update({f"{group}: {name}": ds for name, ds in ours.items()})
+    rates = per_sample_rates(runs, repeat)
+    print()
+    print(f"per sample, one process (ds[i] as a user's own Dataset calls it), best of {repeat} rounds")
+    width = max(len(name) for name in rates)
+    header = f"{'loader':<{width}} {'samples/s':>10} {'per CPU-s':>10}  {'ratio':>5} {'CPU ratio':>9}  target"
+    print(header)
+    print("-" * len(header))
+    all_met = True
+    for group, (_, ours) in groups.items():
+        base_wall, base_cpu = rates[f"{group}: (e) Pillow per-sample loader"]
+        print(f"{group + ': (e) Pillow per-sample loader':<{width}} {base_wall:>10,.0f} {base_cpu:>10,.0f}")
+        for name in ours:
+            wall, cpu = rates[f"{group}: {name}"]
+            met = wall / base_wall >= 1.0
+            all_met &= met
+            verdict = (
+                "met" if met else ("NOT met, met per CPU-second" if cpu / base_cpu >= 1.0 else "NOT met")
+            )
+            print(
+                f"{group + ': ' + name:<{width}} {wall:>10,.0f} {cpu:>10,.0f}  {wall / base_wall:>5.2f} "
+                f"{cpu / base_cpu:>9.2f}  {verdict} (>= 1.0)"
+            )
+    return all_met
+
+
 # --------------------------------------------------------------------------------------------------
 # Timing
 
@@ -488,6 +603,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"with {k} workers, per-worker samples/s over the same baseline run in {k} processes at "
                 f"once (what the machine gives {k} busy processes): " + ", ".join(parts)
             )
+        all_met &= per_sample_table(root, list_file, datasets, args.num_images, rep)
         print("all targets met" if all_met else "some targets NOT met")
         for pool in together.values():
             pool.close()

@@ -15,25 +15,62 @@ def image_datum(data: bytes | memoryview, label: int, shape: tuple[int, int, int
     `shape` (C, H, W) is given for raw pixels (planar CHW, BGR uint8) and None for encoded file bytes;
     Caffe writes `encoded` explicitly in both cases (false for raw, true for encoded).
     """
-    datum = Datum()
     if shape is not None:
         c, h, w = shape
         if len(data) != c * h * w:
             raise ValueError(f"raw image data holds {len(data)} bytes, shape {shape} needs {c * h * w}")
-        datum.channels, datum.height, datum.width = c, h, w
-    datum.data = data if isinstance(data, bytes) else bytes(data)  # protobuf takes bytes only
-    datum.label = label
-    datum.encoded = shape is None
-    return datum.SerializeToString()
+    head, tail = image_datum_frame(len(data), label, shape)
+    return b"".join((head, data, tail))
+
+
+def image_datum_frame(length: int, label: int, shape: tuple[int, int, int] | None) -> tuple[bytes, bytes]:
+    """The wire bytes of an image Datum before and after its `length` bytes of `data`.
+
+    What protobuf's SerializeToString writes for the Datum `image_datum` builds (fields in number
+    order: channels, height, width, data, label, encoded; proto2 writes every field that was set),
+    written by hand so that a converter can place the pixels between them without protobuf copying
+    them twice. `tests/test_datum_wire.py` checks it against protobuf.
+    """
+    head = bytearray()
+    if shape is not None:
+        for number, value in zip((1, 2, 3), shape, strict=True):
+            head += _tag_varint(number, value)
+    head += bytes((_DATA_FIELD_TAG,)) + _encode_varint(length)
+    tail = _tag_varint(5, label) + bytes(((7 << 3), 0 if shape is not None else 1))
+    return bytes(head), tail
+
+
+def _tag_varint(number: int, value: int) -> bytes:
+    """A varint field (int32: a negative value is written as its 64-bit two's complement)."""
+    return bytes((number << 3,)) + _encode_varint(value & 0xFFFFFFFFFFFFFFFF if value < 0 else value)
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
 
 
 def label_datum(labels: Sequence[float] | np.ndarray) -> bytes:
-    """Serialize a label vector as the multi-label layout's Datum: channels=K, 1x1, float_data."""
+    """Serialize a label vector as the multi-label layout's Datum: channels=K, 1x1, float_data.
+
+    Written by hand, as protobuf writes it (proto2's `repeated float` is not packed: each value is
+    its own tag 6, wire type 5, then 4 little-endian bytes); a test compares it with protobuf.
+    """
     values = np.asarray(labels, dtype=np.float32).ravel()
-    datum = Datum()
-    datum.channels, datum.height, datum.width = int(values.size), 1, 1
-    datum.float_data.extend(values.tolist())
-    return datum.SerializeToString()
+    k = values.size
+    fields = bytearray(5 * k)  # per value: the tag byte, then its 4 bytes
+    fields[0::5] = bytes(((6 << 3) | 5,)) * k
+    raw = values.astype("<f4", copy=False).tobytes()
+    for j in range(4):
+        fields[1 + j :: 5] = raw[j::4]
+    return b"".join((_tag_varint(1, k), b"\x10\x01\x18\x01", fields))
 
 
 def parse_datum(value: bytes | memoryview) -> Datum:

@@ -20,13 +20,7 @@ from google.protobuf.message import Message
 from mtldata.caffe import caffe_pb2
 from mtldata.errors import CaffeFileError
 
-__all__ = [
-    "LegacyUpgradeWarning",
-    "net_needs_upgrade",
-    "solver_needs_upgrade",
-    "upgrade_net",
-    "upgrade_solver",
-]
+__all__ = ["V0_TYPE_NAMES", "V1_TYPE_NAMES", "LegacyUpgradeWarning", "upgrade_net", "upgrade_solver"]
 
 _V1 = caffe_pb2.V1LayerParameter
 
@@ -158,11 +152,6 @@ class LegacyUpgradeWarning(UserWarning):
     """A V0 setting that means nothing for its layer's type was dropped in the upgrade, as Caffe drops it."""
 
 
-def net_needs_upgrade(net: caffe_pb2.NetParameter) -> bool:
-    """True when `net` uses any legacy form that `upgrade_net` rewrites."""
-    return bool(net.layers or net.input or _three_param_batch_norms(net))
-
-
 def upgrade_net(net: caffe_pb2.NetParameter, source: str | Path) -> list[str]:
     """Upgrade `net` in place to the current format; return what was upgraded (empty: nothing).
 
@@ -190,11 +179,6 @@ def upgrade_net(net: caffe_pb2.NetParameter, source: str | Path) -> list[str]:
     return done
 
 
-def solver_needs_upgrade(solver: caffe_pb2.SolverParameter) -> bool:
-    """True when the solver uses `solver_type` or embeds a net that needs an upgrade."""
-    return solver.HasField("solver_type") or any(net_needs_upgrade(n) for n in _embedded_nets(solver))
-
-
 def upgrade_solver(solver: caffe_pb2.SolverParameter, source: str | Path) -> list[str]:
     """Upgrade `solver` in place (solver_type -> type); return what was upgraded.
 
@@ -216,10 +200,6 @@ def upgrade_solver(solver: caffe_pb2.SolverParameter, source: str | Path) -> lis
 def _named_embedded_nets(solver: caffe_pb2.SolverParameter) -> list[tuple[str, caffe_pb2.NetParameter]]:
     nets = [(f, getattr(solver, f)) for f in ("net_param", "train_net_param") if solver.HasField(f)]
     return nets + [(f"test_net_param[{i}]", net) for i, net in enumerate(solver.test_net_param)]
-
-
-def _embedded_nets(solver: caffe_pb2.SolverParameter) -> list[caffe_pb2.NetParameter]:
-    return [net for _, net in _named_embedded_nets(solver)]
 
 
 def _three_param_batch_norms(net: caffe_pb2.NetParameter) -> list[caffe_pb2.LayerParameter]:

@@ -592,12 +592,14 @@ def net_to_text(net: NetParameter, header: str = "") -> str:
     return comments + text_format.MessageToString(net)
 
 
-def write_train_val(dataset: str | Path, tasks: TaskSet, *, batch_size: int = 32, name: str = "") -> Path:
+def write_train_val(
+    dataset: str | Path, tasks: TaskSet, *, batch_size: int = 32, name: str = "", note: str = ""
+) -> Path:
     """Write `train_val.prototxt` into an mtldata dataset directory for stock Caffe; return its path.
 
     LMDB datasets get two Data layers (images with `scale: 1/256`, labels); HDF5 datasets one HDF5Data
     layer reading `hdf5_list.txt` and a fixed Scale layer of 1/256 (HDF5Data takes no transform).
-    Sources are relative to the dataset directory, so Caffe is run from there.
+    Sources are relative to the dataset directory, so Caffe is run from there. `note` adds header lines.
     """
     root = Path(dataset)
     if (root / "hdf5_list.txt").is_file():
@@ -610,6 +612,8 @@ def write_train_val(dataset: str | Path, tasks: TaskSet, *, batch_size: int = 32
         f"Written by mtldata for the dataset in this folder ({tasks.num_labels} labels; tasks "
         f"{', '.join(tasks.names)}).\nSource paths are relative to this folder: run `caffe train` from here."
     )
+    if note:
+        header += "\n" + note
     path = root / "train_val.prototxt"
     write_bytes_atomic(path, net_to_text(net, header).encode("utf-8"))
     return path

@@ -14,7 +14,31 @@ from mtldata.storage.read_limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXE
 
 
 @click.command()
-@click.argument("list_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("list_file", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--labels-from",
+    "labels_from",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Another list or CSV whose label columns are joined on the image path (repeatable). Samples "
+    "come in the first source's order, then paths only later sources name, as they first appear; "
+    "a label no source gives is missing (needs --allow-missing).",
+)
+@click.option(
+    "--allow-missing",
+    is_flag=True,
+    help="Store a missing label (nan, NA, an empty CSV cell) as NaN instead of rejecting the line; "
+    "losses and metrics skip it.",
+)
+@click.option(
+    "--path-column", help="CSV/TSV: the header name of the image path column. [default: the first column]"
+)
+@click.option(
+    "--columns",
+    "columns_opt",
+    help="Comma-separated label column names to keep, in this order (from a CSV header or a list's "
+    "`# path name...` line). [default: all]",
+)
 @click.option(
     "-o",
     "--output",
@@ -66,6 +90,15 @@ from mtldata.storage.read_limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXE
     "--encode-type",
     type=click.Choice(["jpg", "png"]),
     help="Re-encode to this format where the file is not already in it (implies --encoded).",
+)
+@click.option(
+    "--validate",
+    type=click.Choice(["decode", "header"]),
+    default="decode",
+    show_default=True,
+    help="How --encoded checks a JPEG or PNG it stores as it is: decode (every pixel) or header "
+    "(trusted files only: reads the header and checks the end marker; catches a file that is not an "
+    "image, a broken header and a truncated file, but MISSES damage in the middle of the data).",
 )
 @click.option("--shuffle", is_flag=True, help="Shuffle the samples; keys are numbered after shuffling.")
 @click.option(
@@ -167,7 +200,7 @@ from mtldata.storage.read_limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXE
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def convert(
-    list_file: Path,
+    list_file: Path | None,
     output: Path | None,
     root: Path | None,
     num_labels: int | None,
@@ -179,6 +212,7 @@ def convert(
     check_size: bool,
     encoded: bool,
     encode_type: str | None,
+    validate: str,
     shuffle: bool,
     seed: int,
     workers: int,
@@ -197,11 +231,17 @@ def convert(
     emit_prototxt: bool = False,
     max_file_mb: int = DEFAULT_MAX_FILE_BYTES >> 20,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    labels_from: tuple[Path, ...] = (),
+    allow_missing: bool = False,
+    path_column: str | None = None,
+    columns_opt: str | None = None,
 ) -> None:
     """Convert an image list with label vectors into a dataset.
 
     Each line of LIST_FILE is `<path> <l1> ... <lK>`; the last K tokens are the labels, so paths
-    may contain spaces. Blank lines and lines starting with # are ignored.
+    may contain spaces. Blank lines and lines starting with # are ignored; a first line
+    `# path name1 ... nameK` names the labels. A LIST_FILE ending in .csv or .tsv is read as CSV/TSV
+    with a header (see --path-column, --columns); more sources join with --labels-from.
 
     \b
     The output directory holds:
@@ -225,6 +265,10 @@ def convert(
     from mtldata.convert.pipeline import convert as run_convert
     from mtldata.storage.image import ImageOptions
 
+    if list_file is None:
+        if not labels_from:
+            fail("give a LIST_FILE or at least one --labels-from source")
+        list_file, labels_from = labels_from[0], labels_from[1:]
     if emit_prototxt and (tasks_file is None or num_shards > 1):
         fail(
             "--emit-prototxt needs --tasks (the tasks to write loss layers for) and a single-part conversion"
@@ -243,6 +287,18 @@ def convert(
         if num_shards > 1:
             output = Path(f"{output}.part-{shard_index:05d}-of-{num_shards:05d}")
     names = tuple(n.strip() for n in label_names.split(",")) if label_names else ()
+    caffe_tasks = None
+    stored_as: dict[int, float] = {}
+    forbidden: dict[int, str] = {}
+    if emit_prototxt and allow_missing:
+        from mtldata.convert.caffe_missing import caffe_missing
+        from mtldata.tasks import load_tasks
+
+        try:
+            plan = caffe_missing(load_tasks(tasks_file, num_labels=num_labels))
+        except (MtlDataError, ValueError) as exc:
+            fail(str(exc))
+        caffe_tasks, stored_as, forbidden = plan.tasks, plan.stored_as, plan.forbidden
     spec = ConvertSpec(
         list_file=list_file,
         output=output,
@@ -258,6 +314,7 @@ def convert(
             encode_type=encode_type or "",
             max_file_bytes=max_file_mb << 20,
             max_pixels=max_pixels,
+            validate=validate,
         ),
         check_size=check_size,
         shuffle=shuffle,
@@ -270,6 +327,12 @@ def convert(
         backend_options=backend_options,
         num_shards=num_shards,
         shard_index=shard_index,
+        labels_from=tuple(labels_from),
+        allow_missing=allow_missing,
+        path_column=path_column,
+        columns=tuple(c.strip() for c in columns_opt.split(",")) if columns_opt else (),
+        missing_stored_as=stored_as,
+        missing_forbidden=forbidden,
     )
     if tasks_file is not None:
         _check_list_labels(list_file, tasks_file, num_labels)
@@ -300,7 +363,12 @@ def convert(
 
         try:
             taskset = load_tasks(tasks_file, num_labels=result.manifest["num_labels"])
-            click.echo(f"wrote {write_train_val(result.output, taskset)}")
+            note = ""
+            if caffe_tasks is not None:
+                taskset = caffe_tasks
+                ignores = ", ".join(f"{t.name}: {t.ignore_label}" for t in taskset if t.kind != "euclidean")
+                note = f"Missing labels are stored as the ignore_label of their task ({ignores})."
+            click.echo(f"wrote {write_train_val(result.output, taskset, note=note)}")
         except (MtlDataError, ValueError) as exc:
             fail(str(exc))
         except OSError as exc:

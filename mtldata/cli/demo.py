@@ -37,8 +37,22 @@ DEMO_FILES = ("list.txt", "tasks.toml", "images", "run", "demo_lmdb", "demo_lmdb
 @click.option(
     "--epochs", type=click.IntRange(min=1), default=25, show_default=True, help="Epochs of the training run."
 )
+@click.option(
+    "--missing",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Share of each task's labels to leave out (written as nan, converted with --allow-missing).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def demo(directory: Path | None, count: int, quiet: bool, no_train: bool = False, epochs: int = 25) -> None:
+def demo(
+    directory: Path | None,
+    count: int,
+    quiet: bool,
+    no_train: bool = False,
+    epochs: int = 25,
+    missing: float = 0.0,
+) -> None:
     """Make a small multi-task sample set (real JPEGs + a list file), convert it and summarise it,
     then train a small model on it for a few epochs and print its per-task metrics."""
     from mtldata.convert.pipeline import ConvertSpec
@@ -52,12 +66,15 @@ def demo(directory: Path | None, count: int, quiet: bool, no_train: bool = False
         # Only into the demo's own files: a folder holding a user's list.txt, tasks.toml, images/
         # or run/ is refused and left as it is.
         claim_folder(directory, DEMO_MARKER, DEMO_FILES, "mtldata demo")
-        list_file = make_sample_set(directory, count=count)
+        list_file = make_sample_set(directory, count=count, missing=missing)
     except MtlDataError as exc:
         fail(str(exc))
     except OSError as exc:
         fail(os_error_line(exc, directory))
-    click.echo(f"sample set: {count} images and {list_file}")
+    click.echo(
+        f"sample set: {count} images and {list_file}"
+        + (f" ({missing:.0%} of each task's labels missing)" if missing else "")
+    )
     output = directory / "demo_lmdb"
     spec = ConvertSpec(
         list_file=list_file,
@@ -65,6 +82,7 @@ def demo(directory: Path | None, count: int, quiet: bool, no_train: bool = False
         label_names=LABEL_NAMES,
         overwrite=True,
         workers=min(2, os.cpu_count() or 1),
+        allow_missing=missing > 0,
     )
     progress = Progress(quiet, "img", "convert")
     try:

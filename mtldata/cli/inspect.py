@@ -47,9 +47,18 @@ def format_info(info: dict[str, Any]) -> str:
     stats = info.get("label_stats") or []
     if stats:
         width = max(len(s["name"]) for s in stats)
-        lines.append(f"  {'name':<{width}}  {'min':>10}  {'max':>10}  {'mean':>10}")
+        missing = any(s.get("missing") for s in stats)  # a column only for datasets with missing labels
+        lines.append(
+            f"  {'name':<{width}}  {'min':>10}  {'max':>10}  {'mean':>10}"
+            + (f"  {'missing':>10}" if missing else "")
+        )
         for s in stats:
-            lines.append(f"  {s['name']:<{width}}  {s['min']:>10.4g}  {s['max']:>10.4g}  {s['mean']:>10.4g}")
+            figures = "  ".join(
+                f"{s[c]:>10.4g}" if s[c] is not None else f"{'-':>10}" for c in ("min", "max", "mean")
+            )
+            lines.append(
+                f"  {s['name']:<{width}}  {figures}" + (f"  {s.get('missing', 0):>10}" if missing else "")
+            )
     errors = info.get("errors")
     if errors is not None:
         lines.append(

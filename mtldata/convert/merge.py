@@ -17,7 +17,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mtldata.convert.pipeline import ERRORS_NAME, MANIFEST_ERRORS, PARTIAL_SUFFIX, _publish
+from mtldata.convert.pipeline import (
+    ERRORS_NAME,
+    MANIFEST_ERRORS,
+    PARTIAL_SUFFIX,
+    _publish,
+    missing_labels_entry,
+)
 from mtldata.durable import fsync_path
 from mtldata.errors import DatasetFormatError, DatasetStateError, MtlDataError, OutputError, shorten
 from mtldata.storage.backends import WriterOptions, make_writer, open_reader, read_manifest
@@ -275,4 +281,6 @@ def _merged_manifest(
         checksums={},
         complete=True,
     )
+    if first.get("missing_labels") is not None:  # the counts of the whole, not of the first part
+        values["missing_labels"] = missing_labels_entry(stats, {})
     return Manifest(**values)

@@ -39,7 +39,8 @@ from mtldata.errors import (
 )
 from mtldata.storage.backends import WriterOptions, check_writer_options, make_writer
 from mtldata.storage.image import ImageDecodeError, ImageOptions, prepare_image
-from mtldata.storage.listfile import ListEntry, ListLineError, iter_list, summarize_list
+from mtldata.storage.label_sources import LabelInput, open_labels
+from mtldata.storage.listfile import ListEntry, ListLineError
 from mtldata.storage.manifest import LabelStats, Manifest, dataset_checksums, write_manifest
 from mtldata.storage.output_guard import (
     STAGING_MARKER,
@@ -92,6 +93,19 @@ class ConvertSpec:
     # in a single run, so `mtldata merge` of all parts reproduces it record for record.
     num_shards: int = 1
     shard_index: int = 0
+    # More label sources joined with list_file on the image path (see storage/label_sources.py).
+    labels_from: tuple[Path, ...] = ()
+    allow_missing: bool = False  # nan / NA / empty cells become NaN labels instead of errors
+    path_column: str | None = None  # CSV: the column holding the image path (default: the first)
+    columns: tuple[str, ...] = ()  # label columns to keep, by name, in this order (default: all)
+    # Caffe (--emit-prototxt): label column -> the ignore_label stored in place of a missing value,
+    # and label column -> the (euclidean) task that cannot have missing values.
+    missing_stored_as: dict[int, float] = field(default_factory=dict)
+    missing_forbidden: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def sources(self) -> tuple[Path, ...]:
+        return (self.list_file, *self.labels_from)
 
     def resolved_root(self) -> Path:
         return self.root if self.root is not None else self.list_file.parent
@@ -120,6 +134,16 @@ class ConvertSpec:
             "shuffle": self.shuffle,
             "seed": self.seed if self.shuffle else None,
             "backend_options": {k: v for k, v in self.backend_options.items() if k != "initial_map_size"},
+            # only when used, so that a resume started by an older mtldata still matches
+            **({"labels_from": [str(p) for p in self.labels_from]} if self.labels_from else {}),
+            **({"allow_missing": True} if self.allow_missing else {}),
+            **({"path_column": self.path_column} if self.path_column else {}),
+            **({"columns": list(self.columns)} if self.columns else {}),
+            **(
+                {"missing_stored_as": {str(c): v for c, v in self.missing_stored_as.items()}}
+                if self.missing_stored_as
+                else {}
+            ),
         }
 
 
@@ -228,7 +252,7 @@ def _decode_chunk(
         size = len(payload.data)
         if _ARENA is not None and offset + size <= end:
             _ARENA[offset : offset + size] = payload.data
-            out.append(_InArena(replace(payload, data=b""), offset, size))
+            out.append(_InArena(payload.with_data(b""), offset, size))
             offset += size
         else:
             out.append(payload)
@@ -293,23 +317,60 @@ def _from_arena(
     view = memoryview(arena)
     try:
         return [
-            replace(r.payload, data=bytes(view[r.offset : r.offset + r.length]))
-            if isinstance(r, _InArena)
-            else r
+            r.payload.with_data(bytes(view[r.offset : r.offset + r.length])) if isinstance(r, _InArena) else r
             for r in results
         ]
     finally:
         view.release()
 
 
-def _work_items(spec: ConvertSpec, num_labels: int, num_lines: int) -> Iterator[ListEntry | ListLineError]:
-    """List items in output order: the file's order, or a seeded shuffle of it."""
+def _label_input(spec: ConvertSpec) -> LabelInput:
+    """The spec's label sources, read as storage/label_sources.py says."""
     root = spec.resolved_root()
 
     def exists(path: str) -> bool:
         return (root / path).is_file()
 
-    items = iter_list(spec.list_file, num_labels, exists)
+    return open_labels(
+        spec.sources,
+        num_labels=spec.num_labels,
+        allow_missing=spec.allow_missing,
+        path_column=spec.path_column,
+        columns=spec.columns,
+        path_exists=exists,
+    )
+
+
+def _check_forbidden_missing(spec: ConvertSpec, labels: LabelInput) -> None:
+    """Refuse, before anything is written, a missing value in a column Caffe cannot skip."""
+    if not spec.missing_forbidden:
+        return
+    for item in labels.entries():
+        if isinstance(item, ListEntry):
+            for column, task in spec.missing_forbidden.items():
+                if np.isnan(item.labels[column]):
+                    raise InputError(
+                        spec.list_file,
+                        item.line,
+                        f"{item.path}: task {task!r} is euclidean and its label is missing; Caffe's "
+                        "EuclideanLoss cannot skip missing values (fill them, or drop --emit-prototxt)",
+                    )
+
+
+def stored_labels(labels: np.ndarray, stored_as: dict[int, float]) -> np.ndarray:
+    """The label vector as written: each missing value of a mapped column replaced by its ignore_label."""
+    if not stored_as:
+        return labels
+    out = labels.copy()
+    for column, value in stored_as.items():
+        if np.isnan(out[column]):
+            out[column] = value
+    return out
+
+
+def _work_items(spec: ConvertSpec, labels: LabelInput) -> Iterator[ListEntry | ListLineError]:
+    """List items in output order: the file's order, or a seeded shuffle of it."""
+    items = labels.entries()
     if not spec.shuffle:
         yield from items
         return
@@ -375,14 +436,16 @@ def convert(spec: ConvertSpec, progress: ProgressCallback | None = None) -> Conv
     started = time.monotonic()
     _check_inputs(spec)
     try:
-        summary = summarize_list(spec.list_file, spec.num_labels)
-    except ValueError as exc:
-        raise MtlDataError(str(exc)) from exc
+        labels_in = _label_input(spec)
     except OSError as exc:
         raise MtlDataError(f"{shorten(str(spec.list_file))}: cannot read the list ({exc.strerror})") from None
+    summary = labels_in.summary
     k = summary.num_labels
     if spec.label_names and len(spec.label_names) != k:
         raise MtlDataError(f"--label-names gives {len(spec.label_names)} names but the list has {k} labels")
+    if not spec.label_names and labels_in.names:
+        spec = replace(spec, label_names=labels_in.names)  # the header's names
+    _check_forbidden_missing(spec, labels_in)
     fingerprint = spec.fingerprint(summary.sha256)
     fingerprint["num_labels"] = k
     spec.shard_range(summary.num_lines)  # a bad --shard-index fails before any work
@@ -398,7 +461,9 @@ def convert(spec: ConvertSpec, progress: ProgressCallback | None = None) -> Conv
     check_writer_options(spec.backend, writer_options)  # before anything is written
     staging, state, lock = _prepare_staging(spec, fingerprint)
     try:
-        return _convert_locked(spec, summary, fingerprint, writer_options, staging, state, progress, started)
+        return _convert_locked(
+            spec, labels_in, fingerprint, writer_options, staging, state, progress, started
+        )
     except OSError as exc:
         # Out of space, quota, I/O error, read-only or permission denied: what was committed stays
         # in the staging folder, and a resume continues from there once the cause is fixed.
@@ -421,12 +486,12 @@ def _check_inputs(spec: ConvertSpec) -> None:
             f"{shorten(str(root))}: --root is not a folder (no such directory); every path in the "
             f"list is relative to it"
         )
-    check_output_path(spec.output, [list_file, root])
+    check_output_path(spec.output, [*spec.sources, root])
 
 
 def _convert_locked(
     spec: ConvertSpec,
-    summary: Any,
+    labels_in: LabelInput,
     fingerprint: dict[str, Any],
     writer_options: WriterOptions,
     staging: Path,
@@ -435,6 +500,7 @@ def _convert_locked(
     started: float,
 ) -> ConvertResult:
     """The conversion proper, in a locked staging folder."""
+    summary = labels_in.summary
     k = summary.num_labels
     shard_start, shard_stop = spec.shard_range(summary.num_lines)
     writer = make_writer(spec.backend, staging, writer_options)
@@ -447,8 +513,8 @@ def _convert_locked(
         fh.truncate(state.errors_bytes)
     errors_file = open(errors_path, "ab")  # noqa: SIM115 - kept open across the whole loop
     root = spec.resolved_root()
+    root_name = str(root)  # os.path.join: a twentieth of pathlib's cost per line
     workers = spec.workers or os.cpu_count() or 1
-    total = summary.num_lines
     since_commit = since_commit_bytes = 0
 
     def save_state() -> None:
@@ -471,7 +537,7 @@ def _convert_locked(
         state.error_count += 1
 
     save_state()  # from the start, a resume checks that the input and options are the same
-    items = _work_items(spec, k, total)
+    items = _work_items(spec, labels_in)
     skip = state.next_position
     for _ in range(skip):
         next(items)
@@ -487,13 +553,17 @@ def _convert_locked(
                 return
             pending_items.append(chunk)
             yield [
-                (str(root / item.path), np.asarray(item.labels, dtype=np.float32))
+                (
+                    os.path.join(root_name, item.path),
+                    stored_labels(np.asarray(item.labels, dtype=np.float32), stored_as),
+                )
                 if isinstance(item, ListEntry)
                 else None
                 for item in chunk
             ]
 
     pending_items: deque[list[ListEntry | ListLineError]] = deque()
+    stored_as = spec.missing_stored_as
     position = skip
     try:
         # A backend may offer an encoder (a picklable function) that turns a decoded payload into
@@ -512,8 +582,9 @@ def _convert_locked(
                     record_error(item.line, item.path, reason)
                 else:
                     labels = np.asarray(item.labels, dtype=np.float32)
+                    stored = stored_labels(labels, stored_as)
                     try:
-                        writer.put(Sample(position, f"{position:08d}_{item.path}", result, labels))
+                        writer.put(Sample(position, f"{position:08d}_{item.path}", result, stored))
                     except SampleRejectedError as exc:  # the backend cannot store it: stop here
                         raise InputError(spec.list_file, item.line, f"{shorten(item.path)}: {exc}") from exc
                     state.written += 1
@@ -548,6 +619,10 @@ def _convert_locked(
 
     errors = read_errors(staging / ERRORS_NAME)
     manifest = _build_manifest(spec, summary, state, files, k, errors)
+    if spec.allow_missing:
+        manifest.missing_labels = missing_labels_entry(state.stats, spec.missing_stored_as)
+    if spec.labels_from or labels_in.sources != (str(spec.list_file),):
+        manifest.source["sources"] = list(labels_in.sources)
     # Checksums the writer kept while writing (LMDB's digest journal), else read back from disk.
     manifest.checksums = dataset_checksums(staging, files, getattr(writer, "checksums", None))
     write_manifest(staging, manifest)
@@ -562,6 +637,16 @@ def _convert_locked(
         seconds=time.monotonic() - started,
         manifest=manifest.to_dict(),
     )
+
+
+def missing_labels_entry(stats: LabelStats, stored_as: dict[int, float]) -> dict[str, Any]:
+    """The manifest's `missing_labels`: how many values are missing, and how a Caffe-bound dataset stores them."""
+    return {
+        "count": int(sum(stats.missing)),
+        "by_column": list(stats.missing),
+        # column -> the ignore_label written in place of NaN; mtldata's readers turn it back into NaN
+        "stored_as": {str(c): float(v) for c, v in sorted(stored_as.items())},
+    }
 
 
 def _size_mismatch(spec: ConvertSpec, state: _State, payload: ImagePayload) -> str | None:
@@ -632,6 +717,7 @@ def _build_manifest(
         "resize_mode": spec.image.resize_mode,
         "encoded": spec.image.encoded,
         "encode_type": spec.image.encode_type,
+        "validate": spec.image.validate,
         "check_size": spec.check_size,
         "shuffle": spec.shuffle,
         "seed": spec.seed if spec.shuffle else None,

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from google.protobuf.message import DecodeError
 
 from mtldata.caffe.datum import parse_datum
 from mtldata.errors import MtlDataError, shorten
+from mtldata.storage import record_digests
 from mtldata.storage.backends import open_reader, read_manifest
 from mtldata.storage.image import ImageDecodeError, decode_bytes
 from mtldata.storage.manifest import checksum
@@ -86,7 +88,7 @@ def verify_dataset(
         if isinstance(reader, LmdbReader):
             walked = _walk_lmdb(report, reader.images_path, reader.labels_path, manifest, progress)
         else:
-            walked = _walk_reader(report, reader, progress)
+            walked = _walk_reader(report, reader, progress, _file_digests(path, manifest))
     finally:
         reader.close()
     if manifest is not None:
@@ -95,10 +97,32 @@ def verify_dataset(
     return report
 
 
-def _records(txn: Any, digest: Any) -> Iterator[tuple[bytes, bytes]]:
+def _records(
+    txn: Any, digest: Any, expected: dict[bytes, bytes] | None, report: VerifyReport, name: str
+) -> Iterator[tuple[bytes, bytes]]:
+    """The records of one DB in key order, each added to its digest and, when the conversion kept
+    per-record digests (`expected`), checked against its own."""
     for key, value in txn.cursor():
-        digest.update(key, value)
+        got = digest.update(key, value)
+        if expected is not None:
+            want = expected.pop(bytes(key), None)
+            if want is None:
+                report.add(key, f"{name}: a record the conversion did not write (not in its digests)")
+            elif want != got:
+                report.add(key, f"{name}: record digest mismatch: its bytes changed since conversion")
         yield key, value
+
+
+def _expected_digests(root: Path | None, manifest: dict[str, Any] | None, db: Path) -> dict | None:
+    """key -> digest of the records of `db` as written, when the manifest names a digests file."""
+    entry = ((manifest or {}).get("checksums") or {}).get(db.name) or {}
+    name = entry.get("record_digests")
+    if root is None or not isinstance(name, str) or entry.get("record_digest") != record_digests.ALGORITHM:
+        return None
+    path = root / name
+    if path.parent != root or not path.is_file():
+        return None
+    return record_digests.read(path)
 
 
 def _walk_lmdb(
@@ -118,6 +142,8 @@ def _walk_lmdb(
     num_labels = manifest.get("num_labels") if manifest else None
     dbs = {"images": images} if labels is None else {"images": images, "labels": labels}
     digests = {name: RecordDigest() for name in dbs}
+    root = images.parent if manifest is not None else None
+    expected = {name: _expected_digests(root, manifest, db) for name, db in dbs.items()}
     done = 0
     try:
         with ExitStack() as stack:
@@ -126,8 +152,14 @@ def _walk_lmdb(
                 env = stack.enter_context(open_readonly(db))  # a damaged data.mdb: DatasetFormatError
                 txns[name] = stack.enter_context(env.begin())
             total = txns["images"].stat()["entries"]
-            image_records = _records(txns["images"], digests["images"])
-            label_records = _records(txns["labels"], digests["labels"]) if labels is not None else iter(())
+            image_records = _records(
+                txns["images"], digests["images"], expected["images"], report, images.name
+            )
+            label_records = (
+                _records(txns["labels"], digests["labels"], expected["labels"], report, labels.name)
+                if labels is not None
+                else iter(())
+            )
             image = next(image_records, None)
             label = next(label_records, None)
             while image is not None or label is not None:
@@ -150,6 +182,9 @@ def _walk_lmdb(
     except lmdb.Error as exc:  # a damaged environment: what was read so far is reported, then this
         report.add(None, f"LMDB error after {done} image records: {exc}")
     report.counts.update({name: digest.records for name, digest in digests.items()})
+    # (a record missing from a DB is named by the walk already: no label record, or a label without image)
+    if any(e is not None for e in expected.values()):
+        report.checked.append("every record against its own digest")
     report.checked.append("every image record decodes")
     if labels is not None:
         report.checked += ["every label record parses", "image and label DBs hold the same keys"]
@@ -195,20 +230,51 @@ def _label_problem(value: bytes, num_labels: int | None) -> str | None:
     return None
 
 
-def _walk_reader(report: VerifyReport, reader: Any, progress: Callable[[int, int], None] | None) -> dict:
-    """Any backend: every sample loads through its reader and, when encoded, decodes."""
+def _file_digests(root: Path, manifest: dict[str, Any] | None) -> dict[bytes, bytes] | None:
+    """key -> digest of every sample of the files whose checksums name a per-record digests file
+    (HDF5 shards), or None when none does."""
+    found: dict[bytes, bytes] | None = None
+    for rel, entry in ((manifest or {}).get("checksums") or {}).items():
+        name = entry.get("record_digests") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or entry.get("record_digest") != record_digests.ALGORITHM:
+            continue
+        path = (root / rel).parent / name
+        if path.is_file() and path.resolve().parent == root.resolve():
+            found = {**(found or {}), **record_digests.read(path)}
+    return found
+
+
+def _walk_reader(
+    report: VerifyReport,
+    reader: Any,
+    progress: Callable[[int, int], None] | None,
+    digests: dict[bytes, bytes] | None = None,
+) -> dict:
+    """Any backend: every sample loads through its reader and, when encoded, decodes; with per-record
+    `digests` (raw pixels + float32 labels, as HDF5 shards keep them), each matches its own."""
     n = len(reader)
     for i in range(n):
         try:
             sample = reader.sample(i)
             if sample.image.encoded:
                 decode_bytes(sample.image.data)
+            elif digests is not None:
+                want = digests.get(sample.key.encode("utf-8"))
+                labels = np.asarray(sample.labels, dtype=np.float32).tobytes()
+                if want is None:
+                    report.add(sample.key, "a sample the conversion did not write (not in its digests)")
+                elif record_digests.pixels_and_labels(sample.image.data, labels) != want:
+                    report.add(
+                        sample.key, "record digest mismatch: its pixels or labels changed since conversion"
+                    )
         except (MtlDataError, OSError) as exc:  # OSError: h5py's word for a damaged file
             report.add(_key_or_position(reader, i), str(exc))
         if progress is not None:
             progress(i + 1, n)
     report.counts["samples"] = n
     report.checked.append("every sample loads and decodes")
+    if digests is not None:
+        report.checked.append("every record against its own digest")
     return {}
 
 
@@ -251,6 +317,8 @@ def _check_checksums(
         return
     for rel, want in recorded.items():
         got = walked.get(root / rel) or checksum(root / rel)
+        if got is not None:  # what a recomputed checksum holds; the rest names the per-record digests
+            want = {k: v for k, v in want.items() if k in got}
         if got != want:
             found = "nothing" if got is None else ", ".join(f"{k} {v}" for k, v in got.items())
             expected = ", ".join(f"{k} {v}" for k, v in want.items())

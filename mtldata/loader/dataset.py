@@ -284,7 +284,26 @@ class MultiTaskDataset(Dataset):
         return j
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, Targets]:
-        return self.__getitems__([i])[0]
+        """One sample, read on its own (a user's own Dataset wrapper calls this per index): the same
+        tensors `__getitems__` gives for it, without a batch's set-up (one image's own memory, its
+        targets cut from one label row), which dominates for small images."""
+        j = self._check_index(i)
+        # a view of the record where the reader offers one: copied (once) before the next read
+        sample = (getattr(self.reader, "sample_view", None) or self.reader.sample)(j)
+        try:
+            pixels, _ = self._pixels(sample, _NO_SLOT)
+        except ImageDecodeError as exc:
+            raise _undecodable(self.reader, sample.key, exc) from None
+        if pixels.flags.writeable:  # a decoder's fresh array: the tensor takes it over
+            image = torch.from_numpy(pixels)
+        else:  # a view of the record: one copy into memory of its own
+            image = torch.from_numpy(np.array(pixels))
+        row = np.asarray(sample.labels).ravel()
+        if self.slicer is None:
+            targets = {LABEL_TASK: torch.from_numpy(row.astype(np.float32))}  # (K,), a copy of its own
+        else:
+            targets = {name: t[0] for name, t in self._targets([row], [sample.key]).items()}
+        return self._finish([image])[0], targets
 
     def __getitems__(self, indices: Sequence[int]) -> _Batch:
         """Read the samples of one batch; DataLoader calls this instead of one `ds[i]` per index."""
@@ -313,9 +332,7 @@ class MultiTaskDataset(Dataset):
             try:
                 stack.add(*self._pixels(sample, stack))
             except ImageDecodeError as exc:
-                raise DatasetFormatError(
-                    f"{_reader_name(self.reader)}: record {sample.key!r}: the stored image does not decode ({exc})"
-                ) from None
+                raise _undecodable(self.reader, sample.key, exc) from None
             del sample
         targets = self._targets(rows, keys)
         images = self._finish(stack.result())
@@ -395,7 +412,11 @@ class MultiTaskDataset(Dataset):
 
     def _finish_one(self, img: torch.Tensor) -> torch.Tensor:
         if self.output == "uint8" or self.transform is None:
-            return img if self.output == "uint8" else img.to(torch.float32)
+            return (
+                img
+                if self.output == "uint8"
+                else img.to(torch.float32, memory_format=torch.contiguous_format)
+            )
         if isinstance(self.transform, CaffeTransform):
             return self.transform(img, self._rng())
         return self.transform(img)
@@ -412,6 +433,13 @@ class MultiTaskDataset(Dataset):
             self._generator = torch.Generator().manual_seed(seed)
             self._generator_owner = owner
         return self._generator
+
+
+def _undecodable(reader: DatasetReader, key: str, exc: Exception) -> DatasetFormatError:
+    """The one-line error for a stored image that does not decode, naming the dataset and the key."""
+    return DatasetFormatError(
+        f"{_reader_name(reader)}: record {key!r}: the stored image does not decode ({exc})"
+    )
 
 
 def _reader_name(reader: DatasetReader) -> str:
@@ -502,6 +530,17 @@ class _LocalPool:
 
 
 _LOCAL_POOL = _LocalPool()
+
+
+class _NoBatch:
+    """Where `_pixels` decodes a lone sample: nowhere in particular (the decoder's own array)."""
+
+    @staticmethod
+    def next_slot() -> None:
+        return None
+
+
+_NO_SLOT: Any = _NoBatch()
 
 
 class _BatchBuilder:

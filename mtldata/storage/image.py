@@ -30,9 +30,10 @@ Decoding in gray (``--gray``, ``IMREAD_GRAYSCALE``) gives an ``HxW`` ``uint8`` a
   8-bit gamma tables: ``gray = from_1[(rc*to_1[R] + gc*to_1[G] + bc*to_1[B] + 16384) >> 15]``, with
   ``to_1[v] = floor(255*(v/255)**(1/file_gamma) + 0.5)`` and ``from_1`` the inverse power (0 and 255
   map to themselves); this lifts saturated colours by tens of levels (pure red: 147 instead of 76).
-  Alpha is dropped first. This is byte-exact against libpng 1.6 for 8-bit PNGs. (For 16-bit colour
-  PNGs libpng converts before dropping to 8 bits, while Pillow hands over only the high bytes: such
-  files may be off by one level, by a few with a gamma chunk. ICC profiles are not looked at.)
+  Alpha is dropped first. 16-bit colour PNGs are converted at 16 bits, as libpng does before OpenCV's
+  strip to 8 bits (``mtldata.storage.png16``; an EXIF-rotated one takes the 8-bit path and may be a
+  few levels off). Byte-exact against libpng 1.6 (tested on non-interlaced files). ICC profiles are
+  not looked at.
 * Anything else with colour (CMYK JPEG, BMP, TIFF, ...): OpenCV's fixed-point BT.601 luma
   ``(4899*R + 9617*G + 1868*B + 8192) >> 14`` on the RGB pixels described above.
 
@@ -69,6 +70,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mtldata.errors import MtlDataError
+from mtldata.storage.png16 import libpng_gray16, png_sig_bit
 from mtldata.storage.read_limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 from mtldata.storage.records import ImagePayload
 
@@ -78,12 +80,14 @@ __all__ = [
     "caffe_resize",
     "decode_bytes",
     "encode_image",
+    "header_shape",
     "load_image",
     "prepare_image",
     "to_chw",
 ]
 
 RESIZE_MODES = ("caffe", "antialias")
+VALIDATE_MODES = ("decode", "header")
 JPEG_QUALITY = 95  # OpenCV's imencode default (IMWRITE_JPEG_QUALITY)
 
 
@@ -107,10 +111,15 @@ class ImageOptions:
     encode_type: str = ""  # "", "jpg", "png"; non-empty implies encoded (as in Caffe)
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # a larger file is a bad sample, never read
     max_pixels: int = DEFAULT_MAX_PIXELS  # a larger image (width x height) is a bad sample, never decoded
+    # How an image stored verbatim (encoded, not resized) is checked: "decode" decodes it whole;
+    # "header" reads only its header and end marker (see `header_shape`: misses corrupt middles).
+    validate: str = "decode"
 
     def __post_init__(self) -> None:
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, not {self.resize_mode!r}")
+        if self.validate not in VALIDATE_MODES:
+            raise ValueError(f"validate must be one of {VALIDATE_MODES}, not {self.validate!r}")
         if self.resize_width < 0 or self.resize_height < 0:
             raise ValueError("resize_width and resize_height must be >= 0")
         if self.max_file_bytes < 1 or self.max_pixels < 1:
@@ -247,8 +256,18 @@ def _orientation(im: Image.Image) -> int:
         return 1
 
 
-def _load(im: Image.Image) -> Image.Image:
-    """Decode the pixel data and apply the EXIF orientation."""
+# Where a PNG can carry an orientation for Pillow: an eXIf chunk, a "Raw profile type exif" text
+# chunk, or XMP in an iTXt chunk. Bytes holding none of these names cannot rotate.
+_PNG_ORIENTATION_MARKERS = (b"eXIf", b"Raw profile type exif", b"XML:com.adobe.xmp")
+
+
+def _png_may_rotate(data: bytes) -> bool:
+    return any(marker in data for marker in _PNG_ORIENTATION_MARKERS)
+
+
+def _load(im: Image.Image, may_rotate: bool = True) -> Image.Image:
+    """Decode the pixel data and apply the EXIF orientation (when `may_rotate`: reading it costs
+    more than decoding a small PNG)."""
     try:
         im.load()
     except Image.DecompressionBombError as exc:
@@ -258,7 +277,7 @@ def _load(im: Image.Image) -> Image.Image:
         if "truncated" in msg:
             raise ImageDecodeError(f"truncated image data ({msg})") from None
         raise ImageDecodeError(f"corrupt image data: {msg}") from None
-    if _orientation(im) != 1:
+    if may_rotate and _orientation(im) != 1:
         try:
             im = ImageOps.exif_transpose(im)
         except Exception as exc:  # noqa: BLE001
@@ -381,7 +400,41 @@ def _decode(
             elif draft_size is not None and im.mode in ("RGB", "L"):
                 im.draft(im.mode, req)
         file_gamma = png_file_gamma(im.info) if is_png_colour else None
-        return _decoded_to_array(_load(im), gray, is_png_colour, file_gamma)
+        may_rotate = not (fmt == "PNG" and isinstance(source, bytes) and not _png_may_rotate(source))
+        if gray and is_png_colour and _rawmode(im) in ("RGB;16B", "RGBA;16B") and _orientation(im) == 1:
+            return _png16_gray(source, _load(im, may_rotate), file_gamma, max_pixels)
+        return _decoded_to_array(_load(im, may_rotate), gray, is_png_colour, file_gamma)
+
+
+def _rawmode(im: Image.Image) -> object:
+    """How Pillow's decoder unpacks the file ("RGB;16B" for 16-bit RGB PNGs), None if not one tile."""
+    return im.tile[0][3] if len(im.tile) == 1 and len(im.tile[0]) > 3 else None
+
+
+def _png16_gray(
+    source: str | os.PathLike | bytes, high: Image.Image, file_gamma: int | None, max_pixels: int | None
+) -> np.ndarray:
+    """A 16-bit colour PNG in gray from its whole samples, as libpng converts it (mtldata.storage.png16).
+
+    Pillow keeps the high byte of each sample; a second decode told the samples are little-endian
+    keeps the low byte instead.
+    """
+    low = _open(source, max_pixels)
+    with low:
+        tile = low.tile[0]
+        rawmode = str(tile[3]).replace(";16B", ";16L")
+        low.tile = [tile._replace(args=rawmode) if hasattr(tile, "_replace") else (*tile[:3], rawmode)]
+        lo = np.asarray(_load(low))[..., :3].astype(np.uint16)
+    rgb = (np.asarray(high)[..., :3].astype(np.uint16) << 8) | lo
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            with open(source, "rb") as fh:
+                sig_bit = png_sig_bit(fh)
+        except OSError as exc:
+            raise _file_error(exc) from None
+    else:
+        sig_bit = png_sig_bit(io.BytesIO(bytes(source)))
+    return np.ascontiguousarray(libpng_gray16(rgb, file_gamma, sig_bit))
 
 
 def load_image(path: str | os.PathLike, gray: bool = False) -> np.ndarray:
@@ -491,6 +544,80 @@ def to_chw(img: np.ndarray) -> np.ndarray:
     else:
         raise ValueError(f"expected an HxW or HxWxC image, got shape {a.shape}")
     return np.ascontiguousarray(a, dtype=np.uint8)
+
+
+def chw_bytes(img: np.ndarray) -> bytearray:
+    """HxWxC or HxW uint8 -> its CxHxW bytes, in one transposing copy (no intermediate array)."""
+    a = np.asarray(img, dtype=np.uint8)
+    planes = a[None, :, :] if a.ndim == 2 else a.transpose(2, 0, 1)
+    out = bytearray(a.size)
+    np.copyto(np.frombuffer(out, np.uint8).reshape(planes.shape), planes)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The light check: header and end marker only
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def header_shape(data: bytes, gray: bool, max_pixels: int | None = None) -> tuple[int, int, int] | None:
+    """(C, H, W) a JPEG or PNG decodes to, read from its header, after checking its end marker.
+
+    The `--validate header` check for trusted files: it catches a file that is not a JPEG or PNG,
+    a broken header and a truncated file (no end-of-image marker / IEND chunk at the end), but NOT
+    damage between the header and the end (corrupt entropy-coded or deflate data), which only a
+    decode finds. Raises ImageDecodeError; None for what it cannot judge this way (another format,
+    a rotating EXIF orientation or an eXIf chunk): decode those.
+    """
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 1 << 62)  # where Pillow's decode refuses a "bomb"
+    channels = 1 if gray else 3
+    if data[:3] == b"\xff\xd8\xff":
+        if data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+            raise ImageDecodeError("truncated image data (no JPEG end-of-image marker)")
+        height, width = _jpeg_size(data)
+        if _has_app1(data):
+            try:
+                im = Image.open(io.BytesIO(data))
+            except Exception as exc:  # noqa: BLE001
+                raise ImageDecodeError(f"cannot read image: {exc}") from None
+            with im:
+                if _orientation(im) != 1:
+                    return None
+    elif data[:8] == _PNG_SIGNATURE:
+        if data[12:16] != b"IHDR" or len(data) < 33:
+            raise ImageDecodeError("corrupt image data: PNG without an IHDR header")
+        if not data.endswith(_PNG_IEND):
+            raise ImageDecodeError("truncated image data (no PNG IEND chunk at the end)")
+        if data.find(b"eXIf") >= 0:
+            return None  # an EXIF orientation may rotate it
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    else:
+        return None
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError(f"corrupt image data: the header gives a {width}x{height} image")
+    if width * height > limit:
+        raise ImageDecodeError(f"image too large: {width}x{height} pixels")
+    _check_pixels(width, height, max_pixels)  # the conversion's own limit, as a decode applies it
+    return channels, height, width
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    """(height, width) from a JPEG's frame header (simplejpeg when installed, else Pillow's parser)."""
+    try:
+        import simplejpeg
+    except ImportError:
+        simplejpeg = None
+    if simplejpeg is not None:
+        try:
+            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+            return height, width
+        except (ValueError, RuntimeError) as exc:
+            raise ImageDecodeError(f"corrupt image data: {exc}") from None
+    im = _open(data)
+    with im:
+        return im.size[1], im.size[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -668,9 +795,19 @@ def prepare_image(path: str | os.PathLike, opts: ImageOptions) -> ImagePayload:
       decodes to colour unless the reader asks for gray). Otherwise the decoded (resized) pixels are
       re-encoded with :func:`encode_image` (jpg or png only; anything else raises).
     * Raw: the planar CHW BGR (or gray) bytes.
+    * ``opts.validate == "header"``: a JPEG or PNG stored verbatim is checked by
+      :func:`header_shape` (header and end marker) instead of being decoded.
     """
     # Read once (bounded, regular files only): decoded from, and stored verbatim when the rules say so.
     data = _read_file(path, opts.max_file_bytes)
+    no_resize = opts.resize_width == 0 and opts.resize_height == 0  # Caffe: `!height && !width`
+    if opts.stores_encoded and no_resize and opts.validate == "header":
+        ext = _caffe_ext(path)
+        if _match_ext(ext, opts.encode_type.lower().lstrip(".") or ext):
+            # channels == (gray ? 1 : 3) by construction, so Caffe stores the bytes verbatim
+            shape = header_shape(data, opts.gray, opts.max_pixels)
+            if shape is not None:
+                return ImagePayload(data=data, encoded=True, shape=shape, format=_sniff_format(data, ext))
     if opts.resizes and opts.resize_mode == "antialias":
         img = _antialias_resize(data, opts)
     else:
@@ -680,10 +817,9 @@ def prepare_image(path: str | os.PathLike, opts: ImageOptions) -> ImagePayload:
     channels = 1 if img.ndim == 2 else img.shape[2]
     shape = (channels, img.shape[0], img.shape[1])
     if not opts.stores_encoded:
-        return ImagePayload(data=to_chw(img).tobytes(), encoded=False, shape=shape, format="raw")
+        return ImagePayload(data=chw_bytes(img), encoded=False, shape=shape, format="raw")
     ext = _caffe_ext(path)
     encoding = opts.encode_type.lower().lstrip(".") or ext
-    no_resize = opts.resize_width == 0 and opts.resize_height == 0  # Caffe: `!height && !width`
     if no_resize and (channels == 3) == (not opts.gray) and _match_ext(ext, encoding):
         return ImagePayload(data=data, encoded=True, shape=shape, format=_sniff_format(data, ext))
     if _FORMAT_NAMES.get(encoding) is None:

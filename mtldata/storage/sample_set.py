@@ -3,6 +3,7 @@
 Each image shows one shape on a background; the labels are learnable from the pixels:
 shape class (0 circle, 1 square, 2 triangle), three binary attributes (red shape, bright
 background, filled) and one regression target (the shape's size relative to the image).
+With `missing`, that share of each task's labels (TASK_COLUMNS) is written as `nan`, image by image.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from PIL import Image, ImageDraw
 
 LABEL_NAMES = ("shape", "red", "bright_bg", "filled", "size")
 CLASS_NAMES = ("circle", "square", "triangle")
+# The demo's tasks by label columns: shape (softmax), the attributes (sigmoid), size (euclidean).
+TASK_COLUMNS = ((0, 1), (1, 4), (4, 5))
 
 
 def _draw(rng: np.random.Generator, size: int) -> tuple[Image.Image, list[float]]:
@@ -45,17 +48,31 @@ def _draw(rng: np.random.Generator, size: int) -> tuple[Image.Image, list[float]
     return image, [shape, red, bright, filled, rel]
 
 
-def make_sample_set(directory: str | Path, count: int = 200, size: int = 64, seed: int = 0) -> Path:
-    """Write `count` JPEG images and `list.txt` (`path l1 .. l5`) into `directory`; return the list."""
+def make_sample_set(
+    directory: str | Path, count: int = 200, size: int = 64, seed: int = 0, missing: float = 0.0
+) -> Path:
+    """Write `count` JPEG images and `list.txt` (`path l1 .. l5`) into `directory`; return the list.
+
+    `missing` in [0, 1): the share of images whose labels of a task are `nan`, drawn per task (the
+    images are the same whatever `missing` is).
+    """
+    if not 0.0 <= missing < 1.0:
+        raise ValueError(f"missing must be in [0, 1), got {missing!r}")
     directory = Path(directory)
     (directory / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
+    drop = np.random.default_rng([seed, 1])  # its own stream, so the images do not depend on it
+    absent = [set(drop.permutation(count)[: round(missing * count)].tolist()) for _ in TASK_COLUMNS]
     lines = [f"# mtldata demo set: {', '.join(LABEL_NAMES)}"]
     for i in range(count):
         image, labels = _draw(rng, size)
         rel_path = f"images/{i:05d}.jpg"
         image.save(directory / rel_path, quality=90)
-        lines.append(rel_path + " " + " ".join(f"{v:g}" for v in labels))
+        values: list[float] = list(labels)
+        for (start, stop), gone in zip(TASK_COLUMNS, absent, strict=True):
+            if i in gone:
+                values[start:stop] = [math.nan] * (stop - start)
+        lines.append(rel_path + " " + " ".join(f"{v:g}" for v in values))
     list_path = directory / "list.txt"
     list_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return list_path

@@ -231,7 +231,10 @@ def metrics_lines(record: dict[str, Any], tasks: TaskSet) -> list[dict[str, Any]
                 "split": "val",
                 "loss": losses,
                 "total": sum(t.loss_weight * (losses[t.name] or 0.0) for t in tasks),
-                "metrics": {n: {k: v for k, v in val[n].items() if k != "loss"} for n in tasks.names},
+                "metrics": {
+                    n: {k: v for k, v in val[n].items() if k not in ("loss", "labelled")} for n in tasks.names
+                },
+                "labelled": {n: val[n].get("labelled") for n in tasks.names},  # a count, not a curve
             }
         )
     return lines

@@ -2,7 +2,9 @@
 
 softmax: accuracy over non-ignored samples; sigmoid: mean error (the share of wrong bits) and F1
 (micro-averaged over the task's columns), ignored elements left out; euclidean: MAE and RMSE over
-every value. Each task also reports its mean Caffe loss.
+every value. Each task also reports its mean Caffe loss. Missing labels (NaN, MISSING_CLASS) are left
+out of every count; `labelled` is how many entries were labelled (samples for softmax, values else),
+and a batch's loss weighs in by its labelled share of samples.
 """
 
 from __future__ import annotations
@@ -13,16 +15,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from mtldata.tasks import TaskSet
+from mtldata.tasks import MISSING_CLASS, TaskSet
 
 __all__ = ["METRIC_NAMES", "TaskMetrics", "format_table"]
 
 METRIC_NAMES = {"softmax": ("accuracy",), "sigmoid": ("mean_error", "f1"), "euclidean": ("mae", "rmse")}
-# Slots of each task's accumulator: loss sum and sample count first, then the kind's own counts.
+# Slots of each task's accumulator: loss sum, sample count and labelled entries first, then the kind's own.
 _SLOTS = {
-    "softmax": ("loss", "samples", "correct", "valid"),
-    "sigmoid": ("loss", "samples", "wrong", "valid", "tp", "fp", "fn"),
-    "euclidean": ("loss", "samples", "abs", "sq", "values"),
+    "softmax": ("loss", "samples", "labelled", "correct", "valid"),
+    "sigmoid": ("loss", "samples", "labelled", "wrong", "valid", "tp", "fp", "fn"),
+    "euclidean": ("loss", "samples", "labelled", "abs", "sq", "values"),
 }
 
 
@@ -46,23 +48,21 @@ class TaskMetrics:
             out = outputs[task.name].float()
             target = targets[task.name]
             n = out.shape[0]
-            parts = [losses[task.name].double() * n, torch.tensor(float(n), device=out.device)]
+            if task.kind == "softmax":
+                labelled = target.reshape(-1) != MISSING_CLASS
+            else:
+                labelled = ~torch.isnan(target.float().reshape(n, -1))
+            # a batch counts for its labelled share of samples (n when nothing is missing)
+            share = n * labelled.sum().double() / max(labelled.numel(), 1)
+            parts = [losses[task.name].double() * share, share, labelled.sum()]
             if task.kind == "softmax":
                 target = target.reshape(-1).long()
-                keep = (
-                    target != task.ignore_label
-                    if task.ignore_label is not None
-                    else torch.ones_like(target, dtype=torch.bool)
-                )
+                keep = labelled & (target != task.ignore_label) if task.ignore_label is not None else labelled
                 correct = (out.argmax(1) == target) & keep
                 parts += [correct.sum(), keep.sum()]
             elif task.kind == "sigmoid":
                 target = target.float().reshape(n, -1)
-                keep = (
-                    target != task.ignore_label
-                    if task.ignore_label is not None
-                    else torch.ones_like(target, dtype=torch.bool)
-                )
+                keep = labelled & (target != task.ignore_label) if task.ignore_label is not None else labelled
                 pred = out.reshape(n, -1) > 0
                 truth = target > 0.5
                 parts += [
@@ -73,12 +73,10 @@ class TaskMetrics:
                     (~pred & truth & keep).sum(),
                 ]
             else:
-                diff = out.reshape(n, -1) - target.float().reshape(n, -1)
-                parts += [
-                    diff.abs().sum(),
-                    (diff * diff).sum(),
-                    torch.tensor(float(diff.numel()), device=out.device),
-                ]
+                target = target.float().reshape(n, -1)
+                diff = out.reshape(n, -1) - torch.where(labelled, target, torch.zeros_like(target))
+                diff = torch.where(labelled, diff, torch.zeros_like(diff))
+                parts += [diff.abs().sum(), (diff * diff).sum(), labelled.sum()]
             self.sums[task.name] += torch.stack([p.double() for p in parts])
 
     def all_reduce(self) -> None:
@@ -101,7 +99,10 @@ class TaskMetrics:
         out: dict[str, dict[str, float | None]] = {}
         for task in self.tasks:
             v = dict(zip(_SLOTS[task.kind], self.sums[task.name].tolist(), strict=True))
-            m: dict[str, float | None] = {"loss": _ratio(v["loss"], v["samples"])}
+            m: dict[str, float | None] = {
+                "loss": _ratio(v["loss"], v["samples"]),
+                "labelled": int(v["labelled"]),
+            }
             if task.kind == "softmax":
                 m["accuracy"] = _ratio(v["correct"], v["valid"])
             elif task.kind == "sigmoid":
@@ -137,7 +138,9 @@ def format_table(record: dict[str, Any], tasks: TaskSet) -> str:
         for name in METRIC_NAMES[task.kind]:
             if name not in metric_cols:
                 metric_cols.append(name)
-    header = ["task", "kind", "weight", "train loss"] + (["val loss", *metric_cols] if val else [])
+    header = ["task", "kind", "weight", "train loss"] + (
+        ["val loss", *metric_cols, "labelled"] if val else []
+    )
     rows = []
     for task in tasks:
         row = [task.name, task.kind, _fmt(weights.get(task.name)), _fmt(train.get(task.name))]
@@ -145,6 +148,7 @@ def format_table(record: dict[str, Any], tasks: TaskSet) -> str:
             metrics = val.get(task.name, {})
             row.append(_fmt(metrics.get("loss")))
             row += [_fmt(metrics.get(c)) if c in METRIC_NAMES[task.kind] else "" for c in metric_cols]
+            row.append(_fmt(metrics.get("labelled")))
         rows.append(row)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]

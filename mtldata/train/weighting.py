@@ -5,6 +5,9 @@ its own; a task with loss_weight 0 stays out of the weighting. The state (learne
 history) lives in the module's state_dict, so it goes into checkpoints with the model. Under DDP the
 weights stay equal on every rank: learned parameters get their gradients averaged across ranks
 (`sync_grads`), and DWA averages its epoch losses across ranks before computing new weights.
+
+A task absent from a batch (every label of it missing) has a zero loss there; `present` tells each method
+so, and none learns from it: no uncertainty or GradNorm gradient, no DWA loss sample, no GradNorm L(0).
 """
 
 from __future__ import annotations
@@ -52,15 +55,24 @@ class Weighting(nn.Module, ABC):
         """The weight each task's loss is multiplied by now (prior included), shape (T,)."""
 
     def forward(
-        self, losses: dict[str, torch.Tensor], shared: torch.Tensor | None = None, grad_scale: float = 1.0
+        self,
+        losses: dict[str, torch.Tensor],
+        shared: torch.Tensor | None = None,
+        grad_scale: float = 1.0,
+        present: torch.Tensor | None = None,
     ) -> ObjectiveOutput:
+        """Combine the per-task losses; `present` (T,) bool marks the tasks labelled in this batch."""
         stacked = torch.stack([losses[n] for n in self.names])
-        total = self.objective(stacked, shared, grad_scale)
+        if present is None:
+            present = torch.ones(len(self.names), dtype=torch.bool, device=stacked.device)
+        total = self.objective(stacked, shared, grad_scale, present.to(stacked.device))
         weights = self.multipliers().detach()
         weighted = (weights.to(stacked.device) * stacked.detach()).sum()
         return ObjectiveOutput(total, weighted, losses, dict(zip(self.names, weights.unbind(), strict=True)))
 
-    def objective(self, losses: torch.Tensor, shared: torch.Tensor | None, grad_scale: float) -> torch.Tensor:
+    def objective(
+        self, losses: torch.Tensor, shared: torch.Tensor | None, grad_scale: float, present: torch.Tensor
+    ) -> torch.Tensor:
         """The scalar to backpropagate for the stacked (T,) losses."""
         return (self.multipliers().detach().to(losses.device) * losses).sum()
 
@@ -125,9 +137,13 @@ class UncertaintyWeighting(Weighting):
     def multipliers(self) -> torch.Tensor:
         return self.prior * self.factor * torch.exp(-self.log_var)
 
-    def objective(self, losses: torch.Tensor, shared: torch.Tensor | None, grad_scale: float) -> torch.Tensor:
+    def objective(
+        self, losses: torch.Tensor, shared: torch.Tensor | None, grad_scale: float, present: torch.Tensor
+    ) -> torch.Tensor:
         s = self.log_var.to(losses.device)
         terms = self.factor * torch.exp(-s) * losses + 0.5 * s
+        # an absent task's regulariser 0.5 * s would still pull its s down: leave the task out
+        terms = torch.where(present, terms, torch.zeros_like(terms))
         return (self.prior * terms).sum()
 
 
@@ -150,16 +166,27 @@ class DWA(Weighting):
         self.register_buffer("history", torch.zeros(2, t, dtype=torch.float64))  # [t-2, t-1]
         self.register_buffer("epochs_seen", torch.zeros((), dtype=torch.int64))
         self.register_buffer("loss_sum", torch.zeros(t, dtype=torch.float64))
-        self.register_buffer("loss_count", torch.zeros((), dtype=torch.float64))
+        # batches in which each task was labelled (an absent task's zero loss is not a sample of it)
+        self.register_buffer("loss_count", torch.zeros(t, dtype=torch.float64))
 
     def multipliers(self) -> torch.Tensor:
         return self.prior * self.dyn
 
-    def objective(self, losses: torch.Tensor, shared: torch.Tensor | None, grad_scale: float) -> torch.Tensor:
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        # checkpoints from before per-task counts held one batch count for every task
+        count = state_dict.get(prefix + "loss_count")
+        if count is not None and count.ndim == 0:
+            state_dict[prefix + "loss_count"] = count.expand(len(self.names)).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def objective(
+        self, losses: torch.Tensor, shared: torch.Tensor | None, grad_scale: float, present: torch.Tensor
+    ) -> torch.Tensor:
         if self.training and torch.is_grad_enabled():
-            self.loss_sum += losses.detach().to(self.loss_sum)
-            self.loss_count += 1
-        return super().objective(losses, shared, grad_scale)
+            mask = present.to(self.loss_sum)
+            self.loss_sum += losses.detach().to(self.loss_sum) * mask
+            self.loss_count += mask
+        return super().objective(losses, shared, grad_scale, present)
 
     @torch.no_grad()
     def consolidate(self) -> None:
@@ -172,14 +199,16 @@ class DWA(Weighting):
     def epoch_end(self) -> None:
         sums, count = self.loss_sum.clone(), self.loss_count.clone()
         if _distributed():  # the same averages on every rank give the same weights
-            packed = torch.cat([sums, count.reshape(1)])
+            packed = torch.cat([sums, count])
             dist.all_reduce(packed)
-            sums, count = packed[:-1], packed[-1]
+            sums, count = packed[: len(sums)], packed[len(sums) :]
         self.loss_sum.zero_()
         self.loss_count.zero_()
-        if count <= 0:
+        if not bool((count > 0).any()):
             return
-        mean = sums / count
+        # a task unlabelled all epoch keeps its last mean (ratio 1), or 1 before it has one
+        fallback = torch.where(self.epochs_seen > 0, self.history[1], torch.ones_like(sums))
+        mean = torch.where(count > 0, sums / count.clamp(min=1), fallback)
         self.history[0] = self.history[1]
         self.history[1] = mean
         self.epochs_seen += 1
@@ -207,25 +236,39 @@ class GradNorm(Weighting):
         self.alpha = float(alpha)
         self.w = nn.Parameter(torch.ones(len(tasks)))
         self.register_buffer("initial", torch.zeros(len(tasks)))
-        self.register_buffer("has_initial", torch.zeros((), dtype=torch.bool))
+        # L_k(0) is the task's loss in the first batch that labels it
+        self.register_buffer("has_initial", torch.zeros(len(tasks), dtype=torch.bool))
 
     def multipliers(self) -> torch.Tensor:
         return self.prior * self.w
 
-    def objective(self, losses: torch.Tensor, shared: torch.Tensor | None, grad_scale: float) -> torch.Tensor:
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        # checkpoints from before per-task initial losses held one flag for every task
+        flag = state_dict.get(prefix + "has_initial")
+        if flag is not None and flag.ndim == 0:
+            state_dict[prefix + "has_initial"] = flag.expand(len(self.names)).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def objective(
+        self, losses: torch.Tensor, shared: torch.Tensor | None, grad_scale: float, present: torch.Tensor
+    ) -> torch.Tensor:
         main = (self.multipliers().detach().to(losses.device) * losses).sum()
         if not (self.training and torch.is_grad_enabled() and shared is not None and shared.requires_grad):
             return main
-        if not bool(self.has_initial):
-            first = losses.detach().float().clone()
-            if _distributed():
-                dist.all_reduce(first)
-                first /= dist.get_world_size()
-            self.initial.copy_(first)
-            self.has_initial.fill_(True)
+        present = present.to(self.initial.device)
+        if not bool(self.has_initial.all()):
+            first = losses.detach().float().to(self.initial) * present
+            seen = present.to(self.initial)
+            if _distributed():  # the mean over the ranks that labelled the task
+                packed = torch.cat([first, seen])
+                dist.all_reduce(packed)
+                first, seen = packed[: len(first)], packed[len(first) :]
+            new = ~self.has_initial & (seen > 0)
+            self.initial.copy_(torch.where(new, first / seen.clamp(min=1), self.initial))
+            self.has_initial |= new
         norms = []
         for k in range(len(self.names)):
-            if not bool(self.active[k]) or not losses[k].requires_grad:
+            if not bool(self.active[k] & present[k]) or not losses[k].requires_grad:
                 norms.append(torch.zeros((), device=losses.device))
                 continue
             # w_k is a scalar factor, so ||grad(w_k L_k)|| = w_k ||grad(L_k)||: one plain backward per task
@@ -239,10 +282,13 @@ class GradNorm(Weighting):
         g = torch.stack(norms).detach()
         if not torch.isfinite(g).all():  # an fp16 overflow: GradScaler will skip this step anyway
             return main
-        active = self.active
+        active = (self.active & present & self.has_initial).to(losses.device)
+        if not bool(active.any()):
+            return main
         w = self.w.to(losses.device)
         grad_norms = w * g
-        ratios = losses.detach().float() / self.initial.clamp(min=1e-12)
+        ratios = losses.detach().float() / self.initial.to(losses.device).clamp(min=1e-12)
+        ratios = torch.where(active, ratios, torch.ones_like(ratios))
         relative = ratios / ratios[active].mean().clamp(min=1e-12)
         target = (grad_norms[active].mean() * relative.pow(self.alpha)).detach()
         gap = (grad_norms - target).abs()[active].sum()

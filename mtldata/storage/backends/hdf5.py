@@ -26,9 +26,10 @@ import numpy as np
 
 from mtldata.durable import fsync_path
 from mtldata.errors import DatasetFormatError, MtlDataError, SampleRejectedError
+from mtldata.storage import record_digests
 from mtldata.storage.backends import READERS, DatasetReader, WriterOptions, register_writer
 from mtldata.storage.processes import current_pid
-from mtldata.storage.records import ImagePayload, Sample
+from mtldata.storage.records import ImagePayload, Sample, missing_stored_as, restore_missing
 
 LIST_NAME = "hdf5_list.txt"
 DTYPES = ("float32", "uint8")
@@ -286,11 +287,17 @@ class Hdf5Writer:
             if stat.f_bavail * stat.f_frsize < need:
                 raise OSError(errno.ENOSPC, f"needs {need:,} bytes for the shard", str(final))
         try:
-            self._fill_shard(tmp, pending, n, (c, h, w), k, dtype, rows, storage)
+            digests = self._fill_shard(tmp, pending, n, (c, h, w), k, dtype, rows, storage)
         except BaseException:
             tmp.unlink(missing_ok=True)  # a torn shard only takes space a resume needs
             raise
         fsync_path(tmp)
+        # The shard's per-record digests (`verify` names a damaged sample by them), in place first.
+        digests_path = final.with_name(final.name + record_digests.SUFFIX)
+        digests_tmp = digests_path.with_name(digests_path.name + ".tmp")
+        digests_tmp.write_bytes(digests)
+        fsync_path(digests_tmp)
+        os.replace(digests_tmp, digests_path)
         os.replace(tmp, final)
         fsync_path(self.dir)
 
@@ -304,7 +311,8 @@ class Hdf5Writer:
         dtype: np.dtype,
         rows: int,
         storage: Any,
-    ) -> None:
+    ) -> bytes:
+        """Write the shard's datasets from the pending file; return its per-record digests file."""
         h5py = _h5py()
         c, h, w = chw
         with h5py.File(tmp, "w", libver=("earliest", "v108")) as f:  # readable by HDF5 1.8 (Caffe)
@@ -319,12 +327,19 @@ class Hdf5Writer:
             block = max(rows, 256)
             buffer: list[tuple[str, Any, Any]] = []
             row = 0
+            digests = bytearray()
             for _, _, _, key, labels, pixels, _ in _frames(pending, k):
                 buffer.append((key, labels, pixels))
+                digests += record_digests.entry(
+                    key.encode("utf-8"), record_digests.pixels_and_labels(pixels.data, labels.tobytes())
+                )
                 if len(buffer) == block or row + len(buffer) == n:
                     end = row + len(buffer)
                     label_rows = np.stack([b[1] for b in buffer])
-                    data[row:end] = np.stack([b[2] for b in buffer]).astype(dtype)
+                    pixels_block = np.empty((len(buffer), c, h, w), dtype)
+                    for j, b in enumerate(buffer):  # converted in one pass, no uint8 stack first
+                        pixels_block[j] = b[2]
+                    data[row:end] = pixels_block
                     label[row:end] = label_rows
                     for ds, start, stop in tasks:
                         ds[row:end] = label_rows[:, start:stop]
@@ -332,6 +347,7 @@ class Hdf5Writer:
                     row, buffer = end, []
             if row != n:
                 raise DatasetFormatError(f"{pending}: holds {row} whole samples, expected {n}")
+        return bytes(digests)
 
     def abandon(self) -> None:
         """Close the pending file after a failure; what was committed stays."""
@@ -357,6 +373,7 @@ class Hdf5Writer:
             if kept:
                 self._unseal(number, kept)
             (self.dir / shard_name(number)).unlink()
+            (self.dir / (shard_name(number) + record_digests.SUFFIX)).unlink(missing_ok=True)
             fsync_path(self.dir)
             self.counts.pop()
             self._open_pending()
@@ -543,6 +560,7 @@ class Hdf5Reader(DatasetReader):
     ) -> None:
         self.files = [Path(f) for f in files]
         self.manifest = manifest
+        self._stored_as = missing_stored_as(manifest)  # ignore values that stand for missing labels
         self.source = source
         self.infos = [self._inspect(p, None if lines is None else lines[j]) for j, p in enumerate(self.files)]
         for info in self.infos[1:]:
@@ -657,9 +675,10 @@ class Hdf5Reader(DatasetReader):
     def labels(self, i: int) -> np.ndarray:
         j, row = self._locate(i)
         try:
-            return np.array(self._file(j).row("label", row), dtype=np.float32).reshape(-1)  # a copy
+            labels = np.array(self._file(j).row("label", row), dtype=np.float32).reshape(-1)  # a copy
         except OSError as exc:  # h5py's word for a damaged file
             raise DatasetFormatError(f"{self.files[j]}: label {row} cannot be read ({exc})") from None
+        return restore_missing(labels, self._stored_as)
 
     def image_array(self, i: int) -> np.ndarray:
         """Sample i's image as a (C, H, W) array: uint8 for pixel data, float32 for other float data."""

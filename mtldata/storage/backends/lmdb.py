@@ -12,7 +12,6 @@ import hashlib
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,12 @@ import lmdb
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from mtldata.caffe.datum import datum_labels, image_datum, label_datum, parse_datum, split_datum
+from mtldata.caffe.datum import datum_labels, image_datum_frame, label_datum, parse_datum, split_datum
 from mtldata.errors import DatasetFormatError
+from mtldata.storage import record_digests
 from mtldata.storage.backends import DatasetReader, WriterOptions, register_writer
 from mtldata.storage.processes import current_pid
-from mtldata.storage.records import ImagePayload, Sample
+from mtldata.storage.records import ImagePayload, Sample, missing_stored_as, restore_missing
 
 IMAGES_DIR = "images.lmdb"
 LABELS_DIR = "labels.lmdb"
@@ -144,8 +144,11 @@ class RecordDigest:
         self._sha = hashlib.sha256()
         self.records = 0
 
-    def update(self, key: bytes, value: bytes) -> None:
-        self.update_hashed(key, hashlib.sha256(value).digest())
+    def update(self, key: bytes, value: bytes) -> bytes:
+        """Add one record; returns its value's digest."""
+        value_sha256 = hashlib.sha256(value).digest()
+        self.update_hashed(key, value_sha256)
+        return value_sha256
 
     def update_hashed(self, key: bytes, value_sha256: bytes) -> None:
         self._sha.update(len(key).to_bytes(4, "little") + key + value_sha256)
@@ -153,18 +156,6 @@ class RecordDigest:
 
     def result(self) -> dict[str, Any]:
         return {"records": self.records, "sha256": self._sha.hexdigest()}
-
-
-def _journal_entries(data: bytes) -> Iterator[tuple[int, int, bytes, bytes]]:
-    """(start, end, key, value sha256) of each entry of a digest journal."""
-    pos = 0
-    while pos + 4 <= len(data):
-        n = int.from_bytes(data[pos : pos + 4], "little")
-        end = pos + 4 + n + 32
-        if end > len(data):  # a torn tail from an interruption
-            return
-        yield pos, end, data[pos + 4 : pos + 4 + n], data[pos + 4 + n : end]
-        pos = end
 
 
 def database_digest(path: Path, window_bytes: int = 64 << 20) -> dict[str, Any]:
@@ -218,7 +209,7 @@ class _GrowingEnv:
         self._batch: list[tuple[bytes, bytes]] = []  # what the open transaction holds, for a replay
         # The digest journal: (key, sha256(value)) of every committed record, in put order, so
         # the manifest's checksum needs no second read of the whole database at the end.
-        self.journal_path = path.with_name(path.name + ".digests")
+        self.journal_path = path.with_name(path.name + record_digests.SUFFIX)
         self._journal = open(self.journal_path, "ab")  # noqa: SIM115 - open for the writer's life
         self._journal_batch = bytearray()
         self._allocated = 0  # bytes of data.mdb known to have disk blocks behind them
@@ -275,14 +266,18 @@ class _GrowingEnv:
     def put(self, key: bytes, value: bytes, value_sha256: bytes | None = None) -> None:
         """Put into the open write transaction (started on demand); durable only after commit."""
         digest = value_sha256 if value_sha256 is not None else hashlib.sha256(value).digest()
-        self._journal_batch += len(key).to_bytes(4, "little") + key + digest
+        self._journal_batch += record_digests.entry(key, digest)
         self._batch.append((key, value))
         if self._txn is None:
             self._begin()
         else:
             self._reserve(len(key) + len(value))
         try:
-            self._txn.put(key, value)
+            # Keys arrive in increasing order (`%08d_` numbers): MDB_APPEND fills pages to the
+            # brim and skips the tree search. A key out of order (a hand-made call) is refused
+            # by LMDB and put the ordinary way.
+            if not self._txn.put(key, value, append=True):
+                self._txn.put(key, value)
         except lmdb.MapFullError:
             self._grow_and_replay()
         except lmdb.Error as exc:
@@ -335,7 +330,7 @@ class _GrowingEnv:
         self._journal.flush()
         journal = self.journal_path.read_bytes()
         keep = 0
-        for _, end, key, _ in _journal_entries(journal):
+        for _, end, key, _ in record_digests.entries(journal):
             found = key_index(key)
             if found is not None and found >= index:
                 break
@@ -375,14 +370,13 @@ class _GrowingEnv:
         """The RecordDigest of what has been committed, from the journal (call after the last commit)."""
         self._journal.flush()
         digest = RecordDigest()
-        for _, _, key, value_sha256 in _journal_entries(self.journal_path.read_bytes()):
+        for _, _, key, value_sha256 in record_digests.entries(self.journal_path.read_bytes()):
             digest.update_hashed(key, value_sha256)
         return digest.result()
 
     def close(self) -> None:
         self.commit()
-        self._journal.close()
-        self.journal_path.unlink()
+        self._journal.close()  # kept: the dataset's per-record digests
         self.env.sync(True)
         used = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
         self.env.close()
@@ -407,9 +401,13 @@ class LmdbWriter:
     @staticmethod
     def encode_payload(image: ImagePayload, labels: np.ndarray) -> ImagePayload:
         """Serialise and hash the image Datum; the converter runs this in its decode workers."""
-        label = int(labels[0])  # Caffe's convert_multilabel: the int part of the first label
-        value = image_datum(image.data, label, None if image.encoded else image.shape)
-        return replace(image, data=value, stored=True, stored_sha256=hashlib.sha256(value).digest())
+        # Caffe's convert_multilabel: the int part of the first label (-1 when it is missing)
+        label = int(labels[0]) if np.isfinite(labels[0]) else -1
+        head, tail = image_datum_frame(len(image.data), label, None if image.encoded else image.shape)
+        if not image.encoded and len(image.data) != image.shape[0] * image.shape[1] * image.shape[2]:
+            raise ValueError(f"raw image data holds {len(image.data)} bytes, its shape is {image.shape}")
+        value = b"".join((head, image.data, tail))
+        return image.with_data(value, stored=True, stored_sha256=hashlib.sha256(value).digest())
 
     def put(self, sample: Sample) -> None:
         key = sample.key.encode("utf-8")
@@ -433,7 +431,14 @@ class LmdbWriter:
 
     def close(self) -> dict[str, Any]:
         self.commit()
-        self.checksums = {IMAGES_DIR: self.images.digest(), LABELS_DIR: self.labels.digest()}
+        self.checksums = {
+            name: {
+                **env.digest(),
+                "record_digest": record_digests.ALGORITHM,
+                "record_digests": env.journal_path.name,
+            }
+            for name, env in ((IMAGES_DIR, self.images), (LABELS_DIR, self.labels))
+        }
         self.images.close()
         self.labels.close()
         return {"images": IMAGES_DIR, "labels": LABELS_DIR}
@@ -451,6 +456,7 @@ class LmdbReader(DatasetReader):
         self.images_path = Path(images)
         self.labels_path = Path(labels) if labels is not None else None
         self.manifest = manifest
+        self._stored_as = missing_stored_as(manifest)  # ignore values that stand for missing labels
         for path in (self.images_path, self.labels_path):
             if path is not None and not (path / "data.mdb").is_file():
                 raise DatasetFormatError(f"{path}: not an LMDB environment (no data.mdb)")
@@ -538,7 +544,9 @@ class LmdbReader(DatasetReader):
             raise DatasetFormatError(
                 f"{self.labels_path}: record {_shown(key)} is not a Caffe Datum ({exc})"
             ) from None
-        return self._checked_labels(key, datum_labels(datum), self.labels_path)
+        return self._checked_labels(
+            key, restore_missing(datum_labels(datum), self._stored_as), self.labels_path
+        )
 
     def _checked_labels(self, key: bytes, labels: np.ndarray, where: Path | None) -> np.ndarray:
         """`labels`, after checking it holds K values (the manifest's K, else record 0's)."""
