@@ -99,6 +99,20 @@ class TaskSpecError(MtlDataError):
         return (functools.partial(type(self), self.reason, **kwargs), ())
 
 
+class WorkerDataError(DatasetFormatError):
+    """A dataset error raised inside a DataLoader worker, kept to its one line on the way out.
+
+    torch re-raises a worker's exception in the main process as `type(exc)(text)`, the text being
+    the worker's whole formatted traceback; this type takes its own message back out of that text.
+    """
+
+    def __init__(self, message: str) -> None:
+        marker = f"{type(self).__name__}: "
+        if message.startswith("Caught ") and marker in message:
+            message = message.rsplit(marker, 1)[1].strip()
+        super().__init__(message)
+
+
 def shorten(text: str, limit: int = 160) -> str:
     """`text` as a message quotes it: whole when short, else its head and tail around an ellipsis."""
     text = str(text)

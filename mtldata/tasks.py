@@ -44,6 +44,10 @@ __all__ = [
 # (k binary columns); euclidean: EuclideanLoss (k real columns).
 KINDS = ("softmax", "sigmoid", "euclidean")
 
+# A class index is stored as a float32 label, which holds every integer only up to 2**24: a softmax
+# task with more classes could never see its higher classes (and its head would not fit in memory).
+MAX_CLASSES = 2**24
+
 # A missing label is NaN in the float label vector; a softmax target, an int64 class index, holds this
 # instead (never a class; torch's cross_entropy takes it as ignore_index).
 MISSING_CLASS = -1
@@ -126,6 +130,13 @@ class TaskSpec:
             if self.classes < 2:
                 raise TaskSpecError(
                     f"expected at least 2 classes, got {self.classes}", task=name, field="classes"
+                )
+            if self.classes > MAX_CLASSES:
+                raise TaskSpecError(
+                    f"{self.classes} classes is past what float32 labels can index exactly "
+                    f"(at most {MAX_CLASSES}); a typo?",
+                    task=name,
+                    field="classes",
                 )
             set_(self, "classes", int(self.classes))
         elif self.classes is not None:
@@ -300,8 +311,9 @@ class TaskSet:
     def check_labels(self, labels: Any, keys: Sequence[str] | None = None) -> None:
         """Check label rows (N, K) against the tasks; raise TaskSpecError naming the first bad sample.
 
-        Every value must be finite; a softmax column holds an integer in [0, classes) or the task's
-        ignore_label; a sigmoid block holds 0 or 1 (or ignore_label).
+        NaN means "missing" (`convert --allow-missing`) and is skipped; every other value must be
+        finite; a softmax column holds an integer in [0, classes) or the task's ignore_label; a
+        sigmoid block holds 0 or 1 (or ignore_label).
         """
         values = _as_rows(_to_numpy(labels), self.num_labels)
         n = values.shape[0]
@@ -310,22 +322,27 @@ class TaskSet:
 
         def fail(task: TaskSpec, rows: np.ndarray, why: str) -> None:
             i, col = (int(v) for v in np.argwhere(rows)[0])
-            value = values[i, task.start + col].item()
+            value = values[i, task.start + col]
+            value = (
+                str(value) if isinstance(value, np.floating) else repr(value.item())
+            )  # 0.42, not 0.4199...
             key = None if keys is None else str(keys[i])
             raise TaskSpecError(
-                f"label column {task.start + col} is {value!r}: {why}", task=task.name, sample=i, key=key
+                f"label column {task.start + col} is {value}: {why}", task=task.name, sample=i, key=key
             )
 
         for task in self.tasks:
             block = values[:, task.columns]
-            bad = ~np.isfinite(block)
+            missing = np.isnan(block)
+            bad = np.isinf(block)
             if bad.any():
-                fail(task, bad, "labels must be finite")
-            ignored = (
+                fail(task, bad, "labels must be finite (NaN marks a missing label)")
+            ignored = missing | (
                 block == task.ignore_label if task.ignore_label is not None else np.zeros(block.shape, bool)
             )
             if task.kind == "softmax":
-                valid = (block == np.floor(block)) & (block >= 0) & (block < task.classes)
+                with np.errstate(invalid="ignore"):
+                    valid = (block == np.floor(block)) & (block >= 0) & (block < task.classes)
                 bad = ~(valid | ignored)
                 if bad.any():
                     allowed = f"an integer in [0, {task.classes})"
@@ -339,6 +356,49 @@ class TaskSet:
                     if task.ignore_label is not None:
                         allowed += f" or the ignore_label {task.ignore_label}"
                     fail(task, bad, f"a sigmoid target must be {allowed}")
+
+    def summary_allows(self, columns: Sequence[Mapping[str, Any]]) -> bool:
+        """Whether a per-column label summary (a manifest's `label_stats`) proves every label valid.
+
+        Each column's summary holds `min`, `max` (of its non-missing values, None when all are
+        missing), `integral` and `values` (its distinct values when few, else None). False means
+        "not proven" (a summary without these fields, or a value that may break a task): the
+        labels themselves must then be read (`check_labels`) to find the sample.
+        """
+        if len(columns) != self.num_labels:
+            return False
+        for task in self.tasks:
+            for column in columns[task.start : task.stop]:
+                if not _column_allows(task, column):
+                    return False
+        return True
+
+
+def _column_allows(task: TaskSpec, column: Mapping[str, Any]) -> bool:
+    if "integral" not in column:
+        return False  # a summary written before mtldata recorded it
+    low, high, values = column.get("min"), column.get("max"), column.get("values")
+    if low is None and high is None:
+        return True  # every value missing
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (low, high)):
+        return False
+    if values is not None:
+        return all(_value_allows(task, float(v)) for v in values if not math.isnan(v))
+    if task.kind == "euclidean":
+        return True
+    top = task.classes - 1 if task.kind == "softmax" else 1
+    return bool(column["integral"]) and low >= 0 and high <= top
+
+
+def _value_allows(task: TaskSpec, value: float) -> bool:
+    if not math.isfinite(value):
+        return False
+    if task.kind == "euclidean":
+        return True
+    if task.ignore_label is not None and value == task.ignore_label:
+        return True
+    top = task.classes - 1 if task.kind == "softmax" else 1
+    return value == math.floor(value) and 0 <= value <= top
 
 
 def _to_numpy(labels: Any) -> np.ndarray:

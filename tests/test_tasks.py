@@ -292,7 +292,7 @@ def test_check_labels_accepts_valid_rows_and_ignore_label():
 def test_check_labels_names_task_and_sample(row, column, task, why):
     ts = load_tasks(EXAMPLE)
     labels = np.zeros((4, 5), np.float32)
-    bad = {(1, 0): 3.0, (2, 0): 1.5, (1, 2): 0.5, (2, 4): np.nan}[(row, column)]
+    bad = {(1, 0): 3.0, (2, 0): 1.5, (1, 2): 0.5, (2, 4): np.inf}[(row, column)]
     labels[row, column] = bad
     keys = [f"{i:08d}_img{i}.jpg" for i in range(4)]
     with pytest.raises(TaskSpecError, match=why) as err:
@@ -303,6 +303,15 @@ def test_check_labels_names_task_and_sample(row, column, task, why):
     with pytest.raises(TaskSpecError) as err:
         ts.check_labels(labels)
     assert err.value.sample == row and err.value.key is None
+
+
+def test_check_labels_skips_nan_as_a_missing_label():
+    ts = load_tasks(EXAMPLE)
+    labels = np.array([[np.nan, np.nan, 1, np.nan, np.nan], [2, 0, np.nan, 1, 0.5]], np.float32)
+    ts.check_labels(labels)  # convert --allow-missing stores NaN: nothing to check there
+    labels[1, 2] = 0.5
+    with pytest.raises(TaskSpecError, match="sigmoid target must be 0 or 1"):
+        ts.check_labels(labels)
 
 
 def test_check_labels_wrong_width():

@@ -37,7 +37,10 @@ def blob_to_array(blob: BlobProto) -> np.ndarray:
     count = math.prod(shape)
     if len(values) != count:
         raise DatasetFormatError(f"BlobProto of shape {shape} needs {count} values but holds {len(values)}")
-    return np.array(values, dtype=np.float32).reshape(shape)
+    try:
+        return np.array(values, dtype=np.float32).reshape(shape)
+    except ValueError as exc:  # e.g. a 0 beside dimensions whose product numpy cannot hold
+        raise DatasetFormatError(f"BlobProto shape {shape} does not fit an array ({exc})") from None
 
 
 def array_to_blob(arr: np.ndarray) -> BlobProto:

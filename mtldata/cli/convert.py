@@ -334,6 +334,8 @@ def convert(
         missing_stored_as=stored_as,
         missing_forbidden=forbidden,
     )
+    if tasks_file is not None:
+        _check_list_labels(list_file, tasks_file, num_labels)
     progress = Progress(quiet, "img", "convert")
     try:
         result = run_convert(spec, progress)
@@ -427,6 +429,19 @@ def _backend_options(
         except MtlDataError as exc:
             fail(str(exc))
     return options
+
+
+def _check_list_labels(list_file: Path, tasks_file: Path, num_labels: int | None) -> None:
+    """--tasks: every label of the list against the tasks, before any work (NaN, missing, passes)."""
+    from mtldata.storage.label_check import check_list_labels
+    from mtldata.storage.listfile import summarize_list
+    from mtldata.tasks import load_tasks
+
+    try:
+        k = num_labels or summarize_list(list_file).num_labels
+        check_list_labels(list_file, load_tasks(tasks_file, num_labels=k), tasks_file=tasks_file)
+    except (MtlDataError, OSError, ValueError) as exc:  # ValueError: summarize_list's "no labels"
+        fail(str(exc))
 
 
 @click.command()

@@ -231,6 +231,8 @@ def stats(
         except (MtlDataError, OSError) as exc:
             fail(str(exc))
         click.echo(f"wrote {plot_file}", err=as_json)
+    if figures.label_problem is not None:  # the figures above count it; the labels break the tasks
+        fail(figures.label_problem)
 
 
 @click.command()

@@ -322,6 +322,11 @@ def _opt(*names: str, **kwargs: Any) -> Any:
 @_opt("--log-every", type=click.IntRange(min=1), help="Steps between loss readouts. [default: 10]")
 @_opt("--tensorboard", is_flag=True, help="Also write TensorBoard logs (needs the tensorboard package).")
 @_opt(
+    "--skip-nonfinite",
+    is_flag=True,
+    help="Skip a step whose loss is NaN or inf (no update) instead of stopping the run with an error.",
+)
+@_opt(
     "--solver",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
     help="A Caffe solver.prototxt: run that whole setup (its net, Data/HDF5Data layers and SGD solver) as `caffe train` does, logging like Caffe; --init is then a .caffemodel.",
@@ -355,7 +360,7 @@ def train_command(dataset: Path | None, config_file: Path | None, quiet: bool, *
     overrides = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}
     overrides["mean_values"] = list(options["mean_values"]) or None
     overrides["resnet_blocks"] = list(options["resnet_blocks"]) or None
-    for flag in ("freeze_trunk", "compile", "resume", "tensorboard"):
+    for flag in ("freeze_trunk", "compile", "resume", "tensorboard", "skip_nonfinite"):
         overrides[flag] = True if options[flag] else None
     if dataset is not None:
         overrides["dataset"] = str(dataset)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mtldata.errors import DatasetFormatError
+from mtldata.errors import DatasetFormatError, TaskSpecError
 from mtldata.storage.backends import open_reader, read_manifest
 from mtldata.tasks import TaskSet, TaskSpec, load_tasks
 
@@ -63,6 +63,9 @@ class DatasetStats:
     count: int
     num_labels: int
     tasks: tuple[TaskStats, ...]
+    # With tasks: the first label that breaks them (task, key, value), which the figures count as
+    # invalid or missing; `mtldata stats` prints the figures, then this as its error.
+    label_problem: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,17 +96,34 @@ def dataset_stats(
                 )
             if progress is not None:
                 progress(i + 1, n)
+        k = len(rows[0]) if rows else int((manifest or {}).get("num_labels") or 0)
+        values = np.stack(rows).astype(np.float64) if rows else np.empty((0, k))
+        tasks_file = tasks if isinstance(tasks, (str, Path)) else None
+        if tasks is not None and not isinstance(tasks, TaskSet):
+            tasks = load_tasks(tasks, num_labels=k)
+        problem = _check(values, tasks, tasks_file, path, reader) if tasks is not None else None
     finally:
         reader.close()
-    k = len(rows[0]) if rows else int((manifest or {}).get("num_labels") or 0)
-    values = np.stack(rows).astype(np.float64) if rows else np.empty((0, k))
     names = list((manifest or {}).get("label_names") or [])
     if len(names) != k:
         names = [f"label_{j}" for j in range(k)]
-    if tasks is not None and not isinstance(tasks, TaskSet):
-        tasks = load_tasks(tasks, num_labels=k)
     figures = label_stats(values, tasks, names, bins=bins, max_classes=max_classes)
-    return DatasetStats(path=str(path), count=n, num_labels=k, tasks=figures)
+    return DatasetStats(path=str(path), count=n, num_labels=k, tasks=figures, label_problem=problem)
+
+
+def _check(values: np.ndarray, tasks: TaskSet, tasks_file: Any, path: Path, reader: Any) -> str | None:
+    """The first label that breaks the tasks (NaN is missing), named by task, key and value; or None."""
+    if tasks.num_labels != values.shape[1]:
+        return None  # label_stats refuses these tasks with its own message
+    try:
+        tasks.check_labels(values)
+    except TaskSpecError as exc:
+        key = reader.key(exc.sample) if exc.sample is not None else None
+        error = TaskSpecError(
+            f"{exc.reason} in {path}", file=tasks_file, task=exc.task, sample=exc.sample, key=key
+        )
+        return str(error)
+    return None
 
 
 def label_stats(

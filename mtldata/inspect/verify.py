@@ -18,11 +18,12 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from mtldata.caffe.datum import parse_datum
-from mtldata.errors import MtlDataError
+from mtldata.errors import MtlDataError, shorten
 from mtldata.storage import record_digests
 from mtldata.storage.backends import open_reader, read_manifest
 from mtldata.storage.image import ImageDecodeError, decode_bytes
 from mtldata.storage.manifest import checksum
+from mtldata.storage.manifest_check import inside_path
 
 DATASET = "(dataset)"  # how format_report names a problem that belongs to no single record
 
@@ -134,7 +135,7 @@ def _walk_lmdb(
     """Walk the image DB (and the label DB beside it); return each DB's record digest by its path."""
     import lmdb
 
-    from mtldata.storage.backends.lmdb import RecordDigest
+    from mtldata.storage.backends.lmdb import RecordDigest, open_readonly
 
     gray = bool(manifest and manifest.get("options", {}).get("gray"))
     shapes = set((manifest or {}).get("image", {}).get("shapes") or ())
@@ -148,9 +149,7 @@ def _walk_lmdb(
         with ExitStack() as stack:
             txns = {}
             for name, db in dbs.items():
-                env = stack.enter_context(
-                    lmdb.open(str(db), readonly=True, lock=False, readahead=False, subdir=True, max_readers=1)
-                )
+                env = stack.enter_context(open_readonly(db))  # a damaged data.mdb: DatasetFormatError
                 txns[name] = stack.enter_context(env.begin())
             total = txns["images"].stat()["entries"]
             image_records = _records(
@@ -294,7 +293,11 @@ def _check_counts(report: VerifyReport, root: Path, manifest: dict[str, Any]) ->
         if got is not None and want is not None and got != want:
             report.add(None, f"the manifest counts {want} samples but {got} {name[:-1]} records were found")
     errors = manifest.get("errors") or {}
-    if errors.get("file") and (root / errors["file"]).is_file():
+    if errors.get("file") and not inside_path(errors["file"]):
+        report.add(
+            None, f"the manifest's errors.file {shorten(errors['file'])!r} is not a file inside the dataset"
+        )
+    elif errors.get("file") and (root / errors["file"]).is_file():
         with open(root / errors["file"], encoding="utf-8") as fh:
             rows = sum(1 for _ in fh)
         if rows != errors.get("count"):

@@ -218,11 +218,18 @@ def _display_image(payload: ImagePayload) -> Image.Image:
     from PIL import Image
 
     data = payload.data
+    if payload.format == "float32" and not isinstance(data, np.ndarray):  # HDF5 float inputs
+        data = np.frombuffer(data, np.float32)
     if isinstance(data, np.ndarray):  # a reader holding arrays (HDF5), possibly float
         hwc = data.reshape(payload.shape).transpose(1, 2, 0)
         if hwc.dtype != np.uint8:
-            lo, hi = float(hwc.min()), float(hwc.max())
-            hwc = ((hwc - lo) * (255.0 / (hi - lo if hi > lo else 1.0))).astype(np.uint8)
+            # stretched to 0..255 for display; NaN and inf show as black
+            finite = np.where(np.isfinite(hwc), hwc, np.nan).astype(np.float64)
+            lo, hi = (
+                (float(np.nanmin(finite)), float(np.nanmax(finite))) if np.isfinite(finite).any() else (0, 1)
+            )
+            scaled = (np.nan_to_num(finite, nan=lo) - lo) * (255.0 / (hi - lo if hi > lo else 1.0))
+            hwc = np.clip(scaled, 0, 255).astype(np.uint8)
     elif payload.encoded:
         hwc = decode_bytes(data)
     else:
@@ -319,14 +326,14 @@ def read_metrics(source: str | Path) -> tuple[list[dict[str, Any]], int]:
     if not path.is_file():
         raise MtlDataError(f"{path}: no such file (a run directory holds {METRICS_NAME})")
     records, skipped = [], 0
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if not raw.strip():
                 continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                record = None
+                record = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+                record = None  # counted as skipped, like any line that is not a record
             if isinstance(record, dict):
                 records.append(record)
             else:

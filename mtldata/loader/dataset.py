@@ -35,10 +35,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler, default_collate, get_worker_info
 
-from mtldata.errors import DatasetFormatError
+from mtldata.errors import DatasetFormatError, MtlDataError, WorkerDataError
 from mtldata.loader.transforms import CaffeTransform, TransformError, TransformSpec
 from mtldata.storage.backends import DatasetReader, open_reader
-from mtldata.storage.image import decode_bytes
+from mtldata.storage.image import ImageDecodeError, decode_bytes
+from mtldata.storage.label_check import check_dataset_labels
 from mtldata.storage.processes import current_pid
 from mtldata.storage.records import Sample
 from mtldata.tasks import LabelSlicer, TaskSet, TaskSpec, load_tasks
@@ -72,6 +73,7 @@ def open_dataset(
     labels: str | os.PathLike[str] | None = None,
     output: str = "float",
     seed: int = 0,
+    check_labels: bool = True,
 ) -> MultiTaskDataset:
     """Open a dataset for PyTorch: an mtldata dataset, a plain Caffe LMDB, an image LMDB plus its
     float-label LMDB (`labels`), an HDF5 dataset, or a reader already open.
@@ -81,6 +83,8 @@ def open_dataset(
     DataTransformer in `phase`), a CaffeTransform, or any callable taking the (C, H, W) tensor. `output="uint8"`
     returns pixels untransformed and keeps the transform on `dataset.transform` for the batch.
     `seed` seeds the random crops and mirrors (mixed with torch's worker seed inside workers).
+    With `tasks`, every label is checked against them first (from the manifest's summary when it
+    proves them valid, else by reading the labels once); `check_labels=False` skips that.
     """
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
@@ -99,6 +103,13 @@ def open_dataset(
 
     num_labels = _num_labels(reader)
     taskset = _resolve_tasks(tasks, num_labels)
+    if taskset is not None and check_labels:
+        check_dataset_labels(
+            reader,
+            taskset,
+            tasks_file=tasks if isinstance(tasks, (str, os.PathLike)) else None,
+            dataset=path if isinstance(path, (str, os.PathLike)) else None,
+        )
     if isinstance(transform, TransformSpec):
         transform = CaffeTransform(transform, phase)
     elif transform is not None and not callable(transform):
@@ -114,15 +125,53 @@ _READERS: weakref.WeakValueDictionary[tuple[str, str | None], DatasetReader] = w
 
 
 def _shared_reader(path: Path, labels: Path | None) -> DatasetReader:
-    key = (os.path.realpath(path), None if labels is None else os.path.realpath(labels))
+    key = (_identity(path), None if labels is None else _identity(labels))
     reader = _READERS.get(key)
     if reader is None:
+        paths = (key[0][0], None if key[1] is None else key[1][0])
+        stale = _LATEST.get(paths)
+        if stale is not None:
+            # The files were replaced: the old reader lets go of them (py-lmdb may take a new file
+            # that reuses an old inode for the old, still open one); it reopens what is there on use.
+            stale.close()
         reader = open_reader(path, labels)
         try:
             _READERS[key] = reader
+            _LATEST[paths] = reader
         except TypeError:  # a reader type without weak references: not shared
             pass
     return reader
+
+
+# The newest reader of each path, to be closed when its files are replaced.
+_LATEST: weakref.WeakValueDictionary[tuple[str, str | None], DatasetReader] = weakref.WeakValueDictionary()
+
+
+def _identity(path: Path) -> tuple[Any, ...]:
+    """What names a dataset's current files: its real path plus the inode and mtime of the files
+    that say what it holds, so a dataset replaced on disk (renamed over, copied anew) gets a new
+    reader instead of the cached one of the old files. An LMDB whose data.mdb keeps its inode is the
+    same environment to py-lmdb (which refuses a second open of it), hence the same reader."""
+    real = os.path.realpath(path)
+    stamps: list[tuple[str, int, int, int]] = []
+    files = ("",) if os.path.isfile(real) else _IDENTITY_FILES
+    for name in files:
+        try:
+            st = os.stat(os.path.join(real, name))
+        except OSError:
+            continue
+        lmdb_file = name.endswith("data.mdb")  # py-lmdb's own identity of an environment
+        stamps.append((name, st.st_dev, st.st_ino, 0 if lmdb_file else st.st_mtime_ns))
+    return (real, *stamps)
+
+
+_IDENTITY_FILES = (
+    "manifest.json",
+    "data.mdb",
+    "images.lmdb/data.mdb",
+    "labels.lmdb/data.mdb",
+    "hdf5_list.txt",
+)
 
 
 def _num_labels(reader: DatasetReader) -> int | None:
@@ -241,7 +290,10 @@ class MultiTaskDataset(Dataset):
         j = self._check_index(i)
         # a view of the record where the reader offers one: copied (once) before the next read
         sample = (getattr(self.reader, "sample_view", None) or self.reader.sample)(j)
-        pixels, _ = self._pixels(sample, _NO_SLOT)
+        try:
+            pixels, _ = self._pixels(sample, _NO_SLOT)
+        except ImageDecodeError as exc:
+            raise _undecodable(self.reader, sample.key, exc) from None
         if pixels.flags.writeable:  # a decoder's fresh array: the tensor takes it over
             image = torch.from_numpy(pixels)
         else:  # a view of the record: one copy into memory of its own
@@ -255,6 +307,15 @@ class MultiTaskDataset(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> _Batch:
         """Read the samples of one batch; DataLoader calls this instead of one `ds[i]` per index."""
+        try:
+            return self._read_batch(indices)
+        except MtlDataError as exc:
+            if get_worker_info() is None:
+                raise
+            # torch would wrap it in the worker's traceback; this type keeps it to its one line
+            raise WorkerDataError(str(exc)) from None
+
+    def _read_batch(self, indices: Sequence[int]) -> _Batch:
         positions = [self._check_index(i) for i in indices]
         rows: list[np.ndarray] = []
         keys: list[str] = []
@@ -268,7 +329,10 @@ class MultiTaskDataset(Dataset):
             sample = read(i)
             rows.append(np.asarray(sample.labels).ravel())
             keys.append(sample.key)
-            stack.add(*self._pixels(sample, stack))
+            try:
+                stack.add(*self._pixels(sample, stack))
+            except ImageDecodeError as exc:
+                raise _undecodable(self.reader, sample.key, exc) from None
             del sample
         targets = self._targets(rows, keys)
         images = self._finish(stack.result())
@@ -369,6 +433,22 @@ class MultiTaskDataset(Dataset):
             self._generator = torch.Generator().manual_seed(seed)
             self._generator_owner = owner
         return self._generator
+
+
+def _undecodable(reader: DatasetReader, key: str, exc: Exception) -> DatasetFormatError:
+    """The one-line error for a stored image that does not decode, naming the dataset and the key."""
+    return DatasetFormatError(
+        f"{_reader_name(reader)}: record {key!r}: the stored image does not decode ({exc})"
+    )
+
+
+def _reader_name(reader: DatasetReader) -> str:
+    """The file a reader reads, for messages: an LMDB's folder, an HDF5 list or first file."""
+    for name in ("images_path", "source"):
+        if getattr(reader, name, None) is not None:
+            return str(getattr(reader, name))
+    files = getattr(reader, "files", None)
+    return str(files[0]) if files else type(reader).__name__
 
 
 def _decode_mode(reader: DatasetReader, transform: Any) -> str:

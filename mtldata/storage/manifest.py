@@ -14,6 +14,7 @@ from mtldata.storage.backends import MANIFEST_NAME
 
 FORMAT_NAME = "mtldata"
 FORMAT_VERSION = 1
+MAX_DISTINCT = 64  # a label column's distinct values are kept in the manifest up to this many
 
 
 @dataclass
@@ -28,10 +29,15 @@ class LabelStats:
     mins: list[float | None] = field(default_factory=list)
     maxs: list[float | None] = field(default_factory=list)
     missing: list[int] = field(default_factory=list)
+    # What label checks against tasks.toml read instead of the labels (non-missing values only):
+    # whether every value of a column is an integer, and its distinct values while they are few.
+    integral: list[bool] | None = None
+    distinct: list[list[float] | None] | None = None
 
     def add(self, labels: Any) -> None:
         # a numpy row hands its values over in one call (per-element float() costs 20 us a sample)
         values = labels.tolist() if hasattr(labels, "tolist") else [float(v) for v in labels]
+        self._note_values(values)
         if not self.sums:
             self.sums = [0.0] * len(values)
             self.mins = [None] * len(values)
@@ -48,9 +54,29 @@ class LabelStats:
             self.maxs[j] = v if high is None else max(high, v)
         self.count += 1
 
+    def _note_values(self, values: list[float]) -> None:
+        if self.integral is None or self.distinct is None:
+            if self.count:  # resumed from a state saved before these were kept: leave them unknown
+                return
+            self.integral, self.distinct = [True] * len(values), [[] for _ in values]
+        # sets beside the (JSON-friendly) lists, for membership tests; not a field, so never saved
+        sets = self.__dict__.setdefault("_sets", [None if c is None else set(c) for c in self.distinct])
+        for j, v in enumerate(values):
+            v = float(v)
+            if math.isnan(v):  # a missing label
+                continue
+            if self.integral[j] and not v.is_integer():
+                self.integral[j] = False
+            seen = sets[j]
+            if seen is not None and v not in seen:
+                seen.add(v)
+                self.distinct[j].append(v)
+                if len(seen) > MAX_DISTINCT:
+                    self.distinct[j] = sets[j] = None
+
     def summary(self, names: list[str]) -> list[dict[str, Any]]:
         missing = self.missing or [0] * len(self.sums)
-        return (
+        out = (
             [
                 {
                     "name": names[j],
@@ -64,6 +90,11 @@ class LabelStats:
             if self.count
             else []
         )
+        if self.integral is not None and self.distinct is not None:
+            for j, column in enumerate(out):
+                seen = self.distinct[j]
+                column.update(integral=self.integral[j], values=None if seen is None else sorted(seen))
+        return out
 
 
 @dataclass

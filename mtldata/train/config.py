@@ -38,6 +38,7 @@ RUNTIME_FIELDS = frozenset(
         "log_every",
         "tensorboard",
         "out_dir",
+        "skip_nonfinite",  # a run stopped by a NaN loss may resume with it
     }
 )
 
@@ -113,6 +114,7 @@ class TrainConfig:
     resume: bool = False
     log_every: int = 10
     tensorboard: bool = False
+    skip_nonfinite: bool = False  # skip a step whose loss is NaN or inf instead of stopping the run
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -223,6 +225,8 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

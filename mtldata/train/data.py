@@ -31,6 +31,7 @@ from mtldata.errors import MtlDataError, TaskSpecError
 from mtldata.loader.dataset import MultiTaskDataset, collate_uint8, open_dataset
 from mtldata.loader.transforms import CaffeTransform, TransformSpec
 from mtldata.storage.backends import dataset_num_labels, open_reader
+from mtldata.storage.label_check import check_dataset_labels
 from mtldata.tasks import TaskSet, load_tasks
 from mtldata.train.config import ConfigError, TrainConfig
 
@@ -80,7 +81,8 @@ class EpochSampler(Sampler[int]):
 
 def _mix(*values: int) -> int:
     """A 63-bit seed from several integers (numpy's SeedSequence hashing)."""
-    return int(np.random.SeedSequence([v % 2**32 for v in values]).generate_state(2, np.uint64)[0] >> 1)
+    # int() first: numpy 1.x has no right_shift for uint64 and a Python int (it promotes to float)
+    return int(np.random.SeedSequence([v % 2**32 for v in values]).generate_state(2, np.uint64)[0]) >> 1
 
 
 def step_generator(seed: int, epoch: int, rank: int, batch: int) -> torch.Generator:
@@ -214,6 +216,9 @@ def build_data(
     """Open the training (and validation) data of `cfg` for this rank."""
     spec = transform_spec(cfg)
     reader = open_reader(cfg.dataset, cfg.labels or None)
+    tasks_file = cfg.tasks or cfg.prototxt or None
+    # every label against the tasks, before the first step (open_dataset then finds it checked)
+    check_dataset_labels(reader, tasks, tasks_file=tasks_file, dataset=cfg.dataset)
     train = _open(reader, cfg.dataset, tasks, spec, "train", cfg.seed)
     train_idx, val_idx = split_indices(len(train), cfg.val_split, cfg.seed)
     if not train_idx:
@@ -226,6 +231,7 @@ def build_data(
         same = (cfg.val, cfg.val_labels) == (cfg.dataset, cfg.labels)
         # An LMDB environment opens once per process: the same data shares its reader.
         val_reader = reader if same else open_reader(cfg.val, cfg.val_labels or None)
+        check_dataset_labels(val_reader, tasks, tasks_file=tasks_file, dataset=cfg.val)
         val = _open(val_reader, cfg.val, tasks, spec, "test", cfg.seed)
         val_idx = list(range(len(val)))
     elif val_idx:

@@ -33,6 +33,7 @@ from mtldata.train.checkpoint import (
 )
 from mtldata.train.config import CONFIG_NAME, RUNTIME_FIELDS, ConfigError, TrainConfig
 from mtldata.train.data import RunData, build_data, resolve_config, step_generator
+from mtldata.train.finite import finite_losses
 from mtldata.train.losses import MultiTaskObjective
 from mtldata.train.metrics import TaskMetrics
 from mtldata.train.models import MultiTaskNet, build_model, freeze
@@ -453,6 +454,7 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
             started, wait = time.perf_counter(), 0.0
             batch_index = batch_in_epoch
             loader = iter(data.train_loader)
+            skipped = False  # whether the step being accumulated met a non-finite loss (--skip-nonfinite)
             while True:
                 # one optimizer step = grad_accum micro-batches (fewer at the end of the epoch)
                 group = min(cfg.grad_accum, batches_per_epoch - batch_index)
@@ -473,20 +475,28 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
                             outputs = train_model(x)
                         scale = scaler.get_scale() if scaler.is_enabled() and shared is not None else 1.0
                         out = objective(outputs, targets, shared=shared, grad_scale=scale)
-                        scaler.scale(out.total / group).backward()
-                    parts = [
-                        *(out.losses[n].detach() for n in tasks.names),
-                        out.weighted,
-                        torch.ones((), device=device),
-                    ]
-                    running += torch.stack(parts).double()
+                        finite = finite_losses(out, tasks.names, step + 1, ddp=ddp, skip=cfg.skip_nonfinite)
+                        if finite:
+                            scaler.scale(out.total / group).backward()
+                    if finite:
+                        parts = [
+                            *(out.losses[n].detach() for n in tasks.names),
+                            out.weighted,
+                            torch.ones((), device=device),
+                        ]
+                        running += torch.stack(parts).double()
+                    skipped = skipped or not finite
                     batch_index += 1
                 weighting.sync_grads()  # learned task weights live outside DDP: average their grads
-                if cfg.clip_grad:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
+                if skipped:  # --skip-nonfinite: this step's gradients are dropped, no update
+                    reporter.message(f"step {step + 1}: skipped, a loss was not finite")
+                    skipped = False
+                else:
+                    if cfg.clip_grad:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                    scaler.step(optimizer)
+                    scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 weighting.after_step()
@@ -497,11 +507,6 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
                 if step % cfg.log_every == 0:
                     losses = {n: float(out.losses[n].detach()) for n in tasks.names}
                     total = float(out.weighted)
-                    if not math.isfinite(total):
-                        raise ConfigError(
-                            f"the loss became {total} at step {step} ({losses}); lower the learning rate "
-                            "or enable clip_grad"
-                        )
                     logs = {
                         "losses": losses,
                         "total": total,

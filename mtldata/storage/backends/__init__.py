@@ -16,9 +16,11 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from mtldata.errors import DatasetFormatError, MtlDataError
+from mtldata.storage.manifest_check import check_manifest
 from mtldata.storage.records import Sample
 
 MANIFEST_NAME = "manifest.json"
+MANIFEST_MAX_BYTES = 64 << 20  # a real manifest is a few KB (a few MB with many image sizes)
 
 
 @dataclass(frozen=True)
@@ -116,14 +118,27 @@ def make_writer(backend: str, staging: Path, options: WriterOptions) -> DatasetW
 
 
 def read_manifest(path: Path) -> dict[str, Any] | None:
-    """The manifest of a dataset directory, or None if it has none."""
+    """The manifest of a dataset directory, checked (`check_manifest`), or None if it has none."""
     manifest = path / MANIFEST_NAME
     if not manifest.is_file():
         return None
     try:
-        return json.loads(manifest.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DatasetFormatError(f"{manifest}: not valid JSON ({exc})") from exc
+        with open(manifest, "rb") as fh:
+            raw = fh.read(MANIFEST_MAX_BYTES + 1)
+    except OSError as exc:
+        raise DatasetFormatError(f"{manifest}: cannot read ({exc.strerror or exc})") from None
+    if len(raw) > MANIFEST_MAX_BYTES:
+        raise DatasetFormatError(
+            f"{manifest}: over {MANIFEST_MAX_BYTES >> 20} MB; not a manifest mtldata wrote"
+        )
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DatasetFormatError(f"{manifest}: not UTF-8 text (byte {exc.start})") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise DatasetFormatError(f"{manifest}: not valid JSON ({str(exc)[:200]})") from None
+    check_manifest(doc, manifest)
+    return doc
 
 
 def open_reader(path: str | Path, labels: str | Path | None = None) -> DatasetReader:

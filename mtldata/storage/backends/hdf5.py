@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno
+import math
 import os
 import struct
 from collections.abc import Iterator, Sequence
@@ -37,6 +38,7 @@ RESERVED_NAMES = ("data", "label", "key")
 INT_MAX = 2**31 - 1  # Caffe loads a whole dataset into one blob, whose element count is an int
 DEFAULT_SHARD_BYTES = 512 << 20  # of `data`: well under the ~2 GB files older Caffe builds crashed on
 CHUNK_BYTES = 1 << 20
+DEFAULT_MAX_SAMPLE_BYTES = 1 << 30  # one stored sample (a row of `data` or `label`) a reader will hold
 PIXELS_ATTR = "mtldata_data"  # value "pixels": `data` holds integral pixel values 0..255, any dtype
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _FRAME = struct.Struct("<qIIII")  # index, key length, C, H, W; then key, K float32 labels, pixels
@@ -441,6 +443,24 @@ class Hdf5Writer:
 # Reading
 
 
+def max_sample_bytes() -> int:
+    """The largest stored sample a reader allocates for: MTLDATA_MAX_SAMPLE_BYTES, default 1 GiB."""
+    value = os.environ.get("MTLDATA_MAX_SAMPLE_BYTES", "")
+    return int(value) if value.isdigit() else DEFAULT_MAX_SAMPLE_BYTES
+
+
+def _check_sample_size(where: str, name: str, trailing: tuple[int, ...], itemsize: int) -> None:
+    """Refuse, before any allocation, a dataset whose one sample (row) is over max_sample_bytes()."""
+    size = itemsize
+    for d in trailing:
+        size *= int(d)
+    if size > (limit := max_sample_bytes()):
+        raise DatasetFormatError(
+            f"{where}: dataset {name!r} declares samples of shape ({', '.join(map(str, trailing))}), "
+            f"{size} bytes each, over the limit of {limit} bytes (raise it with MTLDATA_MAX_SAMPLE_BYTES)"
+        )
+
+
 def _sample_shape(trailing: tuple[int, ...], path: Path, name: str) -> tuple[int, int, int]:
     # Caffe's legacy 4-D view pads missing axes with 1 at the end: (N, D) reads as D x 1 x 1.
     if not 1 <= len(trailing) <= 3:
@@ -496,6 +516,9 @@ class _OpenFile:
         self.pixels = np.empty(info.shape, np.uint8)
         self.same = np.empty(info.shape, np.bool_)
         self.blocks: dict[tuple[str, int], np.ndarray] = {}
+        # a block of rows stays small however wide a label row is (its width passed the sample limit)
+        row_bytes = max(1, math.prod(self.file["label"].shape[1:]) * self.file["label"].dtype.itemsize)
+        self.block_rows = max(1, min(self.BLOCK_ROWS, (16 << 20) // row_bytes))
 
     def read_data(self, row: int) -> np.ndarray:
         """Sample `row` of `data` as (C, H, W), in this file's read buffer."""
@@ -505,14 +528,14 @@ class _OpenFile:
 
     def row(self, name: str, row: int) -> Any:
         """Row `row` of the dataset `name` (`label` or `key`), from a cached block of rows."""
-        block = row // self.BLOCK_ROWS
+        block = row // self.block_rows
         rows = self.blocks.get((name, block))
         if rows is None:
             if len(self.blocks) >= self.CACHED_BLOCKS:
                 self.blocks.pop(next(iter(self.blocks)))
-            start = block * self.BLOCK_ROWS
-            rows = self.blocks[(name, block)] = self.file[name][start : start + self.BLOCK_ROWS]
-        return rows[row - block * self.BLOCK_ROWS]
+            start = block * self.block_rows
+            rows = self.blocks[(name, block)] = self.file[name][start : start + self.block_rows]
+        return rows[row - block * self.block_rows]
 
     def close(self) -> None:
         self.file.close()
@@ -562,6 +585,14 @@ class Hdf5Reader(DatasetReader):
     @staticmethod
     def _inspect(path: Path, line: int | None) -> _FileInfo:
         where = f"{path}" if line is None else f"{path} (line {line})"
+        try:
+            return Hdf5Reader._inspect_file(path, where)
+        except (OSError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+            # h5py's errors for damaged files and layouts it cannot map to numpy
+            raise DatasetFormatError(f"{where}: not a readable HDF5 file ({exc})") from None
+
+    @staticmethod
+    def _inspect_file(path: Path, where: str) -> _FileInfo:
         if not path.is_file():
             raise DatasetFormatError(f"{where}: no such HDF5 file")
         h5py = _h5py()
@@ -591,6 +622,8 @@ class Hdf5Reader(DatasetReader):
                 raise DatasetFormatError(
                     f"{where}: 'data' holds {data.shape[0]} samples but 'label' has shape {label.shape}"
                 )
+            _check_sample_size(where, "data", data.shape[1:], data.dtype.itemsize)
+            _check_sample_size(where, "label", label.shape[1:], label.dtype.itemsize)
             key = f.get("key")
             return _FileInfo(
                 path=path,
@@ -641,7 +674,10 @@ class Hdf5Reader(DatasetReader):
 
     def labels(self, i: int) -> np.ndarray:
         j, row = self._locate(i)
-        labels = np.array(self._file(j).row("label", row), dtype=np.float32).reshape(-1)  # a copy
+        try:
+            labels = np.array(self._file(j).row("label", row), dtype=np.float32).reshape(-1)  # a copy
+        except OSError as exc:  # h5py's word for a damaged file
+            raise DatasetFormatError(f"{self.files[j]}: label {row} cannot be read ({exc})") from None
         return restore_missing(labels, self._stored_as)
 
     def image_array(self, i: int) -> np.ndarray:
@@ -680,6 +716,12 @@ class Hdf5Reader(DatasetReader):
 
     def _read(self, i: int, view: bool) -> Sample:
         j, row = self._locate(i)
+        try:
+            return self._read_row(i, j, row, view)
+        except OSError as exc:  # h5py's word for a damaged file
+            raise DatasetFormatError(f"{self.files[j]}: sample {row} cannot be read ({exc})") from None
+
+    def _read_row(self, i: int, j: int, row: int, view: bool) -> Sample:
         image = self._image(j, row)
         fmt = "raw" if image.dtype == np.uint8 else "float32"
         data = memoryview(image).cast("B") if view else image.tobytes()

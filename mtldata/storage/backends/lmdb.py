@@ -10,12 +10,14 @@ import contextlib
 import errno
 import hashlib
 import os
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lmdb
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from mtldata.caffe.datum import datum_labels, image_datum_frame, label_datum, parse_datum, split_datum
 from mtldata.errors import DatasetFormatError
@@ -32,6 +34,81 @@ DEFAULT_INITIAL_MAP_SIZE = 1 << 30
 RESERVE_STEP = 16 << 20
 # Pages any write transaction may add besides its records' own (branch copies, free-list pages).
 TXN_OVERHEAD = 64 << 10
+
+
+# LMDB's meta pages (pages 0 and 1 of data.mdb), as LMDB 0.9 lays them out on a 64-bit build: a
+# 16-byte page header, then MDB_meta: magic, version, map address, map size, the free and main
+# MDB_db records (the free DB's first field holds the page size), the last used page, the txn id.
+_LMDB_MAGIC = 0xBEEFC0DE
+_LMDB_DATA_VERSION = 1
+_META = struct.Struct("=16xIIQQI44xI44xQQ")  # each MDB_db is 48 bytes; only the free DB's md_pad is read
+_META_FIELDS = ("magic", "version", "address", "map_size", "page_size", "main_pad", "last_page", "txnid")
+
+
+def _meta(page: bytes) -> dict[str, int]:
+    return dict(zip(_META_FIELDS, _META.unpack_from(page), strict=True))
+
+
+def check_data_file(env_dir: Path) -> None:
+    """Check an LMDB environment's data.mdb against its own meta pages before it is mapped.
+
+    A data.mdb cut short (an interrupted copy) would be mapped whole and kill the process with
+    SIGBUS at the first page past its end; a file of zeros or of another format is not LMDB at all.
+    Raises DatasetFormatError naming the file.
+    """
+    data = Path(env_dir) / "data.mdb"
+    try:
+        size = data.stat().st_size
+        with open(data, "rb") as fh:
+            head = fh.read(_META.size)
+            first = _meta(head) if len(head) == _META.size else None
+            psize = first["page_size"] if first else 0
+            second = None
+            if first and first["magic"] == _LMDB_MAGIC and 512 <= psize <= 65536 and not psize & (psize - 1):
+                fh.seek(psize)
+                page = fh.read(_META.size)
+                second = _meta(page) if len(page) == _META.size else None
+    except OSError as exc:
+        raise DatasetFormatError(f"{data}: cannot read ({exc.strerror or exc})") from None
+    if first is None or first["magic"] != _LMDB_MAGIC:
+        what = "empty" if size == 0 else "too short for" if first is None else "not"
+        raise DatasetFormatError(f"{data}: {what} an LMDB data file (no LMDB meta page at its start)")
+    if first["version"] != _LMDB_DATA_VERSION:
+        raise DatasetFormatError(f"{data}: LMDB data format version {first['version']}, expected 1")
+    if not (512 <= psize <= 65536 and not psize & (psize - 1)):
+        raise DatasetFormatError(f"{data}: damaged LMDB meta page (page size {psize})")
+    if second is None or second["magic"] != _LMDB_MAGIC:
+        raise DatasetFormatError(
+            f"{data}: damaged or cut short: its second LMDB meta page (at byte {psize}) is missing"
+        )
+    # LMDB uses the meta page of the newer transaction; every page it can reach is <= its last_page.
+    meta = max(first, second, key=lambda m: m["txnid"])
+    need = (meta["last_page"] + 1) * psize
+    if size < need:
+        raise DatasetFormatError(
+            f"{data}: cut short: {size} bytes, but its LMDB header declares {meta['last_page'] + 1} pages "
+            f"of {psize} bytes ({need} bytes); an interrupted copy? copy the dataset again"
+        )
+
+
+def open_readonly(env_dir: Path) -> Any:
+    """Open an LMDB environment for reading, after `check_data_file`; LMDB's errors as DatasetFormatError."""
+    check_data_file(env_dir)
+    try:
+        return lmdb.open(str(env_dir), readonly=True, lock=False, readahead=False, subdir=True, max_readers=1)
+    except lmdb.Error as exc:
+        if "already open" in str(exc):
+            raise DatasetFormatError(
+                f"{env_dir}: already open in this process by another reader (py-lmdb opens an environment "
+                "once per process); close the other dataset, or open it again if it was replaced on disk"
+            ) from None
+        raise DatasetFormatError(f"{env_dir}: not a readable LMDB environment ({exc})") from None
+
+
+def _shown(key: bytes) -> str:
+    """A record key as an error message shows it: text when it is UTF-8, shortened when long."""
+    text = key.decode("utf-8", errors="backslashreplace")
+    return repr(text if len(text) <= 200 else text[:200] + "...")
 
 
 def key_index(key: bytes) -> int | None:
@@ -90,7 +167,7 @@ def database_digest(path: Path, window_bytes: int = 64 << 20) -> dict[str, Any]:
     digest = RecordDigest()
     last_key: bytes | None = None
     while True:
-        env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True, max_readers=1)
+        env = open_readonly(path)
         try:
             with env.begin(buffers=True) as txn:
                 cursor = txn.cursor()
@@ -105,6 +182,8 @@ def database_digest(path: Path, window_bytes: int = 64 << 20) -> dict[str, Any]:
                     window += len(value)
                     last_key = key
                     more = cursor.next()
+        except lmdb.Error as exc:
+            raise DatasetFormatError(f"{path}: damaged LMDB environment ({exc})") from None
         finally:
             env.close()
         if not more:
@@ -386,6 +465,7 @@ class LmdbReader(DatasetReader):
         self._img_txn: Any = None
         self._lbl_txn: Any = None
         self._envs: list[Any] = []
+        self._num_labels: int | None = None  # K, checked on every label record read
         self._shape = (
             tuple(manifest["image"]["shape"]) if manifest and manifest["image"].get("shape") else None
         )
@@ -417,7 +497,7 @@ class LmdbReader(DatasetReader):
             if path is None:
                 opened.append(None)
                 continue
-            env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True, max_readers=1)
+            env = open_readonly(path)
             self._envs.append(env)
             # buffers=True: get() returns a view of the mapped pages, valid while this read
             # transaction lives; `sample` copies the record out at once, `sample_view` does not.
@@ -428,9 +508,12 @@ class LmdbReader(DatasetReader):
     def _load_keys(self) -> list[bytes]:
         if self._keys is None:
             self._open()
-            self._keys = [bytes(k) for k in self._img_txn.cursor().iternext(values=False)]
+            try:
+                self._keys = [bytes(k) for k in self._img_txn.cursor().iternext(values=False)]
+                n_labels = self._lbl_txn.stat()["entries"] if self._lbl_txn is not None else None
+            except lmdb.Error as exc:
+                raise DatasetFormatError(f"{self.images_path}: damaged LMDB environment ({exc})") from None
             if self._lbl_txn is not None:
-                n_labels = self._lbl_txn.stat()["entries"]
                 if n_labels != len(self._keys):
                     raise DatasetFormatError(
                         f"{self.images_path} holds {len(self._keys)} records but {self.labels_path} "
@@ -444,18 +527,56 @@ class LmdbReader(DatasetReader):
     def key(self, i: int) -> str:
         return self._load_keys()[i].decode("utf-8", errors="replace")
 
-    def _label_value(self, key: bytes) -> np.ndarray:
-        value = self._lbl_txn.get(key)
+    def _get(self, txn: Any, key: bytes, where: Path) -> Any:
+        try:
+            value = txn.get(key)
+        except lmdb.Error as exc:
+            raise DatasetFormatError(f"{where}: record {_shown(key)}: damaged LMDB page ({exc})") from None
         if value is None:
-            raise DatasetFormatError(f"{self.labels_path}: no label record for key {key!r}")
-        return restore_missing(datum_labels(parse_datum(value)), self._stored_as)
+            raise DatasetFormatError(f"{where}: no record for key {_shown(key)}")
+        return value
+
+    def _label_value(self, key: bytes) -> np.ndarray:
+        value = self._get(self._lbl_txn, key, self.labels_path)
+        try:
+            datum = parse_datum(value)
+        except DecodeError as exc:
+            raise DatasetFormatError(
+                f"{self.labels_path}: record {_shown(key)} is not a Caffe Datum ({exc})"
+            ) from None
+        return self._checked_labels(
+            key, restore_missing(datum_labels(datum), self._stored_as), self.labels_path
+        )
+
+    def _checked_labels(self, key: bytes, labels: np.ndarray, where: Path | None) -> np.ndarray:
+        """`labels`, after checking it holds K values (the manifest's K, else record 0's)."""
+        if self._num_labels is None:
+            k = (self.manifest or {}).get("num_labels")
+            if not isinstance(k, int):
+                first = self._load_keys()[0]
+                k = labels.size if key == first else self.labels(0).size
+            self._num_labels = k
+        if labels.size != self._num_labels:
+            origin = "the manifest's num_labels" if self.manifest else "as record 0 does"
+            raise DatasetFormatError(
+                f"{where or self.images_path}: record {_shown(key)} holds {labels.size} label value(s), "
+                f"expected {self._num_labels} ({origin})"
+            )
+        return labels
 
     def labels(self, i: int) -> np.ndarray:
         keys = self._load_keys()
         self._open()
         if self._lbl_txn is not None:
             return self._label_value(keys[i])
-        return datum_labels(parse_datum(self._img_txn.get(keys[i])))
+        value = self._get(self._img_txn, keys[i], self.images_path)
+        try:
+            datum = parse_datum(value)
+        except DecodeError as exc:
+            raise DatasetFormatError(
+                f"{self.images_path}: record {_shown(keys[i])} is not a Caffe Datum ({exc})"
+            ) from None
+        return self._checked_labels(keys[i], datum_labels(datum), None)
 
     def sample(self, i: int) -> Sample:
         return self._read(i, view=False)
@@ -470,15 +591,15 @@ class LmdbReader(DatasetReader):
         keys = self._load_keys()
         self._open()
         key = keys[i]
-        value = self._img_txn.get(key)
-        if value is None:
-            raise DatasetFormatError(f"{self.images_path}: record {key!r} vanished")
+        value = self._get(self._img_txn, key, self.images_path)
         if not view:
             value = bytes(value)  # the one copy out of the map; the pixels stay a view of it
         try:
             datum, data = split_datum(value)
         except Exception as exc:  # protobuf raises DecodeError, among others
-            raise DatasetFormatError(f"{self.images_path}: record {key!r} is not a Datum ({exc})") from exc
+            raise DatasetFormatError(
+                f"{self.images_path}: record {_shown(key)} is not a Caffe Datum ({exc})"
+            ) from None
         if datum.encoded:
             shape = self._shape or (0, 0, 0)
             data = bytes(data)  # a few KB, handed to decoders that want bytes
@@ -487,11 +608,14 @@ class LmdbReader(DatasetReader):
             shape = (datum.channels, datum.height, datum.width)
             if len(data) != shape[0] * shape[1] * shape[2]:
                 raise DatasetFormatError(
-                    f"{self.images_path}: record {key!r} holds {len(data)} bytes, "
+                    f"{self.images_path}: record {_shown(key)} holds {len(data)} bytes, "
                     f"its shape {shape} needs {shape[0] * shape[1] * shape[2]}"
                 )
             payload = ImagePayload(data, False, shape)
-        labels = self._label_value(key) if self._lbl_txn is not None else datum_labels(datum)
+        if self._lbl_txn is not None:
+            labels = self._label_value(key)
+        else:
+            labels = self._checked_labels(key, datum_labels(datum), None)
         return Sample(index=i, key=key.decode("utf-8", errors="replace"), image=payload, labels=labels)
 
     def __iter__(self) -> Iterator[Sample]:
@@ -519,3 +643,4 @@ class LmdbReader(DatasetReader):
         self._envs = []
         self._img_txn = self._lbl_txn = None
         self._pid = None
+        self._keys = self._num_labels = None  # a reopen reads what is there then
