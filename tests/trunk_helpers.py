@@ -89,23 +89,21 @@ def torch_equal(a, b) -> bool:
     return bool(torch.equal(a, b))
 
 
-def _ddp_rank(rank: int, world: int, port: int, cfg_dict: dict, dump: str, runs: list[dict]) -> None:
+def _ddp_rank(rank: int, world: int, ports: list[int], cfg_dict: dict, dump: str, runs: list[dict]) -> None:
     import os
     from pathlib import Path
 
     import torch
 
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-    )
+    os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     from mtldata.train import TrainConfig, train
 
     for i, changes in enumerate(runs):
+        # A port per run: on one port, a rank that finished run i first could join run i+1 through
+        # rank 0's store of run i before rank 0 has torn it down, and the two ranks would then wait
+        # for each other in different groups.
+        os.environ["MASTER_PORT"] = str(ports[i])
         result = train(TrainConfig(**{**cfg_dict, **changes}))
         torch.save(
             {"model": result.model.state_dict(), "step": result.step}, Path(dump) / f"run{i}-rank{rank}.pt"
@@ -119,7 +117,8 @@ def ddp_train(cfg_dict: dict, dump, runs: list[dict], world: int = 2) -> list[li
     import torch
     import torch.multiprocessing as mp
 
-    mp.spawn(_ddp_rank, args=(world, _free_port(), cfg_dict, str(dump), runs), nprocs=world)
+    ports = [_free_port() for _ in runs]
+    mp.spawn(_ddp_rank, args=(world, ports, cfg_dict, str(dump), runs), nprocs=world)
     return [[torch.load(dump / f"run{i}-rank{r}.pt") for r in range(world)] for i in range(len(runs))]
 
 
