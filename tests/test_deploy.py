@@ -95,7 +95,11 @@ def run(tmp_path_factory) -> dict[str, Path]:
 
 
 def invoke(*args: str):
-    return CliRunner().invoke(main, [str(a) for a in args])
+    try:  # click < 8.2 mixes stderr into output unless told not to; 8.2 always keeps it apart
+        runner = CliRunner(mix_stderr=False)
+    except TypeError:
+        runner = CliRunner()
+    return runner.invoke(main, [str(a) for a in args])
 
 
 def one_error_line(result) -> str:
