@@ -8,6 +8,7 @@ directory is renamed to `<out>`; a reader never mistakes a partial dataset for a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import multiprocessing
@@ -22,12 +23,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mtldata.convert.write_stage import WriteStage
 from mtldata.durable import fsync_path, write_json_atomic
 from mtldata.errors import (
     DatasetStateError,
@@ -523,12 +526,6 @@ def _convert_locked(
         state.errors_bytes = errors_file.tell()
         write_json_atomic(staging / PROGRESS_NAME, state.to_dict())
 
-    def commit() -> None:
-        nonlocal since_commit, since_commit_bytes
-        writer.commit()
-        save_state()
-        since_commit = since_commit_bytes = 0
-
     def record_error(line: int, path: str, reason: str) -> None:
         if spec.strict:
             raise InputError(spec.list_file, line, f"{shorten(path)}: {reason}" if path else reason)
@@ -562,9 +559,37 @@ def _convert_locked(
                 for item in chunk
             ]
 
+    # The writer's puts and commits run on a thread of their own (see write_stage.py): this thread
+    # keeps the books (errors, stats, the state a commit saves) and hands it whole batches.
+    stage = WriteStage(max_pending=2 * workers + 2)
+
+    def put_batch(batch: list[tuple[Sample, ListEntry]]) -> None:
+        for sample, item in batch:
+            try:
+                writer.put(sample)
+            except SampleRejectedError as exc:  # the backend cannot store it: stop here
+                raise InputError(spec.list_file, item.line, f"{shorten(item.path)}: {exc}") from exc
+
+    def commit_and_save(snapshot: dict[str, Any]) -> None:
+        writer.commit()
+        os.fsync(errors_file.fileno())
+        write_json_atomic(staging / PROGRESS_NAME, snapshot)
+
+    def commit() -> None:
+        # The state as of the last sample handed over; it is saved once that sample is committed.
+        nonlocal since_commit, since_commit_bytes, batch
+        if batch:
+            stage.submit(partial(put_batch, batch))
+            batch = []
+        errors_file.flush()
+        state.errors_bytes = errors_file.tell()
+        stage.submit(partial(commit_and_save, state.to_dict()))
+        since_commit = since_commit_bytes = 0
+
     pending_items: deque[list[ListEntry | ListLineError]] = deque()
     stored_as = spec.missing_stored_as
     position = skip
+    batch: list[tuple[Sample, ListEntry]] = []
     try:
         # A backend may offer an encoder (a picklable function) that turns a decoded payload into
         # its stored form, so that serialisation runs in the decode workers, not here.
@@ -583,10 +608,7 @@ def _convert_locked(
                 else:
                     labels = np.asarray(item.labels, dtype=np.float32)
                     stored = stored_labels(labels, stored_as)
-                    try:
-                        writer.put(Sample(position, f"{position:08d}_{item.path}", result, stored))
-                    except SampleRejectedError as exc:  # the backend cannot store it: stop here
-                        raise InputError(spec.list_file, item.line, f"{shorten(item.path)}: {exc}") from exc
+                    batch.append((Sample(position, f"{position:08d}_{item.path}", result, stored), item))
                     state.written += 1
                     state.stats.add(labels)
                     shape_key = "x".join(map(str, result.shape))
@@ -600,19 +622,31 @@ def _convert_locked(
                     commit()
                 if progress is not None:
                     progress(position - shard_start, shard_stop - shard_start)
+            if batch:
+                stage.submit(partial(put_batch, batch))
+                batch = []
         commit()
+        stage.finish()
         files = writer.close()
     except InputError:
         # --strict: the first bad sample stops the run and no dataset is left behind.
+        stage.abandon()
         errors_file.close()
         writer.close()
         shutil.rmtree(staging, ignore_errors=True)
         raise
     except OSError:
         # A full disk or an I/O error: release the files (the caller may resume in this process).
+        stage.abandon()
         abandon = getattr(writer, "abandon", None)
         if abandon is not None:
             abandon()
+        raise
+    except BaseException:
+        # Ctrl-C: what was handed to the write stage is still written and committed, as it was
+        # before the stage had a thread of its own (a second Ctrl-C stops the wait).
+        with contextlib.suppress(Exception):
+            stage.finish()
         raise
     finally:
         errors_file.close()
