@@ -41,7 +41,7 @@ from mtldata.errors import (
     shorten,
 )
 from mtldata.storage.backends import WriterOptions, check_writer_options, make_writer
-from mtldata.storage.image import ImageDecodeError, ImageOptions, prepare_image
+from mtldata.storage.image import ImageDecodeError, ImageOptions, chw_bytes, prepare_image
 from mtldata.storage.label_sources import LabelInput, open_labels
 from mtldata.storage.listfile import ListEntry, ListLineError
 from mtldata.storage.manifest import LabelStats, Manifest, dataset_checksums, write_manifest
@@ -210,6 +210,8 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 
 PayloadEncoder = Callable[[ImagePayload, np.ndarray], ImagePayload]
+# Writes the stored record into a buffer: (the payload's description, the record's length), or None
+PayloadEncoderInto = Callable[[ImagePayload, np.ndarray, memoryview], "tuple[ImagePayload, int] | None"]
 WorkItem = tuple[str, np.ndarray] | None  # (image path, labels), or None for a list error
 
 
@@ -230,35 +232,59 @@ ARENA_SLOT_BYTES = 2 * CHUNK_BYTES
 
 
 def _decode_chunk(
-    items: list[WorkItem], options: ImageOptions, encoder: PayloadEncoder | None, slot: int | None = None
+    items: list[WorkItem],
+    options: ImageOptions,
+    encoder: PayloadEncoder | None,
+    slot: int | None = None,
+    encoder_into: PayloadEncoderInto | None = None,
 ) -> list[ImagePayload | _InArena | str | None]:
     """Worker: decode each image, then let the backend encode it (None entries pass through).
 
-    With a `slot`, payload bytes go into that slot of the shared arena while they fit.
+    With a `slot`, payload bytes go into that slot of the shared arena while they fit; a backend's
+    `encoder_into` writes its record there itself (raw pixels transposed straight into place).
     """
     out: list[ImagePayload | _InArena | str | None] = []
     offset = end = 0
+    arena = None
     if slot is not None and _ARENA is not None:
         offset, end = slot * ARENA_SLOT_BYTES, (slot + 1) * ARENA_SLOT_BYTES
-    for item in items:
-        if item is None:
-            out.append(None)
-            continue
-        path, labels = item
-        try:
-            payload = prepare_image(path, options)
-        except ImageDecodeError as exc:
-            out.append(str(exc))
-            continue
-        if encoder is not None:
-            payload = encoder(payload, labels)
-        size = len(payload.data)
-        if _ARENA is not None and offset + size <= end:
-            _ARENA[offset : offset + size] = payload.data
-            out.append(_InArena(payload.with_data(b""), offset, size))
-            offset += size
-        else:
-            out.append(payload)
+        arena = memoryview(_ARENA)
+    into = encoder_into if arena is not None else None
+    pixels: np.ndarray | None = None  # one decode buffer for the chunk (while the size repeats)
+    try:
+        for item in items:
+            if item is None:
+                out.append(None)
+                continue
+            path, labels = item
+            try:
+                payload = prepare_image(path, options, planar=into is None, out=pixels)
+            except ImageDecodeError as exc:
+                out.append(str(exc))
+                continue
+            if into is not None:
+                if isinstance(payload.data, np.ndarray):
+                    pixels = payload.data
+                placed = into(payload, labels, arena[offset:end])  # type: ignore[index]
+                if placed is not None:
+                    described, size = placed
+                    out.append(_InArena(described, offset, size))
+                    offset += size
+                    continue
+                if isinstance(payload.data, np.ndarray):  # too large for what is left of the slot
+                    payload = payload.with_data(chw_bytes(payload.data))
+            if encoder is not None:
+                payload = encoder(payload, labels)
+            size = len(payload.data)
+            if arena is not None and offset + size <= end:
+                arena[offset : offset + size] = payload.data
+                out.append(_InArena(payload.with_data(b""), offset, size))
+                offset += size
+            else:
+                out.append(payload)
+    finally:
+        if arena is not None:
+            arena.release()
     return out
 
 
@@ -271,7 +297,11 @@ def _mp_context() -> multiprocessing.context.BaseContext:
 
 
 def _ordered_decode(
-    chunks: Iterator[list[WorkItem]], options: ImageOptions, workers: int, encoder: PayloadEncoder | None
+    chunks: Iterator[list[WorkItem]],
+    options: ImageOptions,
+    workers: int,
+    encoder: PayloadEncoder | None,
+    encoder_into: PayloadEncoderInto | None = None,
 ) -> Iterator[list[ImagePayload | str | None]]:
     """Decode chunks in parallel, yielding results in submission order with a bounded window."""
     global _ARENA
@@ -298,7 +328,7 @@ def _ordered_decode(
             try:
                 for seq, chunk in enumerate(chunks):
                     slot = seq % slots if arena is not None else None
-                    pending.append(pool.submit(_decode_chunk, chunk, options, encoder, slot))
+                    pending.append(pool.submit(_decode_chunk, chunk, options, encoder, slot, encoder_into))
                     if len(pending) >= window:
                         yield _from_arena(pending.popleft().result(), arena)
                 while pending:
@@ -575,9 +605,15 @@ def _convert_locked(
         os.fsync(errors_file.fileno())
         write_json_atomic(staging / PROGRESS_NAME, snapshot)
 
+    def count_labels() -> None:
+        if new_labels:
+            state.stats.add_rows(np.stack(new_labels))
+            new_labels.clear()
+
     def commit() -> None:
         # The state as of the last sample handed over; it is saved once that sample is committed.
         nonlocal since_commit, since_commit_bytes, batch
+        count_labels()
         if batch:
             stage.submit(partial(put_batch, batch))
             batch = []
@@ -590,11 +626,13 @@ def _convert_locked(
     stored_as = spec.missing_stored_as
     position = skip
     batch: list[tuple[Sample, ListEntry]] = []
+    new_labels: list[np.ndarray] = []  # label rows not yet in state.stats (added a chunk at a time)
     try:
         # A backend may offer an encoder (a picklable function) that turns a decoded payload into
         # its stored form, so that serialisation runs in the decode workers, not here.
         encoder = getattr(writer, "encode_payload", None)
-        for results in _ordered_decode(chunks(), spec.image, workers, encoder):
+        encoder_into = getattr(writer, "encode_payload_into", None)
+        for results in _ordered_decode(chunks(), spec.image, workers, encoder, encoder_into):
             sizes = [len(r.data) for r in results if isinstance(r, ImagePayload)]
             if sizes:
                 chunk_size = max(1, min(MAX_CHUNK, CHUNK_BYTES * len(sizes) // max(1, sum(sizes))))
@@ -610,7 +648,7 @@ def _convert_locked(
                     stored = stored_labels(labels, stored_as)
                     batch.append((Sample(position, f"{position:08d}_{item.path}", result, stored), item))
                     state.written += 1
-                    state.stats.add(labels)
+                    new_labels.append(labels)
                     shape_key = "x".join(map(str, result.shape))
                     state.shapes[shape_key] = state.shapes.get(shape_key, 0) + 1
                     state.formats[result.format] = state.formats.get(result.format, 0) + 1
@@ -622,6 +660,7 @@ def _convert_locked(
                     commit()
                 if progress is not None:
                     progress(position - shard_start, shard_stop - shard_start)
+            count_labels()
             if batch:
                 stage.submit(partial(put_batch, batch))
                 batch = []

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mtldata.durable import write_json_atomic
 from mtldata.storage import record_digests
 from mtldata.storage.backends import MANIFEST_NAME
@@ -53,6 +55,56 @@ class LabelStats:
             self.mins[j] = v if low is None else min(low, v)
             self.maxs[j] = v if high is None else max(high, v)
         self.count += 1
+
+    def add_rows(self, rows: np.ndarray) -> None:
+        """`add` for each row of an (n, K) array, in a few array operations: the same figures as
+        n calls (sums are still taken one value after another, so they round alike)."""
+        rows = np.asarray(rows, dtype=np.float64)
+        if rows.ndim != 2 or not len(rows):
+            return
+        k = rows.shape[1]
+        if not self.sums:
+            self.sums, self.mins, self.maxs = [0.0] * k, [None] * k, [None] * k
+        if len(self.missing) != k:
+            self.missing = [0] * k
+        if self.integral is None or self.distinct is None:
+            if not self.count:
+                self.integral, self.distinct = [True] * k, [[] for _ in range(k)]
+        nan = np.isnan(rows)
+        missing = nan.sum(axis=0)
+        # a cumulative sum runs left to right, as the one-sample loop does; 0.0 for a missing value
+        # leaves a sum that started at 0.0 unchanged, like skipping it
+        filled = np.where(nan, 0.0, rows)
+        for j in range(k):
+            self.missing[j] += int(missing[j])
+            if missing[j] == len(rows):
+                continue
+            with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is nan, as in the loop
+                self.sums[j] = float(np.cumsum(np.concatenate(([self.sums[j]], filled[:, j])))[-1])
+            column = rows[~nan[:, j], j]
+            # the first value equal to the extreme, as min()/max() over the loop keep it (0.0 vs -0.0)
+            low = float(column[np.argmax(column == column.min())])
+            high = float(column[np.argmax(column == column.max())])
+            self.mins[j] = low if self.mins[j] is None else min(self.mins[j], low)
+            self.maxs[j] = high if self.maxs[j] is None else max(self.maxs[j], high)
+            if self.integral is not None and self.distinct is not None:
+                with np.errstate(invalid="ignore"):  # inf is not integral, and no warning
+                    whole = bool(np.all(np.mod(column, 1.0) == 0.0))
+                if self.integral[j] and not whole:
+                    self.integral[j] = False
+                sets = self.__dict__.setdefault(
+                    "_sets", [None if c is None else set(c) for c in self.distinct]
+                )
+                seen = sets[j]
+                if seen is not None:
+                    _, first = np.unique(column, return_index=True)
+                    for v in column[np.sort(first)].tolist():  # in order of first appearance
+                        if v not in seen:
+                            seen.add(v)
+                            self.distinct[j].append(v)  # type: ignore[union-attr]
+                    if len(seen) > MAX_DISTINCT:
+                        self.distinct[j] = sets[j] = None
+        self.count += len(rows)
 
     def _note_values(self, values: list[float]) -> None:
         if self.integral is None or self.distinct is None:

@@ -409,6 +409,38 @@ class LmdbWriter:
         value = b"".join((head, image.data, tail))
         return image.with_data(value, stored=True, stored_sha256=hashlib.sha256(value).digest())
 
+    @staticmethod
+    def encode_payload_into(
+        image: ImagePayload, labels: np.ndarray, buffer: memoryview
+    ) -> tuple[ImagePayload, int] | None:
+        """encode_payload, written at the start of `buffer` (shared memory) instead of new bytes:
+        raw HxWxC pixels are transposed to CHW in place there, with no copy between. Returns the
+        payload's description (its digest, no data) and the record's length; None when it does not fit.
+        """
+        label = int(labels[0]) if np.isfinite(labels[0]) else -1
+        pixels = image.data
+        if isinstance(pixels, np.ndarray):
+            c, h, w = image.shape
+            if pixels.size != c * h * w:
+                raise ValueError(f"raw image data holds {pixels.size} values, its shape is {image.shape}")
+            size = pixels.size
+        else:
+            size = len(pixels)
+        head, tail = image_datum_frame(size, label, None if image.encoded else image.shape)
+        end = len(head) + size
+        length = end + len(tail)
+        if length > len(buffer):
+            return None
+        buffer[: len(head)] = head
+        if isinstance(pixels, np.ndarray):
+            planes = np.frombuffer(buffer, np.uint8, count=size, offset=len(head)).reshape(image.shape)
+            np.copyto(planes, pixels[None, :, :] if pixels.ndim == 2 else pixels.transpose(2, 0, 1))
+        else:
+            buffer[len(head) : end] = pixels
+        buffer[end:length] = tail
+        digest = hashlib.sha256(buffer[:length]).digest()
+        return image.with_data(b"", stored=True, stored_sha256=digest), length
+
     def put(self, sample: Sample) -> None:
         key = sample.key.encode("utf-8")
         image = sample.image if sample.image.stored else self.encode_payload(sample.image, sample.labels)
