@@ -20,7 +20,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from mtldata.caffe.datum import datum_labels, image_datum_frame, label_datum, parse_datum, split_datum
-from mtldata.errors import DatasetFormatError
+from mtldata.errors import DatasetFormatError, MtlDataError
 from mtldata.storage import record_digests
 from mtldata.storage.backends import DatasetReader, WriterOptions, register_writer
 from mtldata.storage.processes import current_pid
@@ -205,8 +205,8 @@ class _GrowingEnv:
     def __init__(self, path: Path, initial_map_size: int) -> None:
         self.path = path
         self.env = self._open(initial_map_size)
+        self._map_size = int(self.env.info()["map_size"])  # may exceed the request (an existing env)
         self._txn: Any = None
-        self._batch: list[tuple[bytes, bytes]] = []  # what the open transaction holds, for a replay
         # The digest journal: (key, sha256(value)) of every committed record, in put order, so
         # the manifest's checksum needs no second read of the whole database at the end.
         self.journal_path = path.with_name(path.name + record_digests.SUFFIX)
@@ -217,27 +217,28 @@ class _GrowingEnv:
         self._txn_need = 0  # what its puts can add at most (bytes)
 
     def _reserve(self, nbytes: int) -> None:
-        """Give data.mdb real disk blocks for every page the open transaction can write.
+        """Make room in the map and on disk for every page the open transaction can write.
+
+        A put can add at most its overflow pages plus a page-split path; twice the bytes plus a
+        page per put bounds it. The map grows before a put could fill it, so LMDB never fails
+        with MDB_MAP_FULL and a transaction never has to be replayed (nor its values kept).
 
         With writemap, LMDB writes pages straight into the mapped data.mdb, a sparse file: a page
         the file system cannot back (a full disk or quota) kills the process with SIGBUS. Allocating
-        ahead with posix_fallocate turns that into an ordinary OSError (ENOSPC), raised here. A put
-        can add at most its overflow pages plus a page-split path; twice the bytes plus a page per
-        put bounds it.
+        ahead with posix_fallocate turns that into an ordinary OSError (ENOSPC), raised here.
         """
         self._txn_need += 2 * nbytes + 4096
         needed = self._txn_base + self._txn_need
+        if needed > self._map_size:
+            self._grow(needed, nbytes)
+            needed = self._txn_base + self._txn_need
         if needed <= self._allocated:
             return
-        map_size = self.env.info()["map_size"]
-        needed = min(needed, map_size)
-        if needed <= self._allocated:
-            return  # the map is full: the put fails with MapFullError, the map grows, _begin reserves
         data = self.path / "data.mdb"
         fd = os.open(data, os.O_RDWR)
         try:
             # A step ahead where the disk has room (fewer calls), else just what this transaction needs.
-            for target in (min(needed + RESERVE_STEP, map_size), needed):
+            for target in (min(needed + RESERVE_STEP, self._map_size), needed):
                 try:
                     os.posix_fallocate(fd, self._allocated, target - self._allocated)
                     self._allocated = target
@@ -248,12 +249,32 @@ class _GrowingEnv:
         finally:
             os.close(fd)
 
-    def _begin(self, nbytes: int | None = None) -> None:
-        """Start a write transaction with file space for `nbytes` (default: the batch to replay)."""
+    def _grow(self, needed: int, nbytes: int) -> None:
+        """Double the map until the open transaction and a put of `nbytes` fit.
+
+        The map can only change with no transaction open: the open one is committed first. That
+        commit is not one the converter asked for, which is harmless: its progress.json still
+        names the last one it did, and a resume cuts the database back to that.
+        """
+        if self._txn is not None:
+            self._commit_txn()
+        size = self._map_size
+        while size < needed + TXN_OVERHEAD + 2 * nbytes + 4096:
+            size *= 2
+        try:
+            self.env.set_mapsize(size)
+        except lmdb.Error as exc:
+            raise _os_error(exc, self.path) from None
+        self._map_size = int(self.env.info()["map_size"])
+        self._begin(0)
+        self._txn_need += 2 * nbytes + 4096
+
+    def _begin(self, nbytes: int) -> None:
+        """Start a write transaction with map and file space for `nbytes`."""
         self._txn_base = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
         self._txn_need = TXN_OVERHEAD
-        self._reserve(sum(len(k) + len(v) for k, v in self._batch) if nbytes is None else nbytes)
         self._txn = self.env.begin(write=True)
+        self._reserve(nbytes)
 
     def _open(self, map_size: int) -> Any:
         # writemap: pages are written in place in the shared map instead of being copied out
@@ -263,13 +284,15 @@ class _GrowingEnv:
         except lmdb.Error as exc:
             raise _os_error(exc, self.path) from None
 
-    def put(self, key: bytes, value: bytes, value_sha256: bytes | None = None) -> None:
-        """Put into the open write transaction (started on demand); durable only after commit."""
+    def put(self, key: bytes, value: bytes | memoryview, value_sha256: bytes | None = None) -> None:
+        """Put into the open write transaction (started on demand); durable only after commit.
+
+        `value` may be a view of memory its owner reuses once this returns: LMDB has copied it.
+        """
         digest = value_sha256 if value_sha256 is not None else hashlib.sha256(value).digest()
         self._journal_batch += record_digests.entry(key, digest)
-        self._batch.append((key, value))
         if self._txn is None:
-            self._begin()
+            self._begin(len(key) + len(value))
         else:
             self._reserve(len(key) + len(value))
         try:
@@ -279,35 +302,34 @@ class _GrowingEnv:
             if not self._txn.put(key, value, append=True):
                 self._txn.put(key, value)
         except lmdb.MapFullError:
-            self._grow_and_replay()
+            raise self._map_full() from None
         except lmdb.Error as exc:
             raise _os_error(exc, self.path) from None
 
-    def _grow_and_replay(self) -> None:
-        while True:
+    def _map_full(self) -> MtlDataError:
+        # Cannot happen while _reserve's bound holds; if it does, what was committed is kept.
+        with contextlib.suppress(Exception):
             self._txn.abort()
+        self._txn = None
+        return MtlDataError(
+            f"{self.path}: LMDB's map filled up although space was reserved for this transaction; "
+            "run the same command with --resume"
+        )
+
+    def _commit_txn(self) -> None:
+        try:
+            self._txn.commit()
+        except lmdb.MapFullError:
+            raise self._map_full() from None
+        except lmdb.Error as exc:
+            raise _os_error(exc, self.path) from None
+        finally:
             self._txn = None
-            self.env.set_mapsize(self.env.info()["map_size"] * 2)
-            self._begin()
-            try:
-                for key, value in self._batch:
-                    self._txn.put(key, value)
-                return
-            except lmdb.MapFullError:
-                continue
 
     def commit(self) -> None:
         if self._txn is None:
             return
-        try:
-            self._txn.commit()
-        except lmdb.MapFullError:
-            self._grow_and_replay()
-            self._txn.commit()
-        except lmdb.Error as exc:
-            raise _os_error(exc, self.path) from None
-        self._txn = None
-        self._batch.clear()
+        self._commit_txn()
         self._journal.write(self._journal_batch)
         self._journal.flush()
         os.fsync(self._journal.fileno())
@@ -315,9 +337,8 @@ class _GrowingEnv:
         # Every page written through the map stays resident in this process (as shared file
         # pages) until it is unmapped, so the RSS would grow with the dataset: remap after each
         # commit, which costs well under a millisecond.
-        map_size = self.env.info()["map_size"]
         self.env.close()
-        self.env = self._open(map_size)
+        self.env = self._open(self._map_size)
 
     def write_batch(self, items: list[tuple[bytes, bytes]]) -> None:
         """Put and commit `items` in one transaction."""
