@@ -13,6 +13,7 @@ import json
 import mmap
 import multiprocessing
 import os
+import queue
 import shutil
 import signal
 import sys
@@ -62,7 +63,7 @@ ERRORS_NAME = "errors.tsv"
 PARTIAL_SUFFIX = ".partial"  # the staging folder: storage.output_guard.staging_path
 # Images go to the workers in chunks (fewer, larger messages), sized from the images seen so far
 # to about CHUNK_BYTES each, so that the window of chunks in flight bounds memory for any image size.
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = 4 << 20
 MAX_CHUNK = 64
 # Commit every `commit_every` samples (convert_imageset: 1,000) or this many image bytes, whichever
 # comes first: what a transaction holds stays in memory until it commits.
@@ -182,6 +183,9 @@ class _State:
     shapes: dict[str, int] = field(default_factory=dict)
     formats: dict[str, int] = field(default_factory=dict)
     stats: LabelStats = field(default_factory=LabelStats)
+    # The machine's boot when this state was saved: commits are synced after they are made, so
+    # after a system crash the LMDB files may hold a commit whose pages never reached the disk.
+    boot_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -296,65 +300,106 @@ def _mp_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
-def _ordered_decode(
-    chunks: Iterator[list[WorkItem]],
-    options: ImageOptions,
-    workers: int,
-    encoder: PayloadEncoder | None,
-    encoder_into: PayloadEncoderInto | None = None,
-) -> Iterator[list[ImagePayload | str | None]]:
-    """Decode chunks in parallel, yielding results in submission order with a bounded window."""
-    global _ARENA
-    if workers <= 1:
-        for chunk in chunks:
-            yield _decode_chunk(chunk, options, encoder)  # type: ignore[misc]  # no arena: no _InArena
-        return
-    window = 2 * workers + 2  # enough to keep every worker busy, few enough to bound memory
-    context = _mp_context()
-    # One slot more than chunks in flight: the slot a new chunk gets was freed by the chunk whose
-    # results the caller has finished with (they are copied out of the arena before they are yielded).
-    slots = window + 1
-    # Only with fork (the workers must inherit the mapping), and one conversion at a time per process:
-    # another thread's conversion already using the arena falls back to pickled results.
-    use_arena = context.get_start_method() == "fork" and _ARENA is None
-    arena = mmap.mmap(-1, slots * ARENA_SLOT_BYTES) if use_arena else None
-    if arena is not None:
-        _ARENA = arena
-    try:
-        with ProcessPoolExecutor(
-            max_workers=workers, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),)
-        ) as pool:
-            pending: deque[Future] = deque()
-            try:
-                for seq, chunk in enumerate(chunks):
-                    slot = seq % slots if arena is not None else None
-                    pending.append(pool.submit(_decode_chunk, chunk, options, encoder, slot, encoder_into))
-                    if len(pending) >= window:
-                        yield _from_arena(pending.popleft().result(), arena)
-                while pending:
-                    yield _from_arena(pending.popleft().result(), arena)
-            finally:
-                for future in pending:
-                    future.cancel()
-    finally:
-        if arena is not None:
+class _DecodePool:
+    """Decode chunks in parallel, yielding results in submission order with a bounded window.
+
+    With fork, results come back through the shared arena, and a chunk's payloads are views of
+    its arena slot, not copies: the slot is reused only after `release(slot)`, which the caller
+    calls once it has stored them (the write stage does, after its puts). The arena stays mapped
+    until the pool is closed, so close it only after the last put.
+    """
+
+    def __init__(
+        self,
+        options: ImageOptions,
+        workers: int,
+        encoder: PayloadEncoder | None,
+        encoder_into: PayloadEncoderInto | None,
+        held: int,
+    ) -> None:
+        self.options, self.workers, self.encoder, self.encoder_into = options, workers, encoder, encoder_into
+        self.window = 2 * workers + 2  # enough to keep every worker busy, few enough to bound memory
+        # Slots for the chunks in flight, plus those the caller may hold (`held`) before releasing.
+        self.slots = self.window + held + 1
+        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self.arena: mmap.mmap | None = None
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> _DecodePool:
+        global _ARENA
+        if self.workers <= 1:
+            return self
+        context = _mp_context()
+        # Only with fork (the workers must inherit the mapping), and one conversion at a time per
+        # process: another thread's conversion already using the arena falls back to pickled results.
+        if context.get_start_method() == "fork" and _ARENA is None:
+            self.arena = _ARENA = mmap.mmap(-1, self.slots * ARENA_SLOT_BYTES)
+            for slot in range(self.slots):
+                self._free.put(slot)
+        self._pool = ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),)
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _ARENA
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        if self.arena is not None:
             _ARENA = None
-            arena.close()
+            # A view still referenced somewhere (a traceback's frame) keeps the map alive; it is
+            # unmapped when the last one goes.
+            with contextlib.suppress(BufferError):
+                self.arena.close()
 
+    def release(self, slot: int | None) -> None:
+        """The caller is done with the payloads of the chunk that used `slot`."""
+        if slot is not None:
+            self._free.put(slot)
 
-def _from_arena(
-    results: list[ImagePayload | _InArena | str | None], arena: mmap.mmap | None
-) -> list[ImagePayload | str | None]:
-    if arena is None:
-        return results  # type: ignore[return-value]
-    view = memoryview(arena)
-    try:
+    def _take_slot(self) -> int:
+        while True:
+            try:
+                return self._free.get(timeout=0.5)  # a timeout, so that Ctrl-C gets through
+            except queue.Empty:
+                continue
+
+    def results(
+        self, chunks: Iterator[list[WorkItem]]
+    ) -> Iterator[tuple[list[ImagePayload | str | None], int | None]]:
+        """(results, slot) per chunk, in order; pass `slot` to `release` when done with them."""
+        if self._pool is None:
+            for chunk in chunks:
+                yield _decode_chunk(chunk, self.options, self.encoder), None  # type: ignore[misc]
+            return
+        pending: deque[tuple[Future, int | None]] = deque()
+        try:
+            for chunk in chunks:
+                slot = self._take_slot() if self.arena is not None else None
+                future = self._pool.submit(
+                    _decode_chunk, chunk, self.options, self.encoder, slot, self.encoder_into
+                )
+                pending.append((future, slot))
+                if len(pending) >= self.window:
+                    done, slot = pending.popleft()
+                    yield self._payloads(done.result()), slot
+            while pending:
+                done, slot = pending.popleft()
+                yield self._payloads(done.result()), slot
+        finally:
+            for future, _ in pending:
+                future.cancel()
+
+    def _payloads(
+        self, results: list[ImagePayload | _InArena | str | None]
+    ) -> list[ImagePayload | str | None]:
+        if self.arena is None:
+            return results  # type: ignore[return-value]
+        view = memoryview(self.arena)
         return [
-            r.payload.with_data(bytes(view[r.offset : r.offset + r.length])) if isinstance(r, _InArena) else r
+            r.payload.with_data(view[r.offset : r.offset + r.length]) if isinstance(r, _InArena) else r
             for r in results
         ]
-    finally:
-        view.release()
 
 
 def _label_input(spec: ConvertSpec) -> LabelInput:
@@ -372,6 +417,15 @@ def _label_input(spec: ConvertSpec) -> LabelInput:
         columns=spec.columns,
         path_exists=exists,
     )
+
+
+def current_boot_id() -> str | None:
+    """This boot of the machine (Linux), to tell a resume after a system crash; None elsewhere."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
 
 
 def _check_forbidden_missing(spec: ConvertSpec, labels: LabelInput) -> None:
@@ -438,6 +492,11 @@ def _prepare_staging(
             progress = staging / PROGRESS_NAME
             if progress.is_file():
                 state = _State.from_dict(json.loads(progress.read_text(encoding="utf-8")))
+                if state.boot_id is not None and state.boot_id != current_boot_id():
+                    raise DatasetStateError(
+                        f"cannot resume {staging}: the machine restarted while it was being written, "
+                        "and its last commits may not have reached the disk; use --overwrite to start over"
+                    )
                 if state.fingerprint != fingerprint:
                     changed = sorted(k for k in fingerprint if fingerprint[k] != state.fingerprint.get(k))
                     raise DatasetStateError(
@@ -563,6 +622,9 @@ def _convert_locked(
         errors_file.write(row.encode("utf-8", errors="replace"))
         state.error_count += 1
 
+    # A writer whose commits are not durable by themselves offers `sync` (see commit_and_save).
+    sync = getattr(writer, "sync", None)
+    state.boot_id = current_boot_id() if sync is not None else None
     save_state()  # from the start, a resume checks that the input and options are the same
     items = _work_items(spec, labels_in)
     skip = state.next_position
@@ -592,6 +654,7 @@ def _convert_locked(
     # The writer's puts and commits run on a thread of their own (see write_stage.py): this thread
     # keeps the books (errors, stats, the state a commit saves) and hands it whole batches.
     stage = WriteStage(max_pending=2 * workers + 2)
+    sync_stage = WriteStage(max_pending=2)
 
     def put_batch(batch: list[tuple[Sample, ListEntry]]) -> None:
         for sample, item in batch:
@@ -600,10 +663,28 @@ def _convert_locked(
             except SampleRejectedError as exc:  # the backend cannot store it: stop here
                 raise InputError(spec.list_file, item.line, f"{shorten(item.path)}: {exc}") from exc
 
-    def commit_and_save(snapshot: dict[str, Any]) -> None:
-        writer.commit()
+    saved: list[dict[str, Any]] = []  # the last state saved
+
+    def sync_and_save(snapshot: dict[str, Any]) -> None:
+        if sync is not None:
+            sync()
         os.fsync(errors_file.fileno())
         write_json_atomic(staging / PROGRESS_NAME, snapshot)
+        saved[:] = [snapshot]
+
+    def mark_synced() -> None:
+        # Everything is on disk: a resume after a restart of the machine is safe again.
+        if saved and saved[0].get("boot_id") is not None:
+            write_json_atomic(staging / PROGRESS_NAME, {**saved[0], "boot_id": None})
+
+    def commit_and_save(snapshot: dict[str, Any]) -> None:
+        writer.commit()
+        if sync is None:
+            sync_and_save(snapshot)
+        else:
+            # The commit is durable only once synced: progress.json names it after that, on a
+            # thread of its own, while this one puts the next batch (the disk works meanwhile).
+            sync_stage.submit(partial(sync_and_save, snapshot))
 
     def count_labels() -> None:
         if new_labels:
@@ -627,65 +708,82 @@ def _convert_locked(
     position = skip
     batch: list[tuple[Sample, ListEntry]] = []
     new_labels: list[np.ndarray] = []  # label rows not yet in state.stats (added a chunk at a time)
+    # A backend may offer an encoder (a picklable function) that turns a decoded payload into
+    # its stored form, so that serialisation runs in the decode workers, not here.
+    encoder = getattr(writer, "encode_payload", None)
+    encoder_into = getattr(writer, "encode_payload_into", None)
+    decoder = _DecodePool(spec.image, workers, encoder, encoder_into, held=stage.max_pending)
     try:
-        # A backend may offer an encoder (a picklable function) that turns a decoded payload into
-        # its stored form, so that serialisation runs in the decode workers, not here.
-        encoder = getattr(writer, "encode_payload", None)
-        encoder_into = getattr(writer, "encode_payload_into", None)
-        for results in _ordered_decode(chunks(), spec.image, workers, encoder, encoder_into):
-            sizes = [len(r.data) for r in results if isinstance(r, ImagePayload)]
-            if sizes:
-                chunk_size = max(1, min(MAX_CHUNK, CHUNK_BYTES * len(sizes) // max(1, sum(sizes))))
-            for item, result in zip(pending_items.popleft(), results, strict=True):
-                if isinstance(item, ListLineError):
-                    record_error(item.line, "", item.reason)
-                elif isinstance(result, str):
-                    record_error(item.line, item.path, result)
-                elif (reason := _size_mismatch(spec, state, result)) is not None:
-                    record_error(item.line, item.path, reason)
-                else:
-                    labels = np.asarray(item.labels, dtype=np.float32)
-                    stored = stored_labels(labels, stored_as)
-                    batch.append((Sample(position, f"{position:08d}_{item.path}", result, stored), item))
-                    state.written += 1
-                    new_labels.append(labels)
-                    shape_key = "x".join(map(str, result.shape))
-                    state.shapes[shape_key] = state.shapes.get(shape_key, 0) + 1
-                    state.formats[result.format] = state.formats.get(result.format, 0) + 1
-                    since_commit += 1
-                    since_commit_bytes += len(result.data)
-                position += 1
-                state.next_position = position
-                if since_commit >= spec.commit_every or since_commit_bytes >= COMMIT_BYTES:
-                    commit()
-                if progress is not None:
-                    progress(position - shard_start, shard_stop - shard_start)
-            count_labels()
-            if batch:
-                stage.submit(partial(put_batch, batch))
+        with decoder:  # closed (arena unmapped) only once the stage has stopped
+            try:
+                for results, slot in decoder.results(chunks()):
+                    sizes = [len(r.data) for r in results if isinstance(r, ImagePayload)]
+                    if sizes:
+                        chunk_size = max(1, min(MAX_CHUNK, CHUNK_BYTES * len(sizes) // max(1, sum(sizes))))
+                    for item, result in zip(pending_items.popleft(), results, strict=True):
+                        if isinstance(item, ListLineError):
+                            record_error(item.line, "", item.reason)
+                        elif isinstance(result, str):
+                            record_error(item.line, item.path, result)
+                        elif (reason := _size_mismatch(spec, state, result)) is not None:
+                            record_error(item.line, item.path, reason)
+                        else:
+                            labels = np.asarray(item.labels, dtype=np.float32)
+                            stored = stored_labels(labels, stored_as)
+                            key = f"{position:08d}_{item.path}"
+                            batch.append((Sample(position, key, result, stored), item))
+                            state.written += 1
+                            new_labels.append(labels)
+                            shape_key = "x".join(map(str, result.shape))
+                            state.shapes[shape_key] = state.shapes.get(shape_key, 0) + 1
+                            state.formats[result.format] = state.formats.get(result.format, 0) + 1
+                            since_commit += 1
+                            since_commit_bytes += len(result.data)
+                        position += 1
+                        state.next_position = position
+                        if since_commit >= spec.commit_every or since_commit_bytes >= COMMIT_BYTES:
+                            commit()
+                        if progress is not None:
+                            progress(position - shard_start, shard_stop - shard_start)
+                    count_labels()
+                    if batch:
+                        stage.submit(partial(put_batch, batch))
+                        batch = []
+                    # the chunk's payloads are views of its arena slot: free it once they are stored
+                    stage.submit(partial(decoder.release, slot), always=True)
+                commit()
+                stage.finish()
+                sync_stage.finish()
+            except InputError:
+                stage.abandon()
+                sync_stage.abandon()
+                raise
+            except OSError:
+                stage.abandon()
+                sync_stage.abandon()
+                raise
+            except BaseException:
+                # Ctrl-C: what was handed to the write stage is still written, committed and synced,
+                # as it was before the stage had threads of its own (a second Ctrl-C stops the wait).
+                with contextlib.suppress(Exception):
+                    stage.finish()
+                    sync_stage.finish()
+                    mark_synced()
+                raise
+            finally:
                 batch = []
-        commit()
-        stage.finish()
         files = writer.close()
     except InputError:
         # --strict: the first bad sample stops the run and no dataset is left behind.
-        stage.abandon()
         errors_file.close()
         writer.close()
         shutil.rmtree(staging, ignore_errors=True)
         raise
     except OSError:
         # A full disk or an I/O error: release the files (the caller may resume in this process).
-        stage.abandon()
         abandon = getattr(writer, "abandon", None)
         if abandon is not None:
             abandon()
-        raise
-    except BaseException:
-        # Ctrl-C: what was handed to the write stage is still written and committed, as it was
-        # before the stage had a thread of its own (a second Ctrl-C stops the wait).
-        with contextlib.suppress(Exception):
-            stage.finish()
         raise
     finally:
         errors_file.close()

@@ -21,7 +21,8 @@ class WriteStage:
     and is raised again in the submitting thread (at its next submit, or at `finish`)."""
 
     def __init__(self, max_pending: int) -> None:
-        self._jobs: queue.Queue[Any] = queue.Queue(maxsize=max(1, max_pending))
+        self.max_pending = max(1, max_pending)
+        self._jobs: queue.Queue[Any] = queue.Queue(maxsize=self.max_pending)
         self._error: BaseException | None = None
         self._abandoned = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mtldata-write", daemon=True)
@@ -32,7 +33,8 @@ class WriteStage:
             job = self._jobs.get()
             if job is _STOP:
                 return
-            if self._error is not None or self._abandoned.is_set():
+            job, always = job
+            if not always and (self._error is not None or self._abandoned.is_set()):
                 continue  # drain what is left without running it
             try:
                 job()
@@ -45,13 +47,16 @@ class WriteStage:
             self._abandoned.set()
             raise error
 
-    def submit(self, job: Callable[[], None]) -> None:
-        """Queue `job` (blocks while `max_pending` jobs wait); raises a failed earlier job's error."""
+    def submit(self, job: Callable[[], None], always: bool = False) -> None:
+        """Queue `job` (blocks while `max_pending` jobs wait); raises a failed earlier job's error.
+
+        An `always` job runs even after an error or `abandon` (it hands back a resource).
+        """
         self._raise_pending()
         while True:
             try:
                 # A timeout, so that Ctrl-C reaches a submitter waiting on a full queue at once.
-                self._jobs.put(job, timeout=0.5)
+                self._jobs.put((job, always), timeout=0.5)
                 return
             except queue.Full:
                 self._raise_pending()
