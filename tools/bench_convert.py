@@ -276,7 +276,14 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     try:
         started = time.perf_counter()
-        names = make_corpus(work, min(args.images, args.lines), args.size)
+        count = min(args.images, args.lines)
+        stamp = work / "corpus.json"  # a corpus made by an earlier run into the same --dir is reused
+        wanted = {"count": count, "size": args.size}
+        if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
+            names = [f"img/{i:06d}.jpg" for i in range(count)]
+        else:
+            names = make_corpus(work, count, args.size)
+            stamp.write_text(json.dumps(wanted))
         list_file = work / "list.txt"
         write_list(list_file, names, args.lines)
         print(

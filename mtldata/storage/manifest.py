@@ -62,49 +62,54 @@ class LabelStats:
         rows = np.asarray(rows, dtype=np.float64)
         if rows.ndim != 2 or not len(rows):
             return
-        k = rows.shape[1]
+        n, k = rows.shape
         if not self.sums:
             self.sums, self.mins, self.maxs = [0.0] * k, [None] * k, [None] * k
         if len(self.missing) != k:
             self.missing = [0] * k
-        if self.integral is None or self.distinct is None:
-            if not self.count:
-                self.integral, self.distinct = [True] * k, [[] for _ in range(k)]
+        if (self.integral is None or self.distinct is None) and not self.count:
+            self.integral, self.distinct = [True] * k, [[] for _ in range(k)]
         nan = np.isnan(rows)
-        missing = nan.sum(axis=0)
-        # a cumulative sum runs left to right, as the one-sample loop does; 0.0 for a missing value
-        # leaves a sum that started at 0.0 unchanged, like skipping it
-        filled = np.where(nan, 0.0, rows)
+        missing = nan.sum(axis=0).tolist()
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is nan, as in the loop
+            # A cumulative sum down each column runs one value after another, as the loop does; a
+            # missing value adds 0.0, which leaves a sum that started at 0.0 as skipping it would.
+            sums = np.cumsum(np.vstack((self.sums, np.where(nan, 0.0, rows))), axis=0)[-1].tolist()
+            whole = np.all(nan | (np.mod(rows, 1.0) == 0.0), axis=0).tolist()  # inf is not integral
+        lows = np.where(nan, np.inf, rows).min(axis=0).tolist()
+        highs = np.where(nan, -np.inf, rows).max(axis=0).tolist()
+        # -0.0 beside 0.0: min()/max() keep whichever came first, so look where they are
+        signed_zeros = bool(np.any((rows == 0.0) & np.signbit(rows)))
+        sets = None
+        if self.integral is not None and self.distinct is not None:
+            sets = self.__dict__.setdefault("_sets", [None if c is None else set(c) for c in self.distinct])
         for j in range(k):
-            self.missing[j] += int(missing[j])
-            if missing[j] == len(rows):
+            self.missing[j] += missing[j]
+            if missing[j] == n:
                 continue
-            with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is nan, as in the loop
-                self.sums[j] = float(np.cumsum(np.concatenate(([self.sums[j]], filled[:, j])))[-1])
-            column = rows[~nan[:, j], j]
-            # the first value equal to the extreme, as min()/max() over the loop keep it (0.0 vs -0.0)
-            low = float(column[np.argmax(column == column.min())])
-            high = float(column[np.argmax(column == column.max())])
+            self.sums[j] = sums[j]
+            low, high = lows[j], highs[j]
+            if signed_zeros and (low == 0.0 or high == 0.0):
+                column = rows[~nan[:, j], j]
+                low = float(column[np.argmax(column == low)])
+                high = float(column[np.argmax(column == high)])
             self.mins[j] = low if self.mins[j] is None else min(self.mins[j], low)
             self.maxs[j] = high if self.maxs[j] is None else max(self.maxs[j], high)
-            if self.integral is not None and self.distinct is not None:
-                with np.errstate(invalid="ignore"):  # inf is not integral, and no warning
-                    whole = bool(np.all(np.mod(column, 1.0) == 0.0))
-                if self.integral[j] and not whole:
-                    self.integral[j] = False
-                sets = self.__dict__.setdefault(
-                    "_sets", [None if c is None else set(c) for c in self.distinct]
-                )
-                seen = sets[j]
-                if seen is not None:
-                    _, first = np.unique(column, return_index=True)
-                    for v in column[np.sort(first)].tolist():  # in order of first appearance
-                        if v not in seen:
-                            seen.add(v)
-                            self.distinct[j].append(v)  # type: ignore[union-attr]
-                    if len(seen) > MAX_DISTINCT:
-                        self.distinct[j] = sets[j] = None
-        self.count += len(rows)
+            if sets is None:
+                continue
+            if self.integral[j] and not whole[j]:  # type: ignore[index]
+                self.integral[j] = False  # type: ignore[index]
+            seen = sets[j]
+            if seen is not None:
+                column = rows[~nan[:, j], j]
+                _, first = np.unique(column, return_index=True)
+                for v in column[np.sort(first)].tolist():  # in order of first appearance
+                    if v not in seen:
+                        seen.add(v)
+                        self.distinct[j].append(v)  # type: ignore[index, union-attr]
+                if len(seen) > MAX_DISTINCT:
+                    self.distinct[j] = sets[j] = None  # type: ignore[index]
+        self.count += n
 
     def _note_values(self, values: list[float]) -> None:
         if self.integral is None or self.distinct is None:
