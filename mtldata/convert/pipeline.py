@@ -216,16 +216,26 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 PayloadEncoder = Callable[[ImagePayload, np.ndarray], ImagePayload]
 # Writes the stored record into a buffer: (the payload's description, the record's length), or None
 PayloadEncoderInto = Callable[[ImagePayload, np.ndarray, memoryview], "tuple[ImagePayload, int] | None"]
-WorkItem = tuple[str, np.ndarray] | None  # (image path, labels), or None for a list error
+# A chunk of work: the image paths (None for a list error) and their stored labels, one row each
+WorkChunk = tuple[list[str | None], np.ndarray]
 
 
-@dataclass(frozen=True)
-class _InArena:
-    """A worker's result whose bytes wait in the shared arena at [offset, offset + length)."""
+# A worker's result whose bytes wait in the shared arena: (offset, length, encoded, shape, format,
+# stored, stored_sha256) of its ImagePayload. A plain tuple: it crosses the pipe per image, and a
+# tuple pickles in a fraction of a dataclass's time.
+_InArena = tuple
 
-    payload: ImagePayload
-    offset: int
-    length: int
+
+def _in_arena(payload: ImagePayload, offset: int, length: int) -> _InArena:
+    return (
+        offset,
+        length,
+        payload.encoded,
+        payload.shape,
+        payload.format,
+        payload.stored,
+        payload.stored_sha256,
+    )
 
 
 # The shared arena: an anonymous MAP_SHARED mapping made before the pool forks its workers, so they
@@ -236,7 +246,7 @@ ARENA_SLOT_BYTES = 2 * CHUNK_BYTES
 
 
 def _decode_chunk(
-    items: list[WorkItem],
+    work: WorkChunk,
     options: ImageOptions,
     encoder: PayloadEncoder | None,
     slot: int | None = None,
@@ -255,12 +265,12 @@ def _decode_chunk(
         arena = memoryview(_ARENA)
     into = encoder_into if arena is not None else None
     pixels: np.ndarray | None = None  # one decode buffer for the chunk (while the size repeats)
+    paths, all_labels = work
     try:
-        for item in items:
-            if item is None:
+        for path, labels in zip(paths, all_labels, strict=True):
+            if path is None:
                 out.append(None)
                 continue
-            path, labels = item
             try:
                 payload = prepare_image(path, options, planar=into is None, out=pixels)
             except ImageDecodeError as exc:
@@ -272,7 +282,7 @@ def _decode_chunk(
                 placed = into(payload, labels, arena[offset:end])  # type: ignore[index]
                 if placed is not None:
                     described, size = placed
-                    out.append(_InArena(described, offset, size))
+                    out.append(_in_arena(described, offset, size))
                     offset += size
                     continue
                 if isinstance(payload.data, np.ndarray):  # too large for what is left of the slot
@@ -282,7 +292,7 @@ def _decode_chunk(
             size = len(payload.data)
             if arena is not None and offset + size <= end:
                 arena[offset : offset + size] = payload.data
-                out.append(_InArena(payload.with_data(b""), offset, size))
+                out.append(_in_arena(payload, offset, size))
                 offset += size
             else:
                 out.append(payload)
@@ -365,7 +375,7 @@ class _DecodePool:
                 continue
 
     def results(
-        self, chunks: Iterator[list[WorkItem]]
+        self, chunks: Iterator[WorkChunk]
     ) -> Iterator[tuple[list[ImagePayload | str | None], int | None]]:
         """(results, slot) per chunk, in order; pass `slot` to `release` when done with them."""
         if self._pool is None:
@@ -397,7 +407,7 @@ class _DecodePool:
             return results  # type: ignore[return-value]
         view = memoryview(self.arena)
         return [
-            r.payload.with_data(view[r.offset : r.offset + r.length]) if isinstance(r, _InArena) else r
+            ImagePayload(view[r[0] : r[0] + r[1]], *r[2:]) if isinstance(r, tuple) else r  # type: ignore[misc]
             for r in results
         ]
 
@@ -634,22 +644,21 @@ def _convert_locked(
 
     chunk_size = 4  # until the first results tell how large an image is
 
-    def chunks() -> Iterator[list[WorkItem]]:
+    def chunks() -> Iterator[WorkChunk]:
         while True:
             chunk = [next(items, None) for _ in range(chunk_size)]
             chunk = [item for item in chunk if item is not None]
             if not chunk:
                 return
             pending_items.append(chunk)
-            yield [
-                (
-                    os.path.join(root_name, item.path),
-                    stored_labels(np.asarray(item.labels, dtype=np.float32), stored_as),
-                )
-                if isinstance(item, ListEntry)
-                else None
-                for item in chunk
-            ]
+            labels = np.full((len(chunk), k), np.nan, np.float32)
+            for j, item in enumerate(chunk):
+                if isinstance(item, ListEntry):
+                    labels[j] = item.labels
+            for column, value in stored_as.items():  # what stored_labels does, for the whole chunk
+                labels[np.isnan(labels[:, column]), column] = value
+            paths = [os.path.join(root_name, i.path) if isinstance(i, ListEntry) else None for i in chunk]
+            yield paths, labels
 
     # The writer's puts and commits run on a thread of their own (see write_stage.py): this thread
     # keeps the books (errors, stats, the state a commit saves) and hands it whole batches.
