@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from mtldata.cli.dataset_path import DatasetPath
 from mtldata.cli.report import EXIT_INTERRUPTED, EXIT_SKIPPED, Progress, fail
 from mtldata.errors import MtlDataError, OutputError, shorten
 from mtldata.storage.read_limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
@@ -445,9 +446,7 @@ def _check_list_labels(list_file: Path, tasks_file: Path, num_labels: int | None
 
 
 @click.command()
-@click.argument(
-    "parts", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, file_okay=False)
-)
+@click.argument("parts", nargs=-1, required=True, type=DatasetPath(file_okay=False))
 @click.option(
     "-o",
     "--output",

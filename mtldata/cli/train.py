@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from mtldata.cli.dataset_path import DatasetPath
 from mtldata.cli.report import EXIT_INTERRUPTED, fail, os_error_line
 from mtldata.errors import MtlDataError
 
@@ -128,7 +129,7 @@ def _opt(*names: str, **kwargs: Any) -> Any:
 
 
 @click.command("train")
-@click.argument("dataset", required=False, type=click.Path(path_type=Path, exists=True))
+@click.argument("dataset", required=False, type=DatasetPath())
 @_opt(
     "--tasks",
     "tasks",
@@ -151,7 +152,7 @@ def _opt(*names: str, **kwargs: Any) -> Any:
     type=click.Path(path_type=Path, exists=True),
     help="The float-label LMDB of an image LMDB DATASET (Caffe's multi-label layout).",
 )
-@_opt("--val", type=click.Path(path_type=Path, exists=True), help="Validation dataset.")
+@_opt("--val", type=DatasetPath(), help="Validation dataset.")
 @_opt("--val-labels", type=click.Path(path_type=Path, exists=True), help="The float-label LMDB of --val.")
 @_opt(
     "--val-split",

@@ -163,9 +163,9 @@ def _open_reader(path: Path, labels: str | Path | None) -> DatasetReader:
 
     staging = path if path.name.endswith(".partial") else path.with_name(path.name + ".partial")
     if not path.exists():
-        if staging.is_dir():
-            raise DatasetFormatError(f"{path}: not there yet: {_staging_status(staging)} in {staging}")
-        raise DatasetFormatError(f"{path}: no such file or directory")
+        from mtldata.storage.output_guard import not_there_yet
+
+        raise DatasetFormatError(not_there_yet(path) or f"{path}: no such file or directory")
     if labels is not None:
         return LmdbReader(path, Path(labels))
     manifest = read_manifest(path)
