@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from mtldata.cli.dataset_path import DatasetPath
-from mtldata.cli.report import EXIT_INTERRUPTED, fail, os_error_line
+from mtldata.cli.report import fail, one_line_failures, os_error_line
 from mtldata.errors import MtlDataError
 
 
@@ -107,20 +107,15 @@ def _config(overrides: dict[str, Any], config_file: Path | None) -> Any:
 def _run(cfg: Any, reporter: CliReporter) -> Any:
     from mtldata.train import train
 
-    try:
+    with one_line_failures(
+        interrupted=f"interrupted; continue with the same command plus --resume (from {cfg.out_dir}/last.pt)",
+        closing=reporter,
+        # out of space, read-only or permission denied in out_dir
+        os_error=lambda exc: os_error_line(
+            exc, cfg.out_dir, resumable=(Path(cfg.out_dir) / "last.pt").is_file()
+        ),
+    ):
         return train(cfg, reporter)
-    except KeyboardInterrupt:
-        reporter.close()
-        fail(
-            f"interrupted; continue with the same command plus --resume (from {cfg.out_dir}/last.pt)",
-            EXIT_INTERRUPTED,
-        )
-    except MtlDataError as exc:
-        reporter.close()
-        fail(str(exc))
-    except OSError as exc:  # out of space, read-only or permission denied in out_dir
-        reporter.close()
-        fail(os_error_line(exc, cfg.out_dir, resumable=(Path(cfg.out_dir) / "last.pt").is_file()))
     return None
 
 
