@@ -19,6 +19,7 @@ import h5py
 import lmdb
 import numpy as np
 import pytest
+from cli_errors import one_error_line
 from click.testing import CliRunner
 from train_helpers import TASKS_TOML, make_dataset
 
@@ -44,16 +45,6 @@ def dataset(pristine, tmp_path) -> tuple[Path, Path]:
     shutil.copytree(ds, tmp_path / "ds")
     shutil.copy(tasks, tmp_path / "tasks.toml")
     return tmp_path / "ds", tmp_path / "tasks.toml"
-
-
-def one_error_line(text: str, *needles: str) -> str:
-    """The single `mtldata: error:` line of `text` (asserting there is exactly one, and no traceback)."""
-    assert "Traceback" not in text, text
-    errors = [line for line in text.splitlines() if line.startswith("mtldata: error: ")]
-    assert len(errors) == 1, text
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
-    return errors[0]
 
 
 def cli(*args: object) -> tuple[int, str]:

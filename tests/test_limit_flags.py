@@ -11,6 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from cli_errors import one_error_line
 from click.testing import CliRunner
 from train_helpers import TASKS_TOML, make_dataset
 
@@ -26,15 +27,6 @@ OVER_DEFAULT = MAX_CLASSES + 1
 def cli(*args: object) -> tuple[int, str]:
     result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
     return result.exit_code, result.output
-
-
-def one_error_line(text: str, *needles: str) -> str:
-    assert "Traceback" not in text, text
-    errors = [line for line in text.splitlines() if line.startswith("mtldata: error: ")]
-    assert len(errors) == 1, text
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
-    return errors[0]
 
 
 def _h5(path: Path, shape: tuple[int, ...], written: bool) -> Path:
