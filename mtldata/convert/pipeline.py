@@ -670,7 +670,13 @@ def _convert_locked(
     stage = WriteStage(max_pending=2 * workers + 2)
     sync_stage = WriteStage(max_pending=2)
 
+    # A writer that never rejects a sample may take a batch in one call (fewer calls per image).
+    put_many = getattr(writer, "put_many", None)
+
     def put_batch(batch: list[tuple[Sample, ListEntry]]) -> None:
+        if put_many is not None:
+            put_many([sample for sample, _ in batch])
+            return
         for sample, item in batch:
             try:
                 writer.put(sample)
