@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from mtldata.cli import main
 from mtldata.convert.pipeline import ConvertSpec, convert
 from mtldata.errors import DatasetFormatError
 from mtldata.inspect.verify import format_report, verify_dataset
+from mtldata.storage import record_digests
 from mtldata.storage.backends.lmdb import database_digest
 from mtldata.storage.image import ImageOptions
 
@@ -121,11 +123,11 @@ def test_a_record_added_after_conversion_is_named(dataset):
 
 def test_datasets_without_per_record_digests_still_verify_by_their_whole_db_checksums(dataset):
     # What a dataset converted before per-record digests looks like: no .digests files, and
-    # checksum entries of {"records", "sha256"} only.
+    # checksum entries of {"records", "sha256"} only, made with sha256 digests of each value.
     manifest_path = dataset / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    for name, entry in manifest["checksums"].items():
-        manifest["checksums"][name] = {"records": entry["records"], "sha256": entry["sha256"]}
+    for name in manifest["checksums"]:
+        manifest["checksums"][name] = database_digest(dataset / name, algorithm="sha256")
         (dataset / (name + ".digests")).unlink()
     manifest_path.write_text(json.dumps(manifest))
     report = verify_dataset(dataset)
@@ -139,12 +141,38 @@ def test_datasets_without_per_record_digests_still_verify_by_their_whole_db_chec
     assert record_problems(report)[0].reason.startswith("images.lmdb: checksum mismatch")
 
 
+def test_a_dataset_with_sha256_record_digests_still_names_a_damaged_record(dataset):
+    # What an earlier mtldata wrote: sha256 digests per record, the manifest naming sha256.
+    manifest_path = dataset / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for name in manifest["checksums"]:
+        db = dataset / name
+        with lmdb.open(str(db), readonly=True, lock=False) as env, env.begin() as txn:
+            rows = [record_digests.entry(bytes(k), hashlib.sha256(v).digest()) for k, v in txn.cursor()]
+        (dataset / (name + ".digests")).write_bytes(b"".join(rows))
+        manifest["checksums"][name] = {
+            **database_digest(db, algorithm="sha256"),
+            "record_digest": "sha256",
+            "record_digests": name + ".digests",
+        }
+    manifest_path.write_text(json.dumps(manifest))
+    report = verify_dataset(dataset)
+    assert report.ok, format_report(report)
+    assert "every record against its own digest" in report.checked
+    images = dataset / "images.lmdb"
+    key = keys_of(images)[2]
+    value = get(images, key)
+    flip_byte_in_data_mdb(images, value, len(value) // 2)
+    report = verify_dataset(dataset)
+    assert key.decode() in [p.key for p in report.problems]
+
+
 def test_the_manifest_records_a_digest_of_each_db(dataset, image_set, tmp_path):
     checksums = json.loads((dataset / "manifest.json").read_text())["checksums"]
     assert set(checksums) == {"images.lmdb", "labels.lmdb"}
     for name, recorded in checksums.items():
         assert recorded["records"] == 12 and len(recorded["sha256"]) == 64
-        assert recorded["record_digest"] == "sha256" and recorded["record_digests"] == name + ".digests"
+        assert recorded["record_digest"] == "xxh3_128" and recorded["record_digests"] == name + ".digests"
         assert database_digest(dataset / name) == {k: recorded[k] for k in ("records", "sha256")}
     # The digest is of the records, not of data.mdb: a conversion with other workers agrees.
     convert(ConvertSpec(list_file=image_set[0], output=tmp_path / "ds2", workers=2))
@@ -297,7 +325,7 @@ def test_a_flipped_pixel_byte_in_an_hdf5_shard_is_named_by_its_key(image_set, tm
     shard = out / "part-00000.h5"
     assert (out / "part-00000.h5.digests").is_file()
     recorded = json.loads((out / "manifest.json").read_text())["checksums"]["part-00000.h5"]
-    assert recorded["record_digest"] == "sha256" and recorded["record_digests"] == "part-00000.h5.digests"
+    assert recorded["record_digest"] == "xxh3_128" and recorded["record_digests"] == "part-00000.h5.digests"
     assert verify_dataset(out).ok
     with h5py.File(shard, "r") as f:
         data = f["data"]

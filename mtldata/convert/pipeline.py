@@ -41,6 +41,7 @@ from mtldata.errors import (
     SampleRejectedError,
     shorten,
 )
+from mtldata.storage import record_digests
 from mtldata.storage.backends import WriterOptions, check_writer_options, make_writer
 from mtldata.storage.image import ImageDecodeError, ImageOptions, chw_bytes, prepare_image
 from mtldata.storage.label_sources import LabelInput, open_labels
@@ -130,6 +131,9 @@ class ConvertSpec:
         """What must not change between an interrupted run and its resume."""
         return {
             "list_sha256": list_sha256,
+            # the digests already written must be of the kind the rest will be (an older mtldata's
+            # partial output, with sha256 digests, is started over)
+            "record_digest": record_digests.ALGORITHM,
             "root": str(self.resolved_root().resolve()),
             "num_labels": self.num_labels,
             "backend": self.backend,
@@ -221,7 +225,7 @@ WorkChunk = tuple[list[str | None], np.ndarray]
 
 
 # A worker's result whose bytes wait in the shared arena: (offset, length, encoded, shape, format,
-# stored, stored_sha256) of its ImagePayload. A plain tuple: it crosses the pipe per image, and a
+# stored, stored_digest) of its ImagePayload. A plain tuple: it crosses the pipe per image, and a
 # tuple pickles in a fraction of a dataclass's time.
 _InArena = tuple
 
@@ -234,7 +238,7 @@ def _in_arena(payload: ImagePayload, offset: int, length: int) -> _InArena:
         payload.shape,
         payload.format,
         payload.stored,
-        payload.stored_sha256,
+        payload.stored_digest,
     )
 
 

@@ -113,16 +113,24 @@ def _records(
         yield key, value
 
 
+def _record_digest(manifest: dict[str, Any] | None, rel: str) -> str:
+    """The per-record digest algorithm the manifest's checksum of `rel` was made with (sha256 before
+    mtldata named one)."""
+    entry = ((manifest or {}).get("checksums") or {}).get(rel) or {}
+    algorithm = entry.get("record_digest") if isinstance(entry, dict) else None
+    return algorithm if algorithm in record_digests.SIZES else "sha256"
+
+
 def _expected_digests(root: Path | None, manifest: dict[str, Any] | None, db: Path) -> dict | None:
     """key -> digest of the records of `db` as written, when the manifest names a digests file."""
     entry = ((manifest or {}).get("checksums") or {}).get(db.name) or {}
     name = entry.get("record_digests")
-    if root is None or not isinstance(name, str) or entry.get("record_digest") != record_digests.ALGORITHM:
+    if root is None or not isinstance(name, str) or entry.get("record_digest") not in record_digests.SIZES:
         return None
     path = root / name
     if path.parent != root or not path.is_file():
         return None
-    return record_digests.read(path)
+    return record_digests.read(path, entry["record_digest"])
 
 
 def _walk_lmdb(
@@ -141,7 +149,7 @@ def _walk_lmdb(
     shapes = set((manifest or {}).get("image", {}).get("shapes") or ())
     num_labels = manifest.get("num_labels") if manifest else None
     dbs = {"images": images} if labels is None else {"images": images, "labels": labels}
-    digests = {name: RecordDigest() for name in dbs}
+    digests = {name: RecordDigest(_record_digest(manifest, db.name)) for name, db in dbs.items()}
     root = images.parent if manifest is not None else None
     expected = {name: _expected_digests(root, manifest, db) for name, db in dbs.items()}
     done = 0
@@ -230,17 +238,19 @@ def _label_problem(value: bytes, num_labels: int | None) -> str | None:
     return None
 
 
-def _file_digests(root: Path, manifest: dict[str, Any] | None) -> dict[bytes, bytes] | None:
-    """key -> digest of every sample of the files whose checksums name a per-record digests file
-    (HDF5 shards), or None when none does."""
-    found: dict[bytes, bytes] | None = None
+def _file_digests(root: Path, manifest: dict[str, Any] | None) -> dict[bytes, tuple[str, bytes]] | None:
+    """key -> (algorithm, digest) of every sample of the files whose checksums name a per-record
+    digests file (HDF5 shards), or None when none does."""
+    found: dict[bytes, tuple[str, bytes]] | None = None
     for rel, entry in ((manifest or {}).get("checksums") or {}).items():
         name = entry.get("record_digests") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or entry.get("record_digest") != record_digests.ALGORITHM:
+        algorithm = entry.get("record_digest") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or algorithm not in record_digests.SIZES:
             continue
         path = (root / rel).parent / name
         if path.is_file() and path.resolve().parent == root.resolve():
-            found = {**(found or {}), **record_digests.read(path)}
+            read = record_digests.read(path, algorithm)
+            found = {**(found or {}), **{key: (algorithm, value) for key, value in read.items()}}
     return found
 
 
@@ -248,7 +258,7 @@ def _walk_reader(
     report: VerifyReport,
     reader: Any,
     progress: Callable[[int, int], None] | None,
-    digests: dict[bytes, bytes] | None = None,
+    digests: dict[bytes, tuple[str, bytes]] | None = None,
 ) -> dict:
     """Any backend: every sample loads through its reader and, when encoded, decodes; with per-record
     `digests` (raw pixels + float32 labels, as HDF5 shards keep them), each matches its own."""
@@ -259,11 +269,11 @@ def _walk_reader(
             if sample.image.encoded:
                 decode_bytes(sample.image.data)
             elif digests is not None:
-                want = digests.get(sample.key.encode("utf-8"))
+                found = digests.get(sample.key.encode("utf-8"))
                 labels = np.asarray(sample.labels, dtype=np.float32).tobytes()
-                if want is None:
+                if found is None:
                     report.add(sample.key, "a sample the conversion did not write (not in its digests)")
-                elif record_digests.pixels_and_labels(sample.image.data, labels) != want:
+                elif record_digests.pixels_and_labels(sample.image.data, labels, found[0]) != found[1]:
                     report.add(
                         sample.key, "record digest mismatch: its pixels or labels changed since conversion"
                     )
@@ -312,7 +322,7 @@ def _check_checksums(
         report.notes.append("the manifest records no checksums (written before mtldata recorded them)")
         return
     for rel, want in recorded.items():
-        got = walked.get(root / rel) or checksum(root / rel)
+        got = walked.get(root / rel) or checksum(root / rel, _record_digest(manifest, rel))
         if got is not None:  # what a recomputed checksum holds; the rest names the per-record digests
             want = {k: v for k, v in want.items() if k in got}
         if got != want:

@@ -186,12 +186,15 @@ class Manifest:
         return asdict(self)
 
 
-def checksum(path: Path) -> dict[str, Any] | None:
-    """What the manifest records to check `path` by: an LMDB's record digest, a file's sha256, or None."""
+def checksum(path: Path, record_digest: str = record_digests.ALGORITHM) -> dict[str, Any] | None:
+    """What the manifest records to check `path` by: an LMDB's record digest, a file's sha256, or None.
+
+    `record_digest`: the per-record digest algorithm (a dataset written before XXH3 used sha256).
+    """
     if (path / "data.mdb").is_file():
         from mtldata.storage.backends.lmdb import database_digest
 
-        return database_digest(path)
+        return database_digest(path, algorithm=record_digest)
     if path.is_file():
         sha = hashlib.sha256()
         with open(path, "rb") as fh:
@@ -200,7 +203,7 @@ def checksum(path: Path) -> dict[str, Any] | None:
         found: dict[str, Any] = {"bytes": path.stat().st_size, "sha256": sha.hexdigest()}
         digests = path.with_name(path.name + record_digests.SUFFIX)
         if digests.is_file():  # the file's samples have digests of their own (HDF5 shards)
-            found.update(record_digest=record_digests.ALGORITHM, record_digests=digests.name)
+            found.update(record_digest=record_digest, record_digests=digests.name)
         return found
     return None
 

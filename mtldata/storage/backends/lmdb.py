@@ -133,38 +133,42 @@ def sniff_format(data: bytes) -> str:
 
 
 class RecordDigest:
-    """sha256 over an LMDB's records in key order: per record, length-prefixed key + sha256(value).
+    """sha256 over an LMDB's records in key order: per record, length-prefixed key + its digest.
 
     It depends only on the keys, the values and their order, never on data.mdb's bytes (which
     change with commit timing), so two environments holding the same records give the same digest.
-    Hashing each value on its own lets the converter hash values in its decode workers.
+    Each value is digested on its own (`algorithm`, see record_digests), which lets the converter
+    do it in its decode workers.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, algorithm: str = record_digests.ALGORITHM) -> None:
         self._sha = hashlib.sha256()
+        self._digest = record_digests.hasher(algorithm)
         self.records = 0
 
     def update(self, key: bytes, value: bytes) -> bytes:
         """Add one record; returns its value's digest."""
-        value_sha256 = hashlib.sha256(value).digest()
-        self.update_hashed(key, value_sha256)
-        return value_sha256
+        value_digest = self._digest(value)
+        self.update_hashed(key, value_digest)
+        return value_digest
 
-    def update_hashed(self, key: bytes, value_sha256: bytes) -> None:
-        self._sha.update(len(key).to_bytes(4, "little") + key + value_sha256)
+    def update_hashed(self, key: bytes, value_digest: bytes) -> None:
+        self._sha.update(len(key).to_bytes(4, "little") + key + value_digest)
         self.records += 1
 
     def result(self) -> dict[str, Any]:
         return {"records": self.records, "sha256": self._sha.hexdigest()}
 
 
-def database_digest(path: Path, window_bytes: int = 64 << 20) -> dict[str, Any]:
+def database_digest(
+    path: Path, window_bytes: int = 64 << 20, algorithm: str = record_digests.ALGORITHM
+) -> dict[str, Any]:
     """The RecordDigest of the LMDB environment at `path`: {"records": n, "sha256": hex}.
 
     Reads through a map that is dropped every `window_bytes` of values: pages read through a
     map stay resident in this process, so one long pass would grow the RSS to the DB's size.
     """
-    digest = RecordDigest()
+    digest = RecordDigest(algorithm)
     last_key: bytes | None = None
     while True:
         env = open_readonly(path)
@@ -207,7 +211,7 @@ class _GrowingEnv:
         self.env = self._open(initial_map_size)
         self._map_size = int(self.env.info()["map_size"])  # may exceed the request (an existing env)
         self._txn: Any = None
-        # The digest journal: (key, sha256(value)) of every committed record, in put order, so
+        # The digest journal: (key, digest(value)) of every committed record, in put order, so
         # the manifest's checksum needs no second read of the whole database at the end.
         self.journal_path = path.with_name(path.name + record_digests.SUFFIX)
         self._journal = open(self.journal_path, "ab")  # noqa: SIM115 - open for the writer's life
@@ -288,12 +292,12 @@ class _GrowingEnv:
         except lmdb.Error as exc:
             raise _os_error(exc, self.path) from None
 
-    def put(self, key: bytes, value: bytes | memoryview, value_sha256: bytes | None = None) -> None:
+    def put(self, key: bytes, value: bytes | memoryview, value_digest: bytes | None = None) -> None:
         """Put into the open write transaction (started on demand); durable only after commit.
 
         `value` may be a view of memory its owner reuses once this returns: LMDB has copied it.
         """
-        digest = value_sha256 if value_sha256 is not None else hashlib.sha256(value).digest()
+        digest = value_digest if value_digest is not None else record_digests.digest(value)
         self._journal_batch += record_digests.entry(key, digest)
         if self._txn is None:
             self._begin(len(key) + len(value))
@@ -424,8 +428,8 @@ class _GrowingEnv:
         """The RecordDigest of what has been committed, from the journal (call after the last commit)."""
         self._journal.flush()
         digest = RecordDigest()
-        for _, _, key, value_sha256 in record_digests.entries(self.journal_path.read_bytes()):
-            digest.update_hashed(key, value_sha256)
+        for _, _, key, value_digest in record_digests.entries(self.journal_path.read_bytes()):
+            digest.update_hashed(key, value_digest)
         return digest.result()
 
     def close(self) -> None:
@@ -466,7 +470,7 @@ class LmdbWriter:
         if not image.encoded and len(image.data) != image.shape[0] * image.shape[1] * image.shape[2]:
             raise ValueError(f"raw image data holds {len(image.data)} bytes, its shape is {image.shape}")
         value = b"".join((head, image.data, tail))
-        return image.with_data(value, stored=True, stored_sha256=hashlib.sha256(value).digest())
+        return image.with_data(value, stored=True, stored_digest=record_digests.digest(value))
 
     @staticmethod
     def encode_payload_into(
@@ -497,28 +501,28 @@ class LmdbWriter:
         else:
             buffer[len(head) : end] = pixels
         buffer[end:length] = tail
-        digest = hashlib.sha256(buffer[:length]).digest()
-        return image.with_data(b"", stored=True, stored_sha256=digest), length
+        digest = record_digests.digest(buffer[:length])
+        return image.with_data(b"", stored=True, stored_digest=digest), length
 
     def put_many(self, samples: list[Sample]) -> None:
         """`put` of each sample, with one call per environment (LMDB stores any sample: never
         raises SampleRejectedError, so the converter may hand it whole batches)."""
         images, labels = [], []
-        sha256 = hashlib.sha256
+        digest = record_digests.hasher()
         for sample in samples:
             key = sample.key.encode("utf-8")
             image = sample.image if sample.image.stored else self.encode_payload(sample.image, sample.labels)
-            digest = image.stored_sha256 if image.stored_sha256 is not None else sha256(image.data).digest()
-            images.append((key, image.data, digest))
+            stored = image.stored_digest if image.stored_digest is not None else digest(image.data)
+            images.append((key, image.data, stored))
             record = label_datum(sample.labels)
-            labels.append((key, record, sha256(record).digest()))
+            labels.append((key, record, digest(record)))
         self.images.put_many(images)
         self.labels.put_many(labels)
 
     def put(self, sample: Sample) -> None:
         key = sample.key.encode("utf-8")
         image = sample.image if sample.image.stored else self.encode_payload(sample.image, sample.labels)
-        self.images.put(key, image.data, image.stored_sha256)
+        self.images.put(key, image.data, image.stored_digest)
         self.labels.put(key, label_datum(sample.labels))
 
     def commit(self) -> None:
