@@ -7,6 +7,8 @@ the vector with a Slice layer and feeds each block to one loss layer with a loss
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import os
 import re
@@ -34,6 +36,7 @@ __all__ = [
     "LabelSlicer",
     "TaskSet",
     "TaskSpec",
+    "classes_limit",
     "dump_tasks",
     "load_tasks",
     "tasks_from_dict",
@@ -47,6 +50,26 @@ KINDS = ("softmax", "sigmoid", "euclidean")
 # A class index is stored as a float32 label, which holds every integer only up to 2**24: a softmax
 # task with more classes could never see its higher classes (and its head would not fit in memory).
 MAX_CLASSES = 2**24
+CLASSES_FLAG = "mtldata --max-classes N"  # how the command line raises the limit (named in the error)
+_classes_limit: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "mtldata_max_classes", default=MAX_CLASSES
+)
+
+
+@contextlib.contextmanager
+def classes_limit(limit: int | None) -> Iterator[int]:
+    """Within the block, a softmax task may have up to `limit` classes (None: keep the current limit)."""
+    if limit is None:
+        yield _classes_limit.get()
+        return
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 2:
+        raise ValueError(f"max_classes must be an integer >= 2, got {limit!r}")
+    token = _classes_limit.set(int(limit))
+    try:
+        yield int(limit)
+    finally:
+        _classes_limit.reset(token)
+
 
 # A missing label is NaN in the float label vector; a softmax target, an int64 class index, holds this
 # instead (never a class; torch's cross_entropy takes it as ignore_index).
@@ -131,10 +154,14 @@ class TaskSpec:
                 raise TaskSpecError(
                     f"expected at least 2 classes, got {self.classes}", task=name, field="classes"
                 )
-            if self.classes > MAX_CLASSES:
+            if self.classes > (limit := _classes_limit.get()):
+                why = (
+                    f"past what float32 labels can index exactly (at most {MAX_CLASSES}); a typo?"
+                    if limit == MAX_CLASSES
+                    else f"over the limit of {limit}"
+                )
                 raise TaskSpecError(
-                    f"{self.classes} classes is past what float32 labels can index exactly "
-                    f"(at most {MAX_CLASSES}); a typo?",
+                    f"{self.classes} classes is {why} (`{CLASSES_FLAG}` raises the limit)",
                     task=name,
                     field="classes",
                 )
@@ -427,12 +454,15 @@ def _as_rows(values: np.ndarray, num_labels: int) -> np.ndarray:
 # tasks.toml
 
 
-def load_tasks(source: str | os.PathLike[str], *, num_labels: int | None = None) -> TaskSet:
+def load_tasks(
+    source: str | os.PathLike[str], *, num_labels: int | None = None, max_classes: int | None = None
+) -> TaskSet:
     """Read a TaskSet from a tasks.toml file (a path) or from TOML text.
 
     A `str` holding a newline or '=' is TOML text; any other str or PathLike is a file path.
     `num_labels`, when given (the dataset's K), must agree with the file's own `num_labels`; it also
-    supplies K to files that split by `slice_points` or equally without stating it.
+    supplies K to files that split by `slice_points` or equally without stating it. `max_classes`
+    raises (or lowers) the most classes a softmax task may have (default MAX_CLASSES, 2**24).
     """
     if isinstance(source, str) and ("\n" in source or "=" in source):
         origin, text = "<tasks text>", source
@@ -449,19 +479,23 @@ def load_tasks(source: str | os.PathLike[str], *, num_labels: int | None = None)
     except tomllib.TOMLDecodeError as e:
         raise TaskSpecError(f"not valid TOML: {e}", file=origin) from None
     try:
-        return _taskset_from_doc(doc, num_labels)
+        with classes_limit(max_classes):
+            return _taskset_from_doc(doc, num_labels)
     except TaskSpecError as e:
         if e.file is not None:
             raise
         raise TaskSpecError(e.reason, file=origin, task=e.task, field=e.field) from None
 
 
-def tasks_from_dict(doc: Mapping[str, Any], origin: str = "<tasks dict>") -> TaskSet:
+def tasks_from_dict(
+    doc: Mapping[str, Any], origin: str = "<tasks dict>", *, max_classes: int | None = None
+) -> TaskSet:
     """A TaskSet from the dict form of a tasks.toml (what `tasks_to_dict` gives; checkpoints hold it)."""
     if not isinstance(doc, Mapping):
         raise TaskSpecError(f"expected a table of tasks, got {type(doc).__name__}", file=origin)
     try:
-        return _taskset_from_doc(doc, None)
+        with classes_limit(max_classes):
+            return _taskset_from_doc(doc, None)
     except TaskSpecError as e:
         raise TaskSpecError(e.reason, file=origin, task=e.task, field=e.field) from None
 

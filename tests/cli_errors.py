@@ -31,3 +31,13 @@ def assert_one_line_error(output: str, code: int, *fragments: str, exit_code: in
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` with its bytes, to compare before and after a refused command."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_error_line(text: str, *needles: str) -> str:
+    """The single `mtldata: error:` line of `text` (asserting there is exactly one, and no traceback)."""
+    assert "Traceback" not in text, text
+    errors = [line for line in text.splitlines() if line.startswith("mtldata: error: ")]
+    assert len(errors) == 1, text
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]

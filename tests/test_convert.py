@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import db_items, write_image, write_list
 
+import mtldata.convert.pipeline as convert_module
 from mtldata.caffe.datum import parse_datum
 from mtldata.convert.pipeline import ConvertSpec, convert
 from mtldata.errors import DatasetStateError, InputError
@@ -275,6 +276,41 @@ def test_ctrl_c_leaves_a_resumable_partial_dataset(image_set, tmp_path):
     assert result.manifest["checksums"] == reference["checksums"]
     for db in ("images.lmdb", "labels.lmdb"):
         assert db_items(out / db) == db_items(tmp_path / "ref" / db)
+
+
+def test_a_stop_that_synced_everything_resumes_even_after_the_machine_restarted(image_set, tmp_path):
+    list_file, _ = image_set
+    out = tmp_path / "out"
+
+    def interrupt_at_7(done: int, total: int) -> None:
+        if done == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        convert(spec_for(list_file, out, workers=2, commit_every=3), interrupt_at_7)
+    progress = json.loads((tmp_path / "out.partial" / "progress.json").read_text())
+    assert progress["boot_id"] is None  # every commit reached the disk before the exception left
+    assert convert(spec_for(list_file, out, workers=2, commit_every=3, resume=True)).count == 12
+
+
+def test_a_resume_after_a_system_crash_is_refused_and_overwrite_starts_over(image_set, tmp_path):
+    list_file, _ = image_set
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLER, str(list_file), str(out), "7"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == -9, proc.stderr
+    progress_file = tmp_path / "out.partial" / "progress.json"
+    progress = json.loads(progress_file.read_text())
+    assert progress["boot_id"] == convert_module.current_boot_id()  # killed: synced, then left as is
+    # As if the machine had stopped while commits were still on their way to the disk:
+    progress_file.write_text(json.dumps({**progress, "boot_id": "an-earlier-boot"}))
+    with pytest.raises(DatasetStateError, match="the machine restarted.*--overwrite"):
+        convert(spec_for(list_file, out, shuffle=True, seed=3, resume=True))
+    assert convert(spec_for(list_file, out, shuffle=True, seed=3, overwrite=True)).count == 12
 
 
 def test_without_the_shared_arena_results_travel_pickled_and_are_the_same(image_set, tmp_path, monkeypatch):

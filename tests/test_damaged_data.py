@@ -19,6 +19,7 @@ import h5py
 import lmdb
 import numpy as np
 import pytest
+from cli_errors import one_error_line
 from click.testing import CliRunner
 from train_helpers import TASKS_TOML, make_dataset
 
@@ -44,16 +45,6 @@ def dataset(pristine, tmp_path) -> tuple[Path, Path]:
     shutil.copytree(ds, tmp_path / "ds")
     shutil.copy(tasks, tmp_path / "tasks.toml")
     return tmp_path / "ds", tmp_path / "tasks.toml"
-
-
-def one_error_line(text: str, *needles: str) -> str:
-    """The single `mtldata: error:` line of `text` (asserting there is exactly one, and no traceback)."""
-    assert "Traceback" not in text, text
-    errors = [line for line in text.splitlines() if line.startswith("mtldata: error: ")]
-    assert len(errors) == 1, text
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
-    return errors[0]
 
 
 def cli(*args: object) -> tuple[int, str]:
@@ -356,8 +347,9 @@ def test_a_metrics_file_with_non_utf8_lines_is_read_around_them(tmp_path):
     assert "Traceback" not in out and "skipped 1 line(s)" in out
 
 
-def test_merge_and_verify_follow_no_errors_file_out_of_the_dataset_and_merge_survives_a_part_cut_short(
-    image_set, tmp_path
+@pytest.mark.parametrize("where", ["/abs", "../secret.txt"])
+def test_a_part_naming_an_errors_file_outside_it_is_refused_and_merge_survives_a_part_cut_short(
+    image_set, tmp_path, where
 ):
     from mtldata.convert.pipeline import ConvertSpec, convert
 
@@ -369,11 +361,24 @@ def test_merge_and_verify_follow_no_errors_file_out_of_the_dataset_and_merge_sur
         parts.append(out)
     secret = tmp_path / "secret.txt"
     secret.write_text("not yours\n")
-    manifest = json.loads((parts[1] / "manifest.json").read_text())
-    manifest["errors"]["file"] = str(secret)
-    (parts[1] / "manifest.json").write_text(json.dumps(manifest))
-    code, out = cli("verify", "-q", parts[1])
-    assert code == 1 and "errors.file" in out and "not a file inside the dataset" in out
+    manifest_file = parts[1] / "manifest.json"
+    original = manifest_file.read_text()
+    manifest = json.loads(original)
+    manifest["errors"]["file"] = str(secret) if where == "/abs" else where
+    manifest_file.write_text(json.dumps(manifest))
+    done = subprocess_cli("merge", *parts, "-o", tmp_path / "merged", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    line = one_error_line(done.stderr, f"{manifest_file}: errors.file", "points outside the dataset")
+    assert done.stderr.splitlines() == [line]
+    assert not (tmp_path / "merged").exists() and not (tmp_path / "merged.partial").exists()
+    assert secret.read_text() == "not yours\n"
+    for args in (["verify", "-q", parts[1]], ["info", parts[1]]):
+        code, out = cli(*args)
+        assert code == 1, (args, out)
+        one_error_line(out, "manifest.json: errors.file", "points outside the dataset")
+    with pytest.raises(DatasetFormatError, match="errors.file .* points outside the dataset"):
+        open_dataset(parts[1])
+    manifest_file.write_text(original)
     data = parts[1] / "images.lmdb" / "data.mdb"
     os.truncate(data, data.stat().st_size - 4096)  # a part cut short: merge reads it, no SIGBUS
     done = subprocess_cli("merge", *parts, "-o", tmp_path / "merged", cwd=tmp_path)

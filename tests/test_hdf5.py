@@ -475,12 +475,17 @@ def test_interrupted_hdf5_conversion_resumes_to_the_same_dataset(image_set, tmp_
 
 KILLER = textwrap.dedent(
     """
-    import os, signal, sys
+    import os, signal, sys, time
     from pathlib import Path
     from mtldata.convert.pipeline import ConvertSpec, convert
 
     def progress(done, total):
         if done == 8:
+            # The writer runs on a thread of its own: let it seal the first shard before the kill.
+            shard = Path(sys.argv[2] + ".partial") / "part-00000.h5"
+            deadline = time.monotonic() + 20
+            while not shard.is_file() and time.monotonic() < deadline:
+                time.sleep(0.01)
             os.kill(os.getpid(), signal.SIGKILL)
 
     spec = ConvertSpec(list_file=Path(sys.argv[1]), output=Path(sys.argv[2]), workers=1, commit_every=3,

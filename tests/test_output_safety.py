@@ -220,7 +220,7 @@ def test_help_states_the_defaults_as_they_are():
     assert "that the demo did not make is refused" in demo_help
 
 
-def test_merge_copies_only_each_parts_own_errors_file(tmp_path):
+def test_merge_refuses_a_part_whose_errors_file_points_outside_it_and_copies_the_parts_own(tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("not for the dataset\n")
     rows = ["a.png 1", "missing.png 2", "b.png 3", "c.png 4"]
@@ -230,9 +230,14 @@ def test_merge_copies_only_each_parts_own_errors_file(tmp_path):
     parts = [tmp_path / f"p{i}" for i in range(2)]
     for i, part in enumerate(parts):
         run("convert", list_file, "-o", part, "--num-shards", "2", "--shard-index", i, "-q", "-j", "1")
-    manifest = json.loads((parts[1] / "manifest.json").read_text())
+    original = (parts[1] / "manifest.json").read_text()
+    manifest = json.loads(original)
     manifest["errors"]["file"] = str(secret)  # a manifest pointing outside its dataset
     (parts[1] / "manifest.json").write_text(json.dumps(manifest))
+    result = run("merge", *parts, "-o", tmp_path / "merged", "-q")
+    assert result.exit_code == 1 and "errors.file" in result.output and "points outside" in result.output
+    assert not (tmp_path / "merged").exists() and not (tmp_path / "merged.partial").exists()
+    (parts[1] / "manifest.json").write_text(original)
     result = run("merge", *parts, "-o", tmp_path / "merged", "-q")
     assert result.exit_code == 0, result.output
     merged_errors = (tmp_path / "merged" / "errors.tsv").read_text()

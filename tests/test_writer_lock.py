@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_errors import assert_one_line_error
+from cli_errors import assert_one_line_error, run
 from conftest import db_items
 
 from mtldata.errors import DatasetFormatError
 from mtldata.storage.backends import open_reader
+from mtldata.storage.output_guard import WriterLock
 
 # A writer that stalls after its third sample, holding the staging folder, until it is killed.
 STALLING_WRITER = """
@@ -126,3 +127,75 @@ def test_a_killed_merge_is_reported_as_a_merge_to_run_again(image_set, tmp_path)
     again = _cli("merge", *parts, "-o", out, "--overwrite", "-q", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert not (tmp_path / "merged.partial").exists()
+
+
+def _reading_commands(out: Path, tmp_path: Path) -> list[list[object]]:
+    tasks = tmp_path / "tasks.toml"
+    tasks.write_text('[[task]]\nname = "a"\nslice = "0:4"\nkind = "euclidean"\n')
+    return [
+        ["info", out],
+        ["verify", "-q", out],
+        ["show", out, "-o", tmp_path / "grid.png"],
+        ["stats", "-q", out],
+        ["train", out, "--tasks", tasks, "-o", tmp_path / "run", "-q"],
+        ["merge", out, "-o", tmp_path / "merged"],
+    ]
+
+
+def test_reading_an_output_while_its_conversion_runs_says_so_and_after_a_kill_how_to_finish(
+    image_set, tmp_path
+):
+    list_file, _ = image_set
+    out = tmp_path / "ds"
+    first = _start_stalled(tmp_path, "convert", list_file, out)
+    try:
+        for args in _reading_commands(out, tmp_path):
+            result = run(*args)
+            line = assert_one_line_error(
+                result.output,
+                result.exit_code,
+                f"{out}: not there yet: a convert is running (pid {first.pid})",
+            )
+            assert f"in {out}.partial" in line and "does not exist" not in result.output
+    finally:
+        _kill(first)
+    for args in _reading_commands(out, tmp_path):
+        result = run(*args)
+        assert_one_line_error(
+            result.output,
+            result.exit_code,
+            f"{out}: not there yet: an interrupted conversion in {out}.partial",
+            "`mtldata convert` command with --resume",
+        )
+    assert not (tmp_path / "run").exists() and not (tmp_path / "merged").exists()
+    resumed = _cli("convert", list_file, "-o", out, "-q", "-j", "1", "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    result = run("info", out)
+    assert result.exit_code == 0 and "samples:   12" in result.output, result.output
+
+
+def test_an_output_whose_merge_was_interrupted_says_to_run_merge_again(tmp_path):
+    out = tmp_path / "merged"
+    lock = WriterLock.acquire(out.with_name("merged.partial"), "merge")  # the real lock API
+    try:
+        result = run("info", out)
+        assert_one_line_error(
+            result.output, result.exit_code, f"a merge is running (pid {os.getpid()}) in {out}.partial"
+        )
+    finally:
+        lock.release()  # as a killed merge leaves it: the marker, no lock
+    result = run("verify", out)
+    line = assert_one_line_error(
+        result.output, result.exit_code, "an interrupted merge in", "`mtldata merge`"
+    )
+    assert "convert" not in line
+    with pytest.raises(DatasetFormatError, match="not there yet: an interrupted merge"):
+        open_reader(out)
+
+
+def test_a_missing_output_beside_a_folder_mtldata_did_not_stage_is_just_missing(tmp_path):
+    foreign = tmp_path / "ds.partial"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    result = run("info", tmp_path / "ds")
+    assert result.exit_code == 2 and "does not exist" in result.output

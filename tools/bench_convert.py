@@ -7,6 +7,11 @@ that run's own), alternating them `--runs` times and keeping the median:
   baseline     one process: Pillow decode -> HWC->CHW -> Datum -> LMDB (as fast as convert_imageset)
   decode limit 2 processes that read and decode the same files (simplejpeg, as mtldata) and nothing else
   byte copy    one process: read each file's bytes -> encoded Datum -> LMDB, no decode
+  write floor  one process: write records as large as the raw ones (no files read, nothing decoded)
+               to LMDB as mtldata's writer does (64 MB commits, each synced): what storing raw
+               pixels costs on the work folder's disk by itself. No target; where it is slow, raw
+               conversion is bound by the disk, not by the CPU (run with --dir on a tmpfs to see
+               the CPU-bound figures)
   mtldata      raw, --encoded (validates by decoding), --encoded --validate header, and HDF5 raw,
                with --workers (default 2)
 
@@ -161,6 +166,30 @@ BASELINE_RUN = REPORT + textwrap.dedent(
     """
 )
 
+# The write floor: records the size of the raw ones, straight into LMDB, synced per 64 MB commit.
+WRITE_FLOOR_RUN = REPORT + textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    import lmdb
+    list_file, out, size = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+    paths = [line.split()[0] for line in open(list_file)]
+    value = os.urandom(size)
+    start = start_clock()
+    out.mkdir(parents=True)
+    env = lmdb.open(str(out / "images"), map_size=1 << 36, sync=False)
+    txn, held = env.begin(write=True), 0
+    for i, path in enumerate(paths):
+        txn.put(f"{i:08d}_{path}".encode(), value, append=True)
+        held += size
+        if held >= 64 << 20:
+            txn.commit(); env.sync(True)
+            txn, held = env.begin(write=True), 0
+    txn.commit(); env.sync(True)
+    report(len(paths), time.perf_counter() - start)
+    """
+)
+
 # The decode limit: 2 processes, each reading and decoding its half of the list, nothing else.
 DECODE_LIMIT_RUN = REPORT + textwrap.dedent(
     """
@@ -208,13 +237,16 @@ def median_run(runs: list[dict]) -> dict:
     return sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
 
 
-def measure(work: Path, list_file: Path, workers: int, runs: int, hdf5: bool) -> dict[str, dict]:
+def measure(
+    work: Path, list_file: Path, workers: int, runs: int, hdf5: bool, raw_record_bytes: int
+) -> dict[str, dict]:
     """Every row's median run over `list_file`; the runs alternate, so a burst of other load on the
     machine hits them alike."""
     rows: dict[str, tuple[str, tuple]] = {
         "baseline": (BASELINE_RUN, ("decode",)),
         "decode limit": (DECODE_LIMIT_RUN, (workers,)),
         "byte copy": (BASELINE_RUN, ("copy",)),
+        "write floor": (WRITE_FLOOR_RUN, (raw_record_bytes,)),
         "mtldata raw": (MTLDATA_RUN, ("raw", workers)),
         "mtldata encoded": (MTLDATA_RUN, ("encoded", workers)),
         "mtldata encoded, --validate header": (MTLDATA_RUN, ("header", workers)),
@@ -251,6 +283,23 @@ def print_table(rows: dict[str, dict], lines: int) -> bool:
     return all_met
 
 
+def filesystem_of(path: Path) -> str:
+    """The file system type of the mount holding `path` (Linux /proc/mounts), e.g. ext4 or tmpfs."""
+    found, best = "an unknown file system", ""
+    target = str(path.resolve())
+    try:
+        with open("/proc/mounts", encoding="utf-8") as fh:
+            for line in fh:
+                fields = line.split()
+                mount = fields[1]
+                inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+                if inside and len(mount) >= len(best):
+                    found, best = fields[2], mount
+    except OSError:
+        pass
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -276,15 +325,23 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     try:
         started = time.perf_counter()
-        names = make_corpus(work, min(args.images, args.lines), args.size)
+        count = min(args.images, args.lines)
+        stamp = work / "corpus.json"  # a corpus made by an earlier run into the same --dir is reused
+        wanted = {"count": count, "size": args.size}
+        if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
+            names = [f"img/{i:06d}.jpg" for i in range(count)]
+        else:
+            names = make_corpus(work, count, args.size)
+            stamp.write_text(json.dumps(wanted))
         list_file = work / "list.txt"
         write_list(list_file, names, args.lines)
         print(
             f"bench_convert: {args.lines} lines over {len(names)} photo-like {args.size}x{args.size} JPEGs "
             f"({time.perf_counter() - started:.0f} s to make); {os.cpu_count()} cores; "
-            f"mtldata workers={args.workers}; median of {args.runs} run(s)"
+            f"mtldata workers={args.workers}; median of {args.runs} run(s); work folder on "
+            f"{filesystem_of(work)}"
         )
-        rows = measure(work, list_file, args.workers, args.runs, not args.no_hdf5)
+        rows = measure(work, list_file, args.workers, args.runs, not args.no_hdf5, 3 * args.size**2 + 20)
         print()
         all_met = print_table(rows, args.lines)
         if args.scale_lines:

@@ -57,6 +57,10 @@ def _encode_varint(value: int) -> bytes:
             return bytes(out)
 
 
+_LABEL_FIELD = np.dtype([("tag", "u1"), ("value", "<f4")])  # one `float_data` entry: tag 6, wire type 5
+_LABEL_HEADS: dict[int, bytes] = {}
+
+
 def label_datum(labels: Sequence[float] | np.ndarray) -> bytes:
     """Serialize a label vector as the multi-label layout's Datum: channels=K, 1x1, float_data.
 
@@ -65,12 +69,13 @@ def label_datum(labels: Sequence[float] | np.ndarray) -> bytes:
     """
     values = np.asarray(labels, dtype=np.float32).ravel()
     k = values.size
-    fields = bytearray(5 * k)  # per value: the tag byte, then its 4 bytes
-    fields[0::5] = bytes(((6 << 3) | 5,)) * k
-    raw = values.astype("<f4", copy=False).tobytes()
-    for j in range(4):
-        fields[1 + j :: 5] = raw[j::4]
-    return b"".join((_tag_varint(1, k), b"\x10\x01\x18\x01", fields))
+    head = _LABEL_HEADS.get(k)
+    if head is None:
+        head = _LABEL_HEADS[k] = _tag_varint(1, k) + b"\x10\x01\x18\x01"
+    fields = np.empty(k, _LABEL_FIELD)  # packed records: the tag byte, then the value's 4 bytes
+    fields["tag"] = (6 << 3) | 5
+    fields["value"] = values
+    return head + fields.tobytes()
 
 
 def parse_datum(value: bytes | memoryview) -> Datum:

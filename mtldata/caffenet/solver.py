@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 
 from mtldata.caffe import caffe_pb2
-from mtldata.caffenet.net import CaffeNet, load_caffemodel, save_caffemodel
+from mtldata.caffenet.net import CaffeNet, caffemodel_proto, load_caffemodel
+from mtldata.caffenet.snapshots import SnapshotLedger
 from mtldata.caffenet.updates import CaffeUpdate, SolverError
-from mtldata.durable import write_bytes_atomic
 
 __all__ = [
     "LR_POLICIES",
@@ -234,6 +234,7 @@ class Solver:
         """Train to max_iter (Solver::Solve): the final snapshot, display forward and test included."""
         p = self.param
         start_iter = self.iter
+        self.check_snapshot_targets()
         done = self.step(p.max_iter - self.iter)
         if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
             self.snapshot()
@@ -278,17 +279,52 @@ class Solver:
     def snapshot_filename(self, extension: str) -> str:
         return f"{self.snapshot_prefix}_iter_{self.iter}{extension}"
 
+    def snapshot_iterations(self) -> list[int]:
+        """The iterations `solve()` will snapshot at from here: every `snapshot`, then the last."""
+        p = self.param
+        final = max(self.iter, p.max_iter)
+        every = p.snapshot
+        iterations = list(range((self.iter // every + 1) * every, final + 1, every)) if every else []
+        if p.snapshot_after_train and (not every or final % every != 0):
+            iterations.append(final)
+        return iterations
+
+    def check_snapshot_targets(self) -> None:
+        """Refuse, before any step, when a snapshot file `solve()` would write exists and is not
+        mtldata's own (its ledger, snapshots.py, does not account for it)."""
+        prefix = Path(self.snapshot_prefix)
+        folder = prefix.parent
+        if not folder.is_dir():
+            return
+        ahead = set(self.snapshot_iterations())
+        head = f"{prefix.name}_iter_"
+        existing = []
+        for entry in folder.iterdir():
+            name = entry.name
+            for extension in (".caffemodel", ".solverstate"):
+                number = name[len(head) : -len(extension)] if name.endswith(extension) else ""
+                if name.startswith(head) and number.isdigit() and int(number) in ahead:
+                    existing.append(entry)
+        if existing:
+            SnapshotLedger(folder).check_writable(sorted(existing))
+
     def snapshot(self) -> Path:
-        """Write <prefix>_iter_<N>.caffemodel and .solverstate, as Caffe's binary snapshots."""
+        """Write <prefix>_iter_<N>.caffemodel and .solverstate, as Caffe's binary snapshots.
+
+        Only over files of those names that mtldata wrote itself (snapshots.py keeps the account).
+        """
         if self.param.snapshot_format != caffe_pb2.SolverParameter.BINARYPROTO:
             raise SolverError("snapshot_format HDF5 is not implemented; use BINARYPROTO")
         model = self.snapshot_filename(".caffemodel")
-        self._log(f"Snapshotting to binary proto file {model}")
-        save_caffemodel(self.net, model, write_diff=self.param.snapshot_diff)
         state_path = self.snapshot_filename(".solverstate")
+        ledger = SnapshotLedger(Path(model).parent)
+        ledger.check_writable([Path(model), Path(state_path)])
+        self._log(f"Snapshotting to binary proto file {model}")
+        weights = caffemodel_proto(self.net, self.param.snapshot_diff).SerializeToString()
+        ledger.write(Path(model), weights)
         self._log(f"Snapshotting solver state to binary proto file {state_path}")
         state = self.updater.state_proto(self.iter, self.schedule.current_step, model)
-        write_bytes_atomic(state_path, state.SerializeToString())
+        ledger.write(Path(state_path), state.SerializeToString())
         self.snapshots.append(Path(model))
         return Path(model)
 

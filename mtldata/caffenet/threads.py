@@ -55,10 +55,11 @@ class ThreadChooser:
         elif cores == 1:
             self._settle(1, "1 (1 core available)")
         else:
-            # Many threads first: if one thread wins, the run goes on without switching again (a
-            # switch down leaves OpenMP's idle workers spinning for a while, which slows the next
-            # iterations).
-            self.candidates = [cores, 1]
+            # One thread first: when many threads win (the usual case on a quiet machine), the
+            # trial ends where the run goes on, with one switch, upwards. A switch down leaves
+            # OpenMP's idle workers spinning for a while, which slows the next iterations; with
+            # this order it happens only when one thread wins, on a busy machine.
+            self.candidates = [1, cores]
             torch.set_num_threads(self.candidates[0])
 
     def _settle(self, threads: int, why: str) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from mtldata.cli.report import EXIT_ERROR, EXIT_INTERRUPTED, fail, os_error_line
+from mtldata.cli.report import EXIT_ERROR, fail, one_line_failures
 from mtldata.errors import MtlDataError
 
 
@@ -35,17 +35,9 @@ def run_solver_command(
     from mtldata.caffenet.runner import train_from_solver
 
     log = None if quiet else click.echo
-    try:
+    # OSError: snapshots into a full, read-only or forbidden --workdir
+    with one_line_failures(workdir or Path.cwd()):
         finished = train_from_solver(solver, init=init, workdir=workdir, log=log)
-    except KeyboardInterrupt:
-        click.echo("mtldata: error: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    except MtlDataError as exc:
-        click.echo(f"mtldata: error: {exc}", err=True)
-        sys.exit(EXIT_ERROR)
-    except OSError as exc:  # snapshots into a full, read-only or forbidden --workdir
-        click.echo(f"mtldata: error: {os_error_line(exc, workdir or Path.cwd())}", err=True)
-        sys.exit(EXIT_ERROR)
     saved = f"; weights in {finished.snapshots[-1]}" if finished.snapshots else ""
     click.echo(f"done: {finished.iter} iterations{saved}", err=not quiet)
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from mtldata.cli.report import EXIT_INTERRUPTED, EXIT_SKIPPED, Progress, fail
+from mtldata.cli.dataset_path import DatasetPath
+from mtldata.cli.report import EXIT_SKIPPED, Progress, fail, one_line_failures
 from mtldata.errors import MtlDataError, OutputError, shorten
 from mtldata.storage.read_limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 
@@ -337,21 +338,14 @@ def convert(
     if tasks_file is not None:
         _check_list_labels(list_file, tasks_file, num_labels)
     progress = Progress(quiet, "img", "convert")
-    try:
+    with one_line_failures(
+        interrupted=f"interrupted; continue with the same command plus --resume ({output}.partial keeps "
+        f"what was committed)",
+        closing=progress,
+        # a write the library did not name (it names its own)
+        os_error=lambda exc: str(OutputError.from_os_error(exc, output)),
+    ):
         result = run_convert(spec, progress)
-    except KeyboardInterrupt:
-        progress.close()
-        fail(
-            f"interrupted; continue with the same command plus --resume ({output}.partial keeps "
-            f"what was committed)",
-            EXIT_INTERRUPTED,
-        )
-    except MtlDataError as exc:
-        progress.close()
-        fail(str(exc))
-    except OSError as exc:  # a write the library did not name (it names its own)
-        progress.close()
-        fail(str(OutputError.from_os_error(exc, output)))
     progress.close()
     rate = result.count / result.seconds if result.seconds > 0 else float("inf")
     click.echo(
@@ -445,9 +439,7 @@ def _check_list_labels(list_file: Path, tasks_file: Path, num_labels: int | None
 
 
 @click.command()
-@click.argument(
-    "parts", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, file_okay=False)
-)
+@click.argument("parts", nargs=-1, required=True, type=DatasetPath(file_okay=False))
 @click.option(
     "-o",
     "--output",

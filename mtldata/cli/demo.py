@@ -9,11 +9,18 @@ from pathlib import Path
 import click
 
 from mtldata.cli.inspect import format_info
-from mtldata.cli.report import Progress, fail, os_error_line
+from mtldata.cli.report import Progress, one_line_failures
 from mtldata.errors import MtlDataError, OutputError
 
 # What the demo writes into its folder (-d): it refuses a folder where these exist and it did not make them.
 DEMO_FILES = ("list.txt", "tasks.toml", "images", "run", "demo_lmdb", "demo_lmdb.partial")
+
+
+def _without_resume(exc: MtlDataError) -> str:
+    """The demo has no --resume: an output failure's remedy is to run the demo again."""
+    if isinstance(exc, OutputError):
+        return str(OutputError(exc.path, exc.reason, " and run the demo again" if exc.remedy else ""))
+    return str(exc)
 
 
 @click.command()
@@ -63,15 +70,11 @@ def demo(
     from mtldata.storage.sample_set import LABEL_NAMES, make_sample_set
 
     directory = directory or Path(tempfile.mkdtemp(prefix="mtldata-demo-"))
-    try:
+    with one_line_failures(directory, interrupted=None):
         # Only into the demo's own files: a folder holding a user's list.txt, tasks.toml, images/
         # or run/ is refused and left as it is.
         claim_folder(directory, DEMO_MARKER, DEMO_FILES, "mtldata demo")
         list_file = make_sample_set(directory, count=count, missing=missing)
-    except MtlDataError as exc:
-        fail(str(exc))
-    except OSError as exc:
-        fail(os_error_line(exc, directory))
     click.echo(
         f"sample set: {count} images and {list_file}"
         + (f" ({missing:.0%} of each task's labels missing)" if missing else "")
@@ -86,17 +89,8 @@ def demo(
         allow_missing=missing > 0,
     )
     progress = Progress(quiet, "img", "convert")
-    try:
+    with one_line_failures(directory, interrupted=None, closing=progress, mtl_error=_without_resume):
         result = run_convert(spec, progress)
-    except OutputError as exc:  # the demo has no --resume: it starts again
-        progress.close()
-        fail(str(OutputError(exc.path, exc.reason, " and run the demo again" if exc.remedy else "")))
-    except MtlDataError as exc:
-        progress.close()
-        fail(str(exc))
-    except OSError as exc:
-        progress.close()
-        fail(os_error_line(exc, directory))
     progress.close()
     click.echo(f"converted {result.count} samples in {result.seconds:.1f} s -> {output}")
     click.echo(format_info(dataset_info(output)))

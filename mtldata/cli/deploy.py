@@ -12,8 +12,7 @@ from pathlib import Path
 
 import click
 
-from mtldata.cli.report import EXIT_INTERRUPTED, EXIT_SKIPPED, Progress, fail, os_error_line
-from mtldata.errors import MtlDataError
+from mtldata.cli.report import EXIT_SKIPPED, Progress, fail, one_line_failures
 
 
 def _refuse_existing(output: Path, overwrite: bool) -> None:
@@ -59,21 +58,13 @@ def evaluate_command(
     from mtldata.train.run_io import find_checkpoint
 
     progress = Progress(quiet, "img", "evaluate")
-    try:
+    # The OSError line names confusion_dir as the block works it out (from RUN when not given).
+    with one_line_failures(lambda: confusion_dir or ".", closing=progress):
         if confusion_dir is None:
             confusion_dir = find_checkpoint(run).parent
         report = evaluate_run(
             run, dataset, labels=labels, batch_size=batch_size, confusion_dir=confusion_dir, progress=progress
         )
-    except KeyboardInterrupt:
-        progress.close()
-        fail("interrupted", EXIT_INTERRUPTED)
-    except MtlDataError as exc:
-        progress.close()
-        fail(str(exc))
-    except OSError as exc:
-        progress.close()
-        fail(os_error_line(exc, confusion_dir or "."))
     progress.close()
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
@@ -131,7 +122,7 @@ def predict_command(
     _refuse_existing(output, overwrite)
     fmt = output_format or ("jsonl" if output.suffix.lower() == ".jsonl" else "csv")
     progress = Progress(quiet, "img", "predict")
-    try:
+    with one_line_failures(output, interrupted="interrupted; nothing was written", closing=progress):
         result = predict_run(
             run,
             source,
@@ -142,15 +133,6 @@ def predict_command(
             labels=labels,
             progress=progress,
         )
-    except KeyboardInterrupt:
-        progress.close()
-        fail("interrupted; nothing was written", EXIT_INTERRUPTED)
-    except MtlDataError as exc:
-        progress.close()
-        fail(str(exc))
-    except OSError as exc:
-        progress.close()
-        fail(os_error_line(exc, output))
     progress.close()
     click.echo(f"wrote {result.count} predictions to {result.output}")
     if result.skipped:
@@ -183,12 +165,8 @@ def export_command(run: Path, output: Path, opset: int | None, overwrite: bool) 
     from mtldata.train.export import export_run
 
     _refuse_existing(output, overwrite)
-    try:
+    with one_line_failures(output, interrupted=None):
         path = export_run(run, output, opset=opset)
-    except MtlDataError as exc:
-        fail(str(exc))
-    except OSError as exc:
-        fail(os_error_line(exc, output))
     click.echo(f"wrote {path}")
 
 

@@ -8,10 +8,11 @@ from typing import Any
 
 import click
 
+from mtldata.cli.dataset_path import DatasetPath
 from mtldata.cli.report import EXIT_ERROR, Progress, fail
 from mtldata.errors import MtlDataError
 
-_DATASET = click.argument("dataset", type=click.Path(path_type=Path, exists=True))
+_DATASET = click.argument("dataset", type=DatasetPath())
 _LABELS = click.option(
     "--labels",
     type=click.Path(path_type=Path, exists=True),
@@ -73,7 +74,7 @@ def format_info(info: dict[str, Any]) -> str:
 
 
 @click.command()
-@click.argument("dataset", type=click.Path(path_type=Path, exists=True))
+@click.argument("dataset", type=DatasetPath())
 @click.option(
     "--labels",
     type=click.Path(path_type=Path, exists=True),

@@ -22,11 +22,33 @@ __all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_SKIPPED", "main"]
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="mtldata")
-def main() -> None:
+@click.option(
+    "--max-sample-mb",
+    type=click.IntRange(min=1),
+    help="Largest stored sample (an HDF5 row) any command reads, in MiB; a dataset declaring larger "
+    "ones is refused before any allocation. [default: 1024, or MTLDATA_MAX_SAMPLE_BYTES]",
+)
+@click.option(
+    "--max-classes",
+    type=click.IntRange(min=2),
+    help="Most classes a softmax task in tasks.toml (or a run's tasks) may have. [default: 16777216 "
+    "(2^24, what float32 labels index exactly)]",
+)
+@click.pass_context
+def main(ctx: click.Context, max_sample_mb: int | None, max_classes: int | None) -> None:
     """Multi-task image data: Caffe-compatible LMDB/HDF5 conversion and PyTorch loading.
 
     Start with `mtldata demo`, then `mtldata convert LIST -o OUT` on your own list file.
+    The limits (--max-sample-mb, --max-classes) go before the command: `mtldata --max-classes N train ...`.
     """
+    if max_sample_mb is not None:
+        from mtldata.storage.read_limits import sample_limit
+
+        ctx.with_resource(sample_limit(max_sample_mb << 20))
+    if max_classes is not None:
+        from mtldata.tasks import classes_limit
+
+        ctx.with_resource(classes_limit(max_classes))
 
 
 from mtldata.cli.train import tasks_command, train_command  # noqa: E402  (torch loads only when they run)

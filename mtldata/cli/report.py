@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 EXIT_ERROR = 1
 EXIT_SKIPPED = 3  # the dataset is complete, but some samples were skipped (see errors.tsv)
 EXIT_INTERRUPTED = 130
+
+if TYPE_CHECKING:
+    from mtldata.errors import MtlDataError
 
 
 def os_error_line(exc: OSError, output: str | Path, resumable: bool = False) -> str:
@@ -58,3 +63,39 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+@contextlib.contextmanager
+def one_line_failures(
+    output: str | Path | Callable[[], str | Path] = ".",
+    *,
+    interrupted: str | None = "interrupted",
+    closing: Any = None,
+    os_error: Callable[[OSError], str] | None = None,
+    mtl_error: Callable[[MtlDataError], str] | None = None,
+) -> Iterator[None]:
+    """Turn what the guarded library call raises into the command's one line, closing `closing`
+    (a progress bar, a reporter) first: Ctrl-C -> `interrupted`, exit 130 (None: not caught);
+    MtlDataError -> its message (or `mtl_error(exc)`); OSError -> `os_error_line(exc, output)` (or
+    `os_error(exc)`). `output` may be a callable, for a path the block itself works out."""
+    from mtldata.errors import MtlDataError
+
+    def close() -> None:
+        if closing is not None:
+            closing.close()
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        if interrupted is None:
+            raise
+        close()
+        fail(interrupted, EXIT_INTERRUPTED)
+    except MtlDataError as exc:
+        close()
+        fail(mtl_error(exc) if mtl_error is not None else str(exc))
+    except OSError as exc:
+        close()
+        if os_error is not None:
+            fail(os_error(exc))
+        fail(os_error_line(exc, output() if callable(output) else output))

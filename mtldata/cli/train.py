@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from mtldata.cli.report import EXIT_INTERRUPTED, fail, os_error_line
+from mtldata.cli.dataset_path import DatasetPath
+from mtldata.cli.report import fail, one_line_failures, os_error_line
 from mtldata.errors import MtlDataError
 
 
@@ -106,20 +107,15 @@ def _config(overrides: dict[str, Any], config_file: Path | None) -> Any:
 def _run(cfg: Any, reporter: CliReporter) -> Any:
     from mtldata.train import train
 
-    try:
+    with one_line_failures(
+        interrupted=f"interrupted; continue with the same command plus --resume (from {cfg.out_dir}/last.pt)",
+        closing=reporter,
+        # out of space, read-only or permission denied in out_dir
+        os_error=lambda exc: os_error_line(
+            exc, cfg.out_dir, resumable=(Path(cfg.out_dir) / "last.pt").is_file()
+        ),
+    ):
         return train(cfg, reporter)
-    except KeyboardInterrupt:
-        reporter.close()
-        fail(
-            f"interrupted; continue with the same command plus --resume (from {cfg.out_dir}/last.pt)",
-            EXIT_INTERRUPTED,
-        )
-    except MtlDataError as exc:
-        reporter.close()
-        fail(str(exc))
-    except OSError as exc:  # out of space, read-only or permission denied in out_dir
-        reporter.close()
-        fail(os_error_line(exc, cfg.out_dir, resumable=(Path(cfg.out_dir) / "last.pt").is_file()))
     return None
 
 
@@ -128,7 +124,7 @@ def _opt(*names: str, **kwargs: Any) -> Any:
 
 
 @click.command("train")
-@click.argument("dataset", required=False, type=click.Path(path_type=Path, exists=True))
+@click.argument("dataset", required=False, type=DatasetPath())
 @_opt(
     "--tasks",
     "tasks",
@@ -151,7 +147,7 @@ def _opt(*names: str, **kwargs: Any) -> Any:
     type=click.Path(path_type=Path, exists=True),
     help="The float-label LMDB of an image LMDB DATASET (Caffe's multi-label layout).",
 )
-@_opt("--val", type=click.Path(path_type=Path, exists=True), help="Validation dataset.")
+@_opt("--val", type=DatasetPath(), help="Validation dataset.")
 @_opt("--val-labels", type=click.Path(path_type=Path, exists=True), help="The float-label LMDB of --val.")
 @_opt(
     "--val-split",

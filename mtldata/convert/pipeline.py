@@ -8,10 +8,12 @@ directory is renamed to `<out>`; a reader never mistakes a partial dataset for a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import multiprocessing
 import os
+import queue
 import shutil
 import signal
 import sys
@@ -22,12 +24,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mtldata.convert.write_stage import WriteStage
 from mtldata.durable import fsync_path, write_json_atomic
 from mtldata.errors import (
     DatasetStateError,
@@ -38,7 +42,7 @@ from mtldata.errors import (
     shorten,
 )
 from mtldata.storage.backends import WriterOptions, check_writer_options, make_writer
-from mtldata.storage.image import ImageDecodeError, ImageOptions, prepare_image
+from mtldata.storage.image import ImageDecodeError, ImageOptions, chw_bytes, prepare_image
 from mtldata.storage.label_sources import LabelInput, open_labels
 from mtldata.storage.listfile import ListEntry, ListLineError
 from mtldata.storage.manifest import LabelStats, Manifest, dataset_checksums, write_manifest
@@ -59,7 +63,7 @@ ERRORS_NAME = "errors.tsv"
 PARTIAL_SUFFIX = ".partial"  # the staging folder: storage.output_guard.staging_path
 # Images go to the workers in chunks (fewer, larger messages), sized from the images seen so far
 # to about CHUNK_BYTES each, so that the window of chunks in flight bounds memory for any image size.
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = 4 << 20
 MAX_CHUNK = 64
 # Commit every `commit_every` samples (convert_imageset: 1,000) or this many image bytes, whichever
 # comes first: what a transaction holds stays in memory until it commits.
@@ -179,6 +183,9 @@ class _State:
     shapes: dict[str, int] = field(default_factory=dict)
     formats: dict[str, int] = field(default_factory=dict)
     stats: LabelStats = field(default_factory=LabelStats)
+    # The machine's boot when this state was saved: commits are synced after they are made, so
+    # after a system crash the LMDB files may hold a commit whose pages never reached the disk.
+    boot_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -207,16 +214,28 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 
 PayloadEncoder = Callable[[ImagePayload, np.ndarray], ImagePayload]
-WorkItem = tuple[str, np.ndarray] | None  # (image path, labels), or None for a list error
+# Writes the stored record into a buffer: (the payload's description, the record's length), or None
+PayloadEncoderInto = Callable[[ImagePayload, np.ndarray, memoryview], "tuple[ImagePayload, int] | None"]
+# A chunk of work: the image paths (None for a list error) and their stored labels, one row each
+WorkChunk = tuple[list[str | None], np.ndarray]
 
 
-@dataclass(frozen=True)
-class _InArena:
-    """A worker's result whose bytes wait in the shared arena at [offset, offset + length)."""
+# A worker's result whose bytes wait in the shared arena: (offset, length, encoded, shape, format,
+# stored, stored_sha256) of its ImagePayload. A plain tuple: it crosses the pipe per image, and a
+# tuple pickles in a fraction of a dataclass's time.
+_InArena = tuple
 
-    payload: ImagePayload
-    offset: int
-    length: int
+
+def _in_arena(payload: ImagePayload, offset: int, length: int) -> _InArena:
+    return (
+        offset,
+        length,
+        payload.encoded,
+        payload.shape,
+        payload.format,
+        payload.stored,
+        payload.stored_sha256,
+    )
 
 
 # The shared arena: an anonymous MAP_SHARED mapping made before the pool forks its workers, so they
@@ -227,35 +246,59 @@ ARENA_SLOT_BYTES = 2 * CHUNK_BYTES
 
 
 def _decode_chunk(
-    items: list[WorkItem], options: ImageOptions, encoder: PayloadEncoder | None, slot: int | None = None
+    work: WorkChunk,
+    options: ImageOptions,
+    encoder: PayloadEncoder | None,
+    slot: int | None = None,
+    encoder_into: PayloadEncoderInto | None = None,
 ) -> list[ImagePayload | _InArena | str | None]:
     """Worker: decode each image, then let the backend encode it (None entries pass through).
 
-    With a `slot`, payload bytes go into that slot of the shared arena while they fit.
+    With a `slot`, payload bytes go into that slot of the shared arena while they fit; a backend's
+    `encoder_into` writes its record there itself (raw pixels transposed straight into place).
     """
     out: list[ImagePayload | _InArena | str | None] = []
     offset = end = 0
+    arena = None
     if slot is not None and _ARENA is not None:
         offset, end = slot * ARENA_SLOT_BYTES, (slot + 1) * ARENA_SLOT_BYTES
-    for item in items:
-        if item is None:
-            out.append(None)
-            continue
-        path, labels = item
-        try:
-            payload = prepare_image(path, options)
-        except ImageDecodeError as exc:
-            out.append(str(exc))
-            continue
-        if encoder is not None:
-            payload = encoder(payload, labels)
-        size = len(payload.data)
-        if _ARENA is not None and offset + size <= end:
-            _ARENA[offset : offset + size] = payload.data
-            out.append(_InArena(payload.with_data(b""), offset, size))
-            offset += size
-        else:
-            out.append(payload)
+        arena = memoryview(_ARENA)
+    into = encoder_into if arena is not None else None
+    pixels: np.ndarray | None = None  # one decode buffer for the chunk (while the size repeats)
+    paths, all_labels = work
+    try:
+        for path, labels in zip(paths, all_labels, strict=True):
+            if path is None:
+                out.append(None)
+                continue
+            try:
+                payload = prepare_image(path, options, planar=into is None, out=pixels)
+            except ImageDecodeError as exc:
+                out.append(str(exc))
+                continue
+            if into is not None:
+                if isinstance(payload.data, np.ndarray):
+                    pixels = payload.data
+                placed = into(payload, labels, arena[offset:end])  # type: ignore[index]
+                if placed is not None:
+                    described, size = placed
+                    out.append(_in_arena(described, offset, size))
+                    offset += size
+                    continue
+                if isinstance(payload.data, np.ndarray):  # too large for what is left of the slot
+                    payload = payload.with_data(chw_bytes(payload.data))
+            if encoder is not None:
+                payload = encoder(payload, labels)
+            size = len(payload.data)
+            if arena is not None and offset + size <= end:
+                arena[offset : offset + size] = payload.data
+                out.append(_in_arena(payload, offset, size))
+                offset += size
+            else:
+                out.append(payload)
+    finally:
+        if arena is not None:
+            arena.release()
     return out
 
 
@@ -267,61 +310,111 @@ def _mp_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
-def _ordered_decode(
-    chunks: Iterator[list[WorkItem]], options: ImageOptions, workers: int, encoder: PayloadEncoder | None
-) -> Iterator[list[ImagePayload | str | None]]:
-    """Decode chunks in parallel, yielding results in submission order with a bounded window."""
-    global _ARENA
-    if workers <= 1:
-        for chunk in chunks:
-            yield _decode_chunk(chunk, options, encoder)  # type: ignore[misc]  # no arena: no _InArena
-        return
-    window = 2 * workers + 2  # enough to keep every worker busy, few enough to bound memory
-    context = _mp_context()
-    # One slot more than chunks in flight: the slot a new chunk gets was freed by the chunk whose
-    # results the caller has finished with (they are copied out of the arena before they are yielded).
-    slots = window + 1
-    # Only with fork (the workers must inherit the mapping), and one conversion at a time per process:
-    # another thread's conversion already using the arena falls back to pickled results.
-    use_arena = context.get_start_method() == "fork" and _ARENA is None
-    arena = mmap.mmap(-1, slots * ARENA_SLOT_BYTES) if use_arena else None
-    if arena is not None:
-        _ARENA = arena
-    try:
-        with ProcessPoolExecutor(
-            max_workers=workers, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),)
-        ) as pool:
-            pending: deque[Future] = deque()
-            try:
-                for seq, chunk in enumerate(chunks):
-                    slot = seq % slots if arena is not None else None
-                    pending.append(pool.submit(_decode_chunk, chunk, options, encoder, slot))
-                    if len(pending) >= window:
-                        yield _from_arena(pending.popleft().result(), arena)
-                while pending:
-                    yield _from_arena(pending.popleft().result(), arena)
-            finally:
-                for future in pending:
-                    future.cancel()
-    finally:
-        if arena is not None:
+class _DecodePool:
+    """Decode chunks in parallel, yielding results in submission order with a bounded window.
+
+    With fork, results come back through the shared arena, and a chunk's payloads are views of
+    its arena slot, not copies: the slot is reused only after `release(slot)`, which the caller
+    calls once it has stored them (the write stage does, after its puts). The arena stays mapped
+    until the pool is closed, so close it only after the last put.
+    """
+
+    def __init__(
+        self,
+        options: ImageOptions,
+        workers: int,
+        encoder: PayloadEncoder | None,
+        encoder_into: PayloadEncoderInto | None,
+        held: int,
+    ) -> None:
+        self.options, self.workers, self.encoder, self.encoder_into = options, workers, encoder, encoder_into
+        self.window = 2 * workers + 2  # enough to keep every worker busy, few enough to bound memory
+        # Slots for the chunks in flight, plus those the caller may hold (`held`) before releasing.
+        self.slots = self.window + held + 1
+        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self.arena: mmap.mmap | None = None
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> _DecodePool:
+        global _ARENA
+        if self.workers <= 1:
+            return self
+        context = _mp_context()
+        if context.get_start_method() == "fork":
+            # Forked workers inherit what this process imported: the JPEG decoder once here, not
+            # once in every worker (0.1 to 0.3 s each, a tenth of a 2,000-image conversion).
+            with contextlib.suppress(ImportError):
+                import simplejpeg  # noqa: F401
+        # Only with fork (the workers must inherit the mapping), and one conversion at a time per
+        # process: another thread's conversion already using the arena falls back to pickled results.
+        if context.get_start_method() == "fork" and _ARENA is None:
+            self.arena = _ARENA = mmap.mmap(-1, self.slots * ARENA_SLOT_BYTES)
+            for slot in range(self.slots):
+                self._free.put(slot)
+        self._pool = ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),)
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _ARENA
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        if self.arena is not None:
             _ARENA = None
-            arena.close()
+            # A view still referenced somewhere (a traceback's frame) keeps the map alive; it is
+            # unmapped when the last one goes.
+            with contextlib.suppress(BufferError):
+                self.arena.close()
 
+    def release(self, slot: int | None) -> None:
+        """The caller is done with the payloads of the chunk that used `slot`."""
+        if slot is not None:
+            self._free.put(slot)
 
-def _from_arena(
-    results: list[ImagePayload | _InArena | str | None], arena: mmap.mmap | None
-) -> list[ImagePayload | str | None]:
-    if arena is None:
-        return results  # type: ignore[return-value]
-    view = memoryview(arena)
-    try:
+    def _take_slot(self) -> int:
+        while True:
+            try:
+                return self._free.get(timeout=0.5)  # a timeout, so that Ctrl-C gets through
+            except queue.Empty:
+                continue
+
+    def results(
+        self, chunks: Iterator[WorkChunk]
+    ) -> Iterator[tuple[list[ImagePayload | str | None], int | None]]:
+        """(results, slot) per chunk, in order; pass `slot` to `release` when done with them."""
+        if self._pool is None:
+            for chunk in chunks:
+                yield _decode_chunk(chunk, self.options, self.encoder), None  # type: ignore[misc]
+            return
+        pending: deque[tuple[Future, int | None]] = deque()
+        try:
+            for chunk in chunks:
+                slot = self._take_slot() if self.arena is not None else None
+                future = self._pool.submit(
+                    _decode_chunk, chunk, self.options, self.encoder, slot, self.encoder_into
+                )
+                pending.append((future, slot))
+                if len(pending) >= self.window:
+                    done, slot = pending.popleft()
+                    yield self._payloads(done.result()), slot
+            while pending:
+                done, slot = pending.popleft()
+                yield self._payloads(done.result()), slot
+        finally:
+            for future, _ in pending:
+                future.cancel()
+
+    def _payloads(
+        self, results: list[ImagePayload | _InArena | str | None]
+    ) -> list[ImagePayload | str | None]:
+        if self.arena is None:
+            return results  # type: ignore[return-value]
+        view = memoryview(self.arena)
         return [
-            r.payload.with_data(bytes(view[r.offset : r.offset + r.length])) if isinstance(r, _InArena) else r
+            ImagePayload(view[r[0] : r[0] + r[1]], *r[2:]) if isinstance(r, tuple) else r  # type: ignore[misc]
             for r in results
         ]
-    finally:
-        view.release()
 
 
 def _label_input(spec: ConvertSpec) -> LabelInput:
@@ -339,6 +432,15 @@ def _label_input(spec: ConvertSpec) -> LabelInput:
         columns=spec.columns,
         path_exists=exists,
     )
+
+
+def current_boot_id() -> str | None:
+    """This boot of the machine (Linux), to tell a resume after a system crash; None elsewhere."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
 
 
 def _check_forbidden_missing(spec: ConvertSpec, labels: LabelInput) -> None:
@@ -405,6 +507,11 @@ def _prepare_staging(
             progress = staging / PROGRESS_NAME
             if progress.is_file():
                 state = _State.from_dict(json.loads(progress.read_text(encoding="utf-8")))
+                if state.boot_id is not None and state.boot_id != current_boot_id():
+                    raise DatasetStateError(
+                        f"cannot resume {staging}: the machine restarted while it was being written, "
+                        "and its last commits may not have reached the disk; use --overwrite to start over"
+                    )
                 if state.fingerprint != fingerprint:
                     changed = sorted(k for k in fingerprint if fingerprint[k] != state.fingerprint.get(k))
                     raise DatasetStateError(
@@ -523,12 +630,6 @@ def _convert_locked(
         state.errors_bytes = errors_file.tell()
         write_json_atomic(staging / PROGRESS_NAME, state.to_dict())
 
-    def commit() -> None:
-        nonlocal since_commit, since_commit_bytes
-        writer.commit()
-        save_state()
-        since_commit = since_commit_bytes = 0
-
     def record_error(line: int, path: str, reason: str) -> None:
         if spec.strict:
             raise InputError(spec.list_file, line, f"{shorten(path)}: {reason}" if path else reason)
@@ -536,6 +637,9 @@ def _convert_locked(
         errors_file.write(row.encode("utf-8", errors="replace"))
         state.error_count += 1
 
+    # A writer whose commits are not durable by themselves offers `sync` (see commit_and_save).
+    sync = getattr(writer, "sync", None)
+    state.boot_id = current_boot_id() if sync is not None else None
     save_state()  # from the start, a resume checks that the input and options are the same
     items = _work_items(spec, labels_in)
     skip = state.next_position
@@ -545,62 +649,149 @@ def _convert_locked(
 
     chunk_size = 4  # until the first results tell how large an image is
 
-    def chunks() -> Iterator[list[WorkItem]]:
+    def chunks() -> Iterator[WorkChunk]:
         while True:
             chunk = [next(items, None) for _ in range(chunk_size)]
             chunk = [item for item in chunk if item is not None]
             if not chunk:
                 return
             pending_items.append(chunk)
-            yield [
-                (
-                    os.path.join(root_name, item.path),
-                    stored_labels(np.asarray(item.labels, dtype=np.float32), stored_as),
-                )
-                if isinstance(item, ListEntry)
-                else None
-                for item in chunk
-            ]
+            labels = np.full((len(chunk), k), np.nan, np.float32)
+            for j, item in enumerate(chunk):
+                if isinstance(item, ListEntry):
+                    labels[j] = item.labels
+            for column, value in stored_as.items():  # what stored_labels does, for the whole chunk
+                labels[np.isnan(labels[:, column]), column] = value
+            paths = [os.path.join(root_name, i.path) if isinstance(i, ListEntry) else None for i in chunk]
+            yield paths, labels
+
+    # The writer's puts and commits run on a thread of their own (see write_stage.py): this thread
+    # keeps the books (errors, stats, the state a commit saves) and hands it whole batches.
+    stage = WriteStage(max_pending=2 * workers + 2)
+    sync_stage = WriteStage(max_pending=2)
+
+    # A writer that never rejects a sample may take a batch in one call (fewer calls per image).
+    put_many = getattr(writer, "put_many", None)
+
+    def put_batch(batch: list[tuple[Sample, ListEntry]]) -> None:
+        if put_many is not None:
+            put_many([sample for sample, _ in batch])
+            return
+        for sample, item in batch:
+            try:
+                writer.put(sample)
+            except SampleRejectedError as exc:  # the backend cannot store it: stop here
+                raise InputError(spec.list_file, item.line, f"{shorten(item.path)}: {exc}") from exc
+
+    saved: list[dict[str, Any]] = []  # the last state saved
+
+    def sync_and_save(snapshot: dict[str, Any]) -> None:
+        if sync is not None:
+            sync()
+        os.fsync(errors_file.fileno())
+        write_json_atomic(staging / PROGRESS_NAME, snapshot)
+        saved[:] = [snapshot]
+
+    def mark_synced() -> None:
+        # Everything is on disk: a resume after a restart of the machine is safe again.
+        if saved and saved[0].get("boot_id") is not None:
+            write_json_atomic(staging / PROGRESS_NAME, {**saved[0], "boot_id": None})
+
+    def commit_and_save(snapshot: dict[str, Any]) -> None:
+        writer.commit()
+        if sync is None:
+            sync_and_save(snapshot)
+        else:
+            # The commit is durable only once synced: progress.json names it after that, on a
+            # thread of its own, while this one puts the next batch (the disk works meanwhile).
+            sync_stage.submit(partial(sync_and_save, snapshot))
+
+    def count_labels() -> None:
+        if new_labels:
+            state.stats.add_rows(np.stack(new_labels))
+            new_labels.clear()
+
+    def commit() -> None:
+        # The state as of the last sample handed over; it is saved once that sample is committed.
+        nonlocal since_commit, since_commit_bytes, batch
+        count_labels()
+        if batch:
+            stage.submit(partial(put_batch, batch))
+            batch = []
+        errors_file.flush()
+        state.errors_bytes = errors_file.tell()
+        stage.submit(partial(commit_and_save, state.to_dict()))
+        since_commit = since_commit_bytes = 0
 
     pending_items: deque[list[ListEntry | ListLineError]] = deque()
     stored_as = spec.missing_stored_as
     position = skip
+    batch: list[tuple[Sample, ListEntry]] = []
+    new_labels: list[np.ndarray] = []  # label rows not yet in state.stats (added a chunk at a time)
+    # A backend may offer an encoder (a picklable function) that turns a decoded payload into
+    # its stored form, so that serialisation runs in the decode workers, not here.
+    encoder = getattr(writer, "encode_payload", None)
+    encoder_into = getattr(writer, "encode_payload_into", None)
+    decoder = _DecodePool(spec.image, workers, encoder, encoder_into, held=stage.max_pending)
     try:
-        # A backend may offer an encoder (a picklable function) that turns a decoded payload into
-        # its stored form, so that serialisation runs in the decode workers, not here.
-        encoder = getattr(writer, "encode_payload", None)
-        for results in _ordered_decode(chunks(), spec.image, workers, encoder):
-            sizes = [len(r.data) for r in results if isinstance(r, ImagePayload)]
-            if sizes:
-                chunk_size = max(1, min(MAX_CHUNK, CHUNK_BYTES * len(sizes) // max(1, sum(sizes))))
-            for item, result in zip(pending_items.popleft(), results, strict=True):
-                if isinstance(item, ListLineError):
-                    record_error(item.line, "", item.reason)
-                elif isinstance(result, str):
-                    record_error(item.line, item.path, result)
-                elif (reason := _size_mismatch(spec, state, result)) is not None:
-                    record_error(item.line, item.path, reason)
-                else:
-                    labels = np.asarray(item.labels, dtype=np.float32)
-                    stored = stored_labels(labels, stored_as)
-                    try:
-                        writer.put(Sample(position, f"{position:08d}_{item.path}", result, stored))
-                    except SampleRejectedError as exc:  # the backend cannot store it: stop here
-                        raise InputError(spec.list_file, item.line, f"{shorten(item.path)}: {exc}") from exc
-                    state.written += 1
-                    state.stats.add(labels)
-                    shape_key = "x".join(map(str, result.shape))
-                    state.shapes[shape_key] = state.shapes.get(shape_key, 0) + 1
-                    state.formats[result.format] = state.formats.get(result.format, 0) + 1
-                    since_commit += 1
-                    since_commit_bytes += len(result.data)
-                position += 1
-                state.next_position = position
-                if since_commit >= spec.commit_every or since_commit_bytes >= COMMIT_BYTES:
-                    commit()
-                if progress is not None:
-                    progress(position - shard_start, shard_stop - shard_start)
-        commit()
+        with decoder:  # closed (arena unmapped) only once the stage has stopped
+            try:
+                for results, slot in decoder.results(chunks()):
+                    sizes = [len(r.data) for r in results if isinstance(r, ImagePayload)]
+                    if sizes:
+                        chunk_size = max(1, min(MAX_CHUNK, CHUNK_BYTES * len(sizes) // max(1, sum(sizes))))
+                    for item, result in zip(pending_items.popleft(), results, strict=True):
+                        if isinstance(item, ListLineError):
+                            record_error(item.line, "", item.reason)
+                        elif isinstance(result, str):
+                            record_error(item.line, item.path, result)
+                        elif (reason := _size_mismatch(spec, state, result)) is not None:
+                            record_error(item.line, item.path, reason)
+                        else:
+                            labels = np.asarray(item.labels, dtype=np.float32)
+                            stored = stored_labels(labels, stored_as)
+                            key = f"{position:08d}_{item.path}"
+                            batch.append((Sample(position, key, result, stored), item))
+                            state.written += 1
+                            new_labels.append(labels)
+                            shape_key = "x".join(map(str, result.shape))
+                            state.shapes[shape_key] = state.shapes.get(shape_key, 0) + 1
+                            state.formats[result.format] = state.formats.get(result.format, 0) + 1
+                            since_commit += 1
+                            since_commit_bytes += len(result.data)
+                        position += 1
+                        state.next_position = position
+                        if since_commit >= spec.commit_every or since_commit_bytes >= COMMIT_BYTES:
+                            commit()
+                        if progress is not None:
+                            progress(position - shard_start, shard_stop - shard_start)
+                    count_labels()
+                    if batch:
+                        stage.submit(partial(put_batch, batch))
+                        batch = []
+                    # the chunk's payloads are views of its arena slot: free it once they are stored
+                    stage.submit(partial(decoder.release, slot), always=True)
+                commit()
+                stage.finish()
+                sync_stage.finish()
+            except InputError:
+                stage.abandon()
+                sync_stage.abandon()
+                raise
+            except OSError:
+                stage.abandon()
+                sync_stage.abandon()
+                raise
+            except BaseException:
+                # Ctrl-C: what was handed to the write stage is still written, committed and synced,
+                # as it was before the stage had threads of its own (a second Ctrl-C stops the wait).
+                with contextlib.suppress(Exception):
+                    stage.finish()
+                    sync_stage.finish()
+                    mark_synced()
+                raise
+            finally:
+                batch = []
         files = writer.close()
     except InputError:
         # --strict: the first bad sample stops the run and no dataset is left behind.

@@ -74,6 +74,8 @@ def open_dataset(
     output: str = "float",
     seed: int = 0,
     check_labels: bool = True,
+    max_sample_bytes: int | None = None,
+    max_classes: int | None = None,
 ) -> MultiTaskDataset:
     """Open a dataset for PyTorch: an mtldata dataset, a plain Caffe LMDB, an image LMDB plus its
     float-label LMDB (`labels`), an HDF5 dataset, or a reader already open.
@@ -85,6 +87,8 @@ def open_dataset(
     `seed` seeds the random crops and mirrors (mixed with torch's worker seed inside workers).
     With `tasks`, every label is checked against them first (from the manifest's summary when it
     proves them valid, else by reading the labels once); `check_labels=False` skips that.
+    `max_sample_bytes` (default 1 GiB) and `max_classes` (default 2**24, for a tasks.toml path) raise
+    the limits past which a stored sample or a softmax task is refused before any allocation.
     """
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
@@ -93,7 +97,7 @@ def open_dataset(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an integer, got {seed!r}")
     if isinstance(path, (str, os.PathLike)):
-        reader = _shared_reader(Path(path), None if labels is None else Path(labels))
+        reader = _shared_reader(Path(path), None if labels is None else Path(labels), max_sample_bytes)
     elif labels is not None:
         raise ValueError("labels applies to a path; pass an open reader with its labels already attached")
     elif isinstance(path, DatasetReader):
@@ -102,7 +106,7 @@ def open_dataset(
         raise TypeError(f"path must be a dataset path or a DatasetReader, got {type(path).__name__}")
 
     num_labels = _num_labels(reader)
-    taskset = _resolve_tasks(tasks, num_labels)
+    taskset = _resolve_tasks(tasks, num_labels, max_classes)
     if taskset is not None and check_labels:
         check_dataset_labels(
             reader,
@@ -124,7 +128,7 @@ def open_dataset(
 _READERS: weakref.WeakValueDictionary[tuple[str, str | None], DatasetReader] = weakref.WeakValueDictionary()
 
 
-def _shared_reader(path: Path, labels: Path | None) -> DatasetReader:
+def _shared_reader(path: Path, labels: Path | None, max_sample_bytes: int | None = None) -> DatasetReader:
     key = (_identity(path), None if labels is None else _identity(labels))
     reader = _READERS.get(key)
     if reader is None:
@@ -134,7 +138,7 @@ def _shared_reader(path: Path, labels: Path | None) -> DatasetReader:
             # The files were replaced: the old reader lets go of them (py-lmdb may take a new file
             # that reuses an old inode for the old, still open one); it reopens what is there on use.
             stale.close()
-        reader = open_reader(path, labels)
+        reader = open_reader(path, labels, max_sample_bytes=max_sample_bytes)
         try:
             _READERS[key] = reader
             _LATEST[paths] = reader
@@ -184,12 +188,12 @@ def _num_labels(reader: DatasetReader) -> int | None:
     return int(np.asarray(reader.labels(0)).size)
 
 
-def _resolve_tasks(tasks: Any, num_labels: int | None) -> TaskSet | None:
+def _resolve_tasks(tasks: Any, num_labels: int | None, max_classes: int | None = None) -> TaskSet | None:
     if tasks is None:
         return None
     if isinstance(tasks, (str, os.PathLike)):
         # Passed as a Path: load_tasks takes a str holding '=' or a newline for TOML text.
-        return load_tasks(Path(tasks), num_labels=num_labels)
+        return load_tasks(Path(tasks), num_labels=num_labels, max_classes=max_classes)
     if isinstance(tasks, TaskSet):
         taskset = tasks
     elif isinstance(tasks, Sequence) and all(isinstance(t, TaskSpec) for t in tasks):

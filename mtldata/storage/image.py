@@ -780,8 +780,14 @@ def _sniff_format(data: bytes, fallback: str) -> str:
     return _FORMAT_NAMES.get(fallback, fallback or "unknown")
 
 
-def prepare_image(path: str | os.PathLike, opts: ImageOptions) -> ImagePayload:
+def prepare_image(
+    path: str | os.PathLike, opts: ImageOptions, *, planar: bool = True, out: np.ndarray | None = None
+) -> ImagePayload:
     """What ``convert_imageset`` stores for ``path`` under ``opts`` (Caffe's ReadImageToDatum).
+
+    With ``planar=False`` a raw payload's ``data`` is the decoded HxWxC (or HxW) array itself, not
+    yet CHW bytes: the converter's workers transpose it straight into shared memory. ``out`` (see
+    decode_bytes) may then receive the pixels, so that a worker decodes every image into one buffer.
 
     * Decode (gray or colour) and resize when both target sizes are > 0 (every image, even one that
       already has the target size).
@@ -811,13 +817,13 @@ def prepare_image(path: str | os.PathLike, opts: ImageOptions) -> ImagePayload:
     if opts.resizes and opts.resize_mode == "antialias":
         img = _antialias_resize(data, opts)
     else:
-        img = decode_bytes(data, opts.gray, max_pixels=opts.max_pixels)  # simplejpeg where installed
+        img = decode_bytes(data, opts.gray, out=out, max_pixels=opts.max_pixels)  # simplejpeg if installed
         if opts.resizes:
             img = caffe_resize(img, opts.resize_width, opts.resize_height)
     channels = 1 if img.ndim == 2 else img.shape[2]
     shape = (channels, img.shape[0], img.shape[1])
     if not opts.stores_encoded:
-        return ImagePayload(data=chw_bytes(img), encoded=False, shape=shape, format="raw")
+        return ImagePayload(data=chw_bytes(img) if planar else img, encoded=False, shape=shape, format="raw")
     ext = _caffe_ext(path)
     encoding = opts.encode_type.lower().lstrip(".") or ext
     if no_resize and (channels == 3) == (not opts.gray) and _match_ext(ext, encoding):

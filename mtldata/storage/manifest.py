@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mtldata.durable import write_json_atomic
 from mtldata.storage import record_digests
 from mtldata.storage.backends import MANIFEST_NAME
@@ -53,6 +55,61 @@ class LabelStats:
             self.mins[j] = v if low is None else min(low, v)
             self.maxs[j] = v if high is None else max(high, v)
         self.count += 1
+
+    def add_rows(self, rows: np.ndarray) -> None:
+        """`add` for each row of an (n, K) array, in a few array operations: the same figures as
+        n calls (sums are still taken one value after another, so they round alike)."""
+        rows = np.asarray(rows, dtype=np.float64)
+        if rows.ndim != 2 or not len(rows):
+            return
+        n, k = rows.shape
+        if not self.sums:
+            self.sums, self.mins, self.maxs = [0.0] * k, [None] * k, [None] * k
+        if len(self.missing) != k:
+            self.missing = [0] * k
+        if (self.integral is None or self.distinct is None) and not self.count:
+            self.integral, self.distinct = [True] * k, [[] for _ in range(k)]
+        nan = np.isnan(rows)
+        missing = nan.sum(axis=0).tolist()
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is nan, as in the loop
+            # A cumulative sum down each column runs one value after another, as the loop does; a
+            # missing value adds 0.0, which leaves a sum that started at 0.0 as skipping it would.
+            sums = np.cumsum(np.vstack((self.sums, np.where(nan, 0.0, rows))), axis=0)[-1].tolist()
+            whole = np.all(nan | (np.mod(rows, 1.0) == 0.0), axis=0).tolist()  # inf is not integral
+        lows = np.where(nan, np.inf, rows).min(axis=0).tolist()
+        highs = np.where(nan, -np.inf, rows).max(axis=0).tolist()
+        # -0.0 beside 0.0: min()/max() keep whichever came first, so look where they are
+        signed_zeros = bool(np.any((rows == 0.0) & np.signbit(rows)))
+        sets = None
+        if self.integral is not None and self.distinct is not None:
+            sets = self.__dict__.setdefault("_sets", [None if c is None else set(c) for c in self.distinct])
+        for j in range(k):
+            self.missing[j] += missing[j]
+            if missing[j] == n:
+                continue
+            self.sums[j] = sums[j]
+            low, high = lows[j], highs[j]
+            if signed_zeros and (low == 0.0 or high == 0.0):
+                column = rows[~nan[:, j], j]
+                low = float(column[np.argmax(column == low)])
+                high = float(column[np.argmax(column == high)])
+            self.mins[j] = low if self.mins[j] is None else min(self.mins[j], low)
+            self.maxs[j] = high if self.maxs[j] is None else max(self.maxs[j], high)
+            if sets is None:
+                continue
+            if self.integral[j] and not whole[j]:  # type: ignore[index]
+                self.integral[j] = False  # type: ignore[index]
+            seen = sets[j]
+            if seen is not None:
+                column = rows[~nan[:, j], j]
+                _, first = np.unique(column, return_index=True)
+                for v in column[np.sort(first)].tolist():  # in order of first appearance
+                    if v not in seen:
+                        seen.add(v)
+                        self.distinct[j].append(v)  # type: ignore[index, union-attr]
+                if len(seen) > MAX_DISTINCT:
+                    self.distinct[j] = sets[j] = None  # type: ignore[index]
+        self.count += n
 
     def _note_values(self, values: list[float]) -> None:
         if self.integral is None or self.distinct is None:

@@ -106,9 +106,14 @@ def check_manifest(doc: Any, file: Path) -> None:
     if not _is_int(errors.get("count")):
         c.fail("errors.count", "an integer >= 0", errors.get("count"))
     if errors.get("file") is not None and not isinstance(errors["file"], str):
-        # only its type: merge reads a part's own errors.tsv and verify follows no path out of the
-        # dataset (`inside_path`), whatever the manifest names
         c.fail("errors.file", "a file name", errors["file"])
+    if errors.get("file") and not inside_path(errors["file"]):
+        # refused, not just left unread: merge and verify would otherwise name (or read) a file
+        # outside the dataset
+        raise DatasetFormatError(
+            f"{c.file}: errors.file {_short.repr(errors['file'])} points outside the dataset (absolute "
+            "or climbing out with '..'); not a manifest mtldata wrote (damaged or edited?)"
+        )
     if not isinstance(errors.get("first", []), list):
         c.fail("errors.first", "a list", errors.get("first"))
     stats = doc.get("label_stats")

@@ -146,8 +146,11 @@ class WriterLock:
             self.fd = -1
 
 
-def staging_status(staging: Path) -> str:
-    """`info`'s account of a staging folder: running (with its pid) or interrupted, and what to do."""
+def staging_status(staging: Path, where: Path | None = None) -> str:
+    """`info`'s account of a staging folder: running (with its pid) or interrupted, and what to do.
+
+    `where` names the folder in the account (for a reader that was given the output's own name).
+    """
     owner = staging_owner(staging)
     command = owner.get("command", "convert")
     try:
@@ -161,12 +164,24 @@ def staging_status(staging: Path) -> str:
         running = exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
     finally:
         os.close(fd)
+    at = "" if where is None else f" in {shorten(str(where))}"
     if running:
         pid = f" (pid {owner['pid']})" if isinstance(owner.get("pid"), int) else ""
-        return f"a {command} is running{pid}; it is renamed into place when complete"
+        return f"a {command} is running{pid}{at}; it is renamed into place when complete"
     if command == "merge":
-        return "an interrupted merge; run the same `mtldata merge` command again (with --overwrite)"
-    return "an interrupted conversion; run the same `mtldata convert` command with --resume"
+        return f"an interrupted merge{at}; run the same `mtldata merge` command again (with --overwrite)"
+    return f"an interrupted conversion{at}; run the same `mtldata convert` command with --resume"
+
+
+def not_there_yet(path: Path) -> str | None:
+    """For an output that is missing while mtldata's own `path.partial` sits beside it: one line
+    saying so (running or interrupted, and what to do); None for any other path."""
+    if path.name.endswith(PARTIAL_SUFFIX) or path.name in ("", ".", "..") or os.path.lexists(path):
+        return None
+    staging = staging_path(path)
+    if not is_staging(staging):
+        return None
+    return f"{shorten(str(path))}: not there yet: {staging_status(staging, where=staging)}"
 
 
 def claim_folder(directory: Path, marker: str, owned_names: Iterable[str], command: str) -> None:

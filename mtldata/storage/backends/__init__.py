@@ -17,6 +17,7 @@ import numpy as np
 
 from mtldata.errors import DatasetFormatError, MtlDataError
 from mtldata.storage.manifest_check import check_manifest
+from mtldata.storage.read_limits import sample_limit
 from mtldata.storage.records import Sample
 
 MANIFEST_NAME = "manifest.json"
@@ -141,23 +142,30 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
     return doc
 
 
-def open_reader(path: str | Path, labels: str | Path | None = None) -> DatasetReader:
+def open_reader(
+    path: str | Path, labels: str | Path | None = None, *, max_sample_bytes: int | None = None
+) -> DatasetReader:
     """Open any dataset mtldata can read.
 
     `path` is an mtldata dataset directory, a plain Caffe LMDB directory (one int label per
     record), or an image LMDB with `labels` naming its float-label LMDB (the multi-label layout).
     It may also be an `.h5` file, an HDF5Data `source` list of them, or a folder holding
-    `hdf5_list.txt`.
+    `hdf5_list.txt`. A stored sample declared over `max_sample_bytes` (default: `read_limits`'
+    current limit, 1 GiB) is refused before anything is allocated for it.
     """
+    with sample_limit(max_sample_bytes):
+        return _open_reader(Path(path), labels)
+
+
+def _open_reader(path: Path, labels: str | Path | None) -> DatasetReader:
     _load_builtin_backends()
     from mtldata.storage.backends.lmdb import LmdbReader
 
-    path = Path(path)
     staging = path if path.name.endswith(".partial") else path.with_name(path.name + ".partial")
     if not path.exists():
-        if staging.is_dir():
-            raise DatasetFormatError(f"{path}: not there yet: {_staging_status(staging)} in {staging}")
-        raise DatasetFormatError(f"{path}: no such file or directory")
+        from mtldata.storage.output_guard import not_there_yet
+
+        raise DatasetFormatError(not_there_yet(path) or f"{path}: no such file or directory")
     if labels is not None:
         return LmdbReader(path, Path(labels))
     manifest = read_manifest(path)

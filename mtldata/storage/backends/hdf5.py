@@ -29,6 +29,7 @@ from mtldata.errors import DatasetFormatError, MtlDataError, SampleRejectedError
 from mtldata.storage import record_digests
 from mtldata.storage.backends import READERS, DatasetReader, WriterOptions, register_writer
 from mtldata.storage.processes import current_pid
+from mtldata.storage.read_limits import SAMPLE_LIMIT_ENV, SAMPLE_LIMIT_FLAG, max_sample_bytes
 from mtldata.storage.records import ImagePayload, Sample, missing_stored_as, restore_missing
 
 LIST_NAME = "hdf5_list.txt"
@@ -38,7 +39,6 @@ RESERVED_NAMES = ("data", "label", "key")
 INT_MAX = 2**31 - 1  # Caffe loads a whole dataset into one blob, whose element count is an int
 DEFAULT_SHARD_BYTES = 512 << 20  # of `data`: well under the ~2 GB files older Caffe builds crashed on
 CHUNK_BYTES = 1 << 20
-DEFAULT_MAX_SAMPLE_BYTES = 1 << 30  # one stored sample (a row of `data` or `label`) a reader will hold
 PIXELS_ATTR = "mtldata_data"  # value "pixels": `data` holds integral pixel values 0..255, any dtype
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _FRAME = struct.Struct("<qIIII")  # index, key length, C, H, W; then key, K float32 labels, pixels
@@ -443,12 +443,6 @@ class Hdf5Writer:
 # Reading
 
 
-def max_sample_bytes() -> int:
-    """The largest stored sample a reader allocates for: MTLDATA_MAX_SAMPLE_BYTES, default 1 GiB."""
-    value = os.environ.get("MTLDATA_MAX_SAMPLE_BYTES", "")
-    return int(value) if value.isdigit() else DEFAULT_MAX_SAMPLE_BYTES
-
-
 def _check_sample_size(where: str, name: str, trailing: tuple[int, ...], itemsize: int) -> None:
     """Refuse, before any allocation, a dataset whose one sample (row) is over max_sample_bytes()."""
     size = itemsize
@@ -457,7 +451,8 @@ def _check_sample_size(where: str, name: str, trailing: tuple[int, ...], itemsiz
     if size > (limit := max_sample_bytes()):
         raise DatasetFormatError(
             f"{where}: dataset {name!r} declares samples of shape ({', '.join(map(str, trailing))}), "
-            f"{size} bytes each, over the limit of {limit} bytes (raise it with MTLDATA_MAX_SAMPLE_BYTES)"
+            f"{size} bytes each, over the limit of {limit} bytes (`{SAMPLE_LIMIT_FLAG}` raises it, "
+            f"or {SAMPLE_LIMIT_ENV}=<bytes>)"
         )
 
 

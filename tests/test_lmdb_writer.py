@@ -1,0 +1,50 @@
+"""The LMDB writer's batched path against its one-sample path, on real environments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from conftest import db_items
+
+from mtldata.storage.backends import WriterOptions
+from mtldata.storage.backends.lmdb import LmdbWriter
+from mtldata.storage.records import ImagePayload, Sample
+
+
+def samples(n: int) -> list[Sample]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        shape = (3, 40 + i % 3, 50)  # 40 of them fill the 64 KB map several times over
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8).tobytes()
+        labels = np.float32([i % 4, rng.random(), np.nan if i % 5 == 0 else 1.0])
+        out.append(Sample(i, f"{i:08d}_img{i}.jpg", ImagePayload(pixels, False, shape), labels))
+    return out
+
+
+def write(staging: Path, batches: list[list[Sample]], many: bool) -> dict:
+    staging.mkdir()
+    writer = LmdbWriter(staging, WriterOptions(num_labels=3, extra={"initial_map_size": 64 * 1024}))
+    for batch in batches:
+        if many:
+            writer.put_many(batch)
+        else:
+            for sample in batch:
+                writer.put(sample)
+        writer.commit()
+    writer.close()
+    return writer.checksums
+
+
+def test_put_many_stores_the_same_records_and_digests_as_put(tmp_path):
+    # a small initial map: the batched path must grow it as the one-sample path does
+    data = samples(40)
+    batches = [data[:7], data[7:8], data[8:40]]
+    one = write(tmp_path / "one", batches, many=False)
+    many = write(tmp_path / "many", batches, many=True)
+    assert one == many
+    for db in ("images.lmdb", "labels.lmdb"):
+        assert db_items(tmp_path / "many" / db) == db_items(tmp_path / "one" / db)
+        journal = db + ".digests"
+        assert (tmp_path / "many" / journal).read_bytes() == (tmp_path / "one" / journal).read_bytes()
