@@ -236,7 +236,7 @@ MultiLeNet on MultiMNIST, pairs of real handwritten MNIST digits, for 100 epochs
 quoted in mtldata's issue 14 are 0.9646 left and 0.9499 right. The numbers above are not comparable one to one: this corpus is
 font-drawn digits, not handwriting (one typeface at a few sizes and two stroke widths, far less varied
 than people's writing, so it is easier), with its own overlap rule, {n_train} training images instead of
-60,000, a few epochs instead of 100, and one untuned setting per trunk. What they show is that each
+the whole of MNIST), a few epochs instead of 100, and one untuned setting per trunk. What they show is that each
 trunk kind mtldata offers learns both tasks far above chance (0.100) from the same converted dataset,
 and what each costs on a 2-core CPU.
 """
