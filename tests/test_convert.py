@@ -313,6 +313,18 @@ def test_a_resume_after_a_system_crash_is_refused_and_overwrite_starts_over(imag
     assert convert(spec_for(list_file, out, shuffle=True, seed=3, overwrite=True)).count == 12
 
 
+def test_a_commit_per_image_remaps_along_the_way_and_writes_the_same_records(image_set, tmp_path):
+    list_file, _ = image_set
+    convert(spec_for(list_file, tmp_path / "ref"))
+    # 12 commits: the writer is remapped after the 8th, between syncs (REMAP_EVERY)
+    assert convert_module.REMAP_EVERY < 12
+    result = convert(spec_for(list_file, tmp_path / "out", workers=2, commit_every=1))
+    reference = json.loads((tmp_path / "ref" / "manifest.json").read_text())
+    assert result.manifest["checksums"] == reference["checksums"]
+    for db in ("images.lmdb", "labels.lmdb"):
+        assert db_items(tmp_path / "out" / db) == db_items(tmp_path / "ref" / db)
+
+
 def test_without_the_shared_arena_results_travel_pickled_and_are_the_same(image_set, tmp_path, monkeypatch):
     import mmap
 

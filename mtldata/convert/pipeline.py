@@ -69,6 +69,8 @@ MAX_CHUNK = 64
 # Commit every `commit_every` samples (convert_imageset: 1,000) or this many image bytes, whichever
 # comes first: what a transaction holds stays in memory until it commits.
 COMMIT_BYTES = 64 << 20
+# A writer with `remap` is remapped every this many commits, so that its RSS stays flat.
+REMAP_EVERY = 8
 MANIFEST_ERRORS = 20  # the manifest quotes this many skipped samples; errors.tsv lists them all
 
 ProgressCallback = Callable[[int, int], None]
@@ -643,6 +645,7 @@ def _convert_locked(
 
     # A writer whose commits are not durable by themselves offers `sync` (see commit_and_save).
     sync = getattr(writer, "sync", None)
+    remap = getattr(writer, "remap", None)  # drops pages read through a map, which would stay resident
     state.boot_id = current_boot_id() if sync is not None else None
     save_state()  # from the start, a resume checks that the input and options are the same
     items = _work_items(spec, labels_in)
@@ -701,14 +704,20 @@ def _convert_locked(
         if saved and saved[0].get("boot_id") is not None:
             write_json_atomic(staging / PROGRESS_NAME, {**saved[0], "boot_id": None})
 
+    commits = [0]
+
     def commit_and_save(snapshot: dict[str, Any]) -> None:
         writer.commit()
         if sync is None:
             sync_and_save(snapshot)
-        else:
-            # The commit is durable only once synced: progress.json names it after that, on a
-            # thread of its own, while this one puts the next batch (the disk works meanwhile).
-            sync_stage.submit(partial(sync_and_save, snapshot))
+            return
+        # The commit is durable only once synced: progress.json names it after that, on a
+        # thread of its own, while this one puts the next batch (the disk works meanwhile).
+        sync_stage.submit(partial(sync_and_save, snapshot))
+        commits[0] += 1
+        if remap is not None and commits[0] % REMAP_EVERY == 0:
+            sync_stage.drain()  # the environment may close only while no sync runs
+            remap()
 
     def count_labels() -> None:
         if new_labels:

@@ -31,15 +31,24 @@ class WriteStage:
     def _run(self) -> None:
         while True:
             job = self._jobs.get()
-            if job is _STOP:
-                return
-            job, always = job
-            if not always and (self._error is not None or self._abandoned.is_set()):
-                continue  # drain what is left without running it
             try:
-                job()
-            except BaseException as exc:  # noqa: BLE001 - handed to the submitting thread
-                self._error = exc
+                if job is _STOP:
+                    return
+                job, always = job
+                if not always and (self._error is not None or self._abandoned.is_set()):
+                    continue  # drain what is left without running it
+                try:
+                    job()
+                except BaseException as exc:  # noqa: BLE001 - handed to the submitting thread
+                    self._error = exc
+            finally:
+                self._jobs.task_done()
+
+    def drain(self) -> None:
+        """Wait until every job submitted so far has run (the stage keeps going); raises the error
+        of one that failed."""
+        self._jobs.join()
+        self._raise_pending()
 
     def _raise_pending(self) -> None:
         if self._error is not None:

@@ -366,6 +366,13 @@ class _GrowingEnv:
         self._journal.flush()
         self._journal_batch.clear()
 
+    def remap(self) -> None:
+        """Close and reopen the environment (no transaction open, no sync running): LMDB reads the
+        tree's pages through its map, and every page read stays resident in this process until it
+        is unmapped, so the RSS would grow with the dataset."""
+        self.env.close()
+        self.env = self._open(self._map_size)
+
     def sync(self) -> None:
         """Make every commit so far durable: data.mdb and the digest journal reach the disk.
 
@@ -535,6 +542,11 @@ class LmdbWriter:
         """Make every commit so far durable (may run on another thread than puts and commits)."""
         self.images.sync()
         self.labels.sync()
+
+    def remap(self) -> None:
+        """Drop the pages read through the maps (between commits, with no sync running)."""
+        self.images.remap()
+        self.labels.remap()
 
     def abandon(self) -> None:
         self.images.abandon()
