@@ -465,17 +465,6 @@ def _check_forbidden_missing(spec: ConvertSpec, labels: LabelInput) -> None:
                     )
 
 
-def stored_labels(labels: np.ndarray, stored_as: dict[int, float]) -> np.ndarray:
-    """The label vector as written: each missing value of a mapped column replaced by its ignore_label."""
-    if not stored_as:
-        return labels
-    out = labels.copy()
-    for column, value in stored_as.items():
-        if np.isnan(out[column]):
-            out[column] = value
-    return out
-
-
 def _work_items(spec: ConvertSpec, labels: LabelInput) -> Iterator[ListEntry | ListLineError]:
     """List items in output order: the file's order, or a seeded shuffle of it."""
     items = labels.entries()
@@ -662,14 +651,15 @@ def _convert_locked(
             chunk = [item for item in chunk if item is not None]
             if not chunk:
                 return
-            pending_items.append(chunk)
             labels = np.full((len(chunk), k), np.nan, np.float32)
             for j, item in enumerate(chunk):
                 if isinstance(item, ListEntry):
                     labels[j] = item.labels
-            for column, value in stored_as.items():  # what stored_labels does, for the whole chunk
+            # the labels as written: a missing value of a mapped column becomes its ignore_label
+            for column, value in stored_as.items():
                 labels[np.isnan(labels[:, column]), column] = value
             paths = [os.path.join(root_name, i.path) if isinstance(i, ListEntry) else None for i in chunk]
+            pending_items.append((chunk, labels))  # the stored labels, for the writer too
             yield paths, labels
 
     # The writer's puts and commits run on a thread of their own (see write_stage.py): this thread
@@ -736,7 +726,7 @@ def _convert_locked(
         stage.submit(partial(commit_and_save, state.to_dict()))
         since_commit = since_commit_bytes = 0
 
-    pending_items: deque[list[ListEntry | ListLineError]] = deque()
+    pending_items: deque[tuple[list[ListEntry | ListLineError], np.ndarray]] = deque()
     stored_as = spec.missing_stored_as
     position = skip
     batch: list[tuple[Sample, ListEntry]] = []
@@ -753,7 +743,8 @@ def _convert_locked(
                     sizes = [len(r.data) for r in results if isinstance(r, ImagePayload)]
                     if sizes:
                         chunk_size = max(1, min(MAX_CHUNK, CHUNK_BYTES * len(sizes) // max(1, sum(sizes))))
-                    for item, result in zip(pending_items.popleft(), results, strict=True):
+                    chunk, stored_rows = pending_items.popleft()
+                    for item, result, stored in zip(chunk, results, stored_rows, strict=True):
                         if isinstance(item, ListLineError):
                             record_error(item.line, "", item.reason)
                         elif isinstance(result, str):
@@ -762,7 +753,6 @@ def _convert_locked(
                             record_error(item.line, item.path, reason)
                         else:
                             labels = np.asarray(item.labels, dtype=np.float32)
-                            stored = stored_labels(labels, stored_as)
                             key = f"{position:08d}_{item.path}"
                             batch.append((Sample(position, key, result, stored), item))
                             state.written += 1

@@ -292,31 +292,12 @@ class _GrowingEnv:
         except lmdb.Error as exc:
             raise _os_error(exc, self.path) from None
 
-    def put(self, key: bytes, value: bytes | memoryview, value_digest: bytes | None = None) -> None:
-        """Put into the open write transaction (started on demand); durable only after commit.
-
-        `value` may be a view of memory its owner reuses once this returns: LMDB has copied it.
-        """
-        digest = value_digest if value_digest is not None else record_digests.digest(value)
-        self._journal_batch += record_digests.entry(key, digest)
-        if self._txn is None:
-            self._begin(len(key) + len(value))
-        else:
-            self._reserve(len(key) + len(value))
-        try:
-            # Keys arrive in increasing order (`%08d_` numbers): MDB_APPEND fills pages to the
-            # brim and skips the tree search. A key out of order (a hand-made call) is refused
-            # by LMDB and put the ordinary way.
-            if not self._txn.put(key, value, append=True):
-                self._txn.put(key, value)
-        except lmdb.MapFullError:
-            raise self._map_full() from None
-        except lmdb.Error as exc:
-            raise _os_error(exc, self.path) from None
-
     def put_many(self, records: list[tuple[bytes, bytes | memoryview, bytes]]) -> None:
-        """`put` of each (key, value, value digest), in order, with one reservation for them all
-        (a batch of small records costs a fraction of as many calls)."""
+        """Put each (key, value, value digest), in order, into the open write transaction (started
+        on demand), with one reservation for them all; durable only after commit.
+
+        A value may be a view of memory its owner reuses once this returns: LMDB has copied it.
+        """
         if not records:
             return
         nbytes = sum(len(key) + len(value) for key, value, _ in records)
@@ -329,6 +310,9 @@ class _GrowingEnv:
         put = self._txn.put
         try:
             for key, value, _ in records:
+                # Keys arrive in increasing order (`%08d_` numbers): MDB_APPEND fills pages to the
+                # brim and skips the tree search. A key out of order (a hand-made call) is refused
+                # by LMDB and put the ordinary way.
                 if not put(key, value, append=True):
                     put(key, value)
         except lmdb.MapFullError:
@@ -383,12 +367,6 @@ class _GrowingEnv:
         except lmdb.Error as exc:
             raise _os_error(exc, self.path) from None
         os.fsync(self._journal.fileno())
-
-    def write_batch(self, items: list[tuple[bytes, bytes]]) -> None:
-        """Put and commit `items` in one transaction."""
-        for key, value in items:
-            self.put(key, value)
-        self.commit()
 
     def delete_from(self, index: int) -> int:
         self._journal_batch.clear()
@@ -527,10 +505,7 @@ class LmdbWriter:
         self.labels.put_many(labels)
 
     def put(self, sample: Sample) -> None:
-        key = sample.key.encode("utf-8")
-        image = sample.image if sample.image.stored else self.encode_payload(sample.image, sample.labels)
-        self.images.put(key, image.data, image.stored_digest)
-        self.labels.put(key, label_datum(sample.labels))
+        self.put_many([sample])
 
     def commit(self) -> None:
         # Images first: a crash between the two commits leaves extra image records, which resume
