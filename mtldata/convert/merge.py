@@ -20,19 +20,16 @@ from typing import Any
 from mtldata.convert.pipeline import (
     ERRORS_NAME,
     MANIFEST_ERRORS,
-    PARTIAL_SUFFIX,
     _publish,
     missing_labels_entry,
 )
 from mtldata.durable import fsync_path
-from mtldata.errors import DatasetFormatError, DatasetStateError, MtlDataError, OutputError, shorten
+from mtldata.errors import DatasetFormatError, DatasetStateError, MtlDataError, OutputError
 from mtldata.storage.backends import WriterOptions, make_writer, open_reader, read_manifest
 from mtldata.storage.manifest import LabelStats, Manifest, dataset_checksums, write_manifest
 from mtldata.storage.output_guard import (
-    WriterLock,
     check_output_path,
-    check_replaceable,
-    is_staging,
+    lock_staging,
 )
 from mtldata.version import __version__
 
@@ -172,18 +169,7 @@ def merge(
     parts = [parts[j] for j in order]
     manifests = [manifests[j] for j in order]
 
-    staging = output.with_name(output.name + PARTIAL_SUFFIX)
-    if output.exists() or output.is_symlink():
-        if not overwrite:
-            raise DatasetStateError(f"{shorten(str(output))}: already exists; pass --overwrite to replace it")
-        check_replaceable(output)
-    existed = staging.exists() or staging.is_symlink()
-    if existed and not is_staging(staging):
-        raise DatasetStateError(
-            f"{shorten(str(staging))}: exists and is not a conversion or merge mtldata started; "
-            f"it is left untouched: move it away or choose another output"
-        )
-    lock = WriterLock.acquire(staging, "merge")
+    staging, existed, lock = lock_staging(output, overwrite, "merge", "a conversion or merge")
     try:
         if existed:
             if not overwrite:

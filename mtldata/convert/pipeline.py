@@ -51,10 +51,8 @@ from mtldata.storage.output_guard import (
     STAGING_MARKER,
     WriterLock,
     check_output_path,
-    check_replaceable,
-    is_staging,
+    lock_staging,
     staging_owner,
-    staging_path,
 )
 from mtldata.storage.records import ImagePayload, Sample
 from mtldata.version import __version__
@@ -481,19 +479,7 @@ def _prepare_staging(
     spec: ConvertSpec, fingerprint: dict[str, Any]
 ) -> tuple[Path, _State | None, WriterLock]:
     """Lock the staging folder (one writer per output) and make it ready: fresh, cleared or resumed."""
-    out = spec.output
-    staging = staging_path(out)
-    if out.exists() or out.is_symlink():
-        if not spec.overwrite:
-            raise DatasetStateError(f"{shorten(str(out))}: already exists; pass --overwrite to replace it")
-        check_replaceable(out)
-    existed = staging.exists() or staging.is_symlink()
-    if existed and not is_staging(staging):
-        raise DatasetStateError(
-            f"{shorten(str(staging))}: exists and is not a conversion mtldata started; "
-            f"it is left untouched: move it away or choose another output"
-        )
-    lock = WriterLock.acquire(staging, "convert")
+    staging, existed, lock = lock_staging(spec.output, spec.overwrite, "convert", "a conversion")
     try:
         if not existed:
             return staging, None, lock

@@ -146,6 +146,27 @@ class WriterLock:
             self.fd = -1
 
 
+def lock_staging(output: Path, overwrite: bool, command: str, takes: str) -> tuple[Path, bool, WriterLock]:
+    """Lock `output`'s staging folder for `command`: (staging, whether it existed, the lock).
+
+    Refused, before anything is touched: an existing `output` without `overwrite` (or one mtldata
+    did not make), and a staging folder that is not mtldata's; `takes` says whose staging the
+    command would take over ("a conversion", "a conversion or merge").
+    """
+    staging = staging_path(output)
+    if output.exists() or output.is_symlink():
+        if not overwrite:
+            raise DatasetStateError(f"{shorten(str(output))}: already exists; pass --overwrite to replace it")
+        check_replaceable(output)
+    existed = staging.exists() or staging.is_symlink()
+    if existed and not is_staging(staging):
+        raise DatasetStateError(
+            f"{shorten(str(staging))}: exists and is not {takes} mtldata started; "
+            f"it is left untouched: move it away or choose another output"
+        )
+    return staging, existed, WriterLock.acquire(staging, command)
+
+
 def staging_status(staging: Path, where: Path | None = None) -> str:
     """`info`'s account of a staging folder: running (with its pid) or interrupted, and what to do.
 

@@ -34,6 +34,9 @@ DEFAULT_INITIAL_MAP_SIZE = 1 << 30
 RESERVE_STEP = 16 << 20
 # Pages any write transaction may add besides its records' own (branch copies, free-list pages).
 TXN_OVERHEAD = 64 << 10
+# An image Datum's fields besides its data: channels, height, width, the data's tag and length,
+# label and encoded (varints of at most 10 bytes each, with their tags).
+_DATUM_FIELDS_MAX = 80
 
 
 # LMDB's meta pages (pages 0 and 1 of data.mdb), as LMDB 0.9 lays them out on a 64-bit build: a
@@ -449,13 +452,14 @@ class LmdbWriter:
     @staticmethod
     def encode_payload(image: ImagePayload, labels: np.ndarray) -> ImagePayload:
         """Serialise and hash the image Datum; the converter runs this in its decode workers."""
-        # Caffe's convert_multilabel: the int part of the first label (-1 when it is missing)
-        label = int(labels[0]) if np.isfinite(labels[0]) else -1
-        head, tail = image_datum_frame(len(image.data), label, None if image.encoded else image.shape)
-        if not image.encoded and len(image.data) != image.shape[0] * image.shape[1] * image.shape[2]:
-            raise ValueError(f"raw image data holds {len(image.data)} bytes, its shape is {image.shape}")
-        value = b"".join((head, image.data, tail))
-        return image.with_data(value, stored=True, stored_digest=record_digests.digest(value))
+        pixels = image.data
+        size = pixels.size if isinstance(pixels, np.ndarray) else len(pixels)
+        record = bytearray(size + _DATUM_FIELDS_MAX)
+        placed = LmdbWriter.encode_payload_into(image, labels, memoryview(record))
+        assert placed is not None  # the fields around the pixels always fit in _DATUM_FIELDS_MAX
+        described, length = placed
+        del record[length:]
+        return described.with_data(record, stored=True, stored_digest=described.stored_digest)
 
     @staticmethod
     def encode_payload_into(
@@ -465,15 +469,12 @@ class LmdbWriter:
         raw HxWxC pixels are transposed to CHW in place there, with no copy between. Returns the
         payload's description (its digest, no data) and the record's length; None when it does not fit.
         """
+        # Caffe's convert_multilabel: the int part of the first label (-1 when it is missing)
         label = int(labels[0]) if np.isfinite(labels[0]) else -1
         pixels = image.data
-        if isinstance(pixels, np.ndarray):
-            c, h, w = image.shape
-            if pixels.size != c * h * w:
-                raise ValueError(f"raw image data holds {pixels.size} values, its shape is {image.shape}")
-            size = pixels.size
-        else:
-            size = len(pixels)
+        size = pixels.size if isinstance(pixels, np.ndarray) else len(pixels)
+        if not image.encoded and size != image.shape[0] * image.shape[1] * image.shape[2]:
+            raise ValueError(f"raw image data holds {size} bytes, its shape is {image.shape}")
         head, tail = image_datum_frame(size, label, None if image.encoded else image.shape)
         end = len(head) + size
         length = end + len(tail)
