@@ -69,6 +69,9 @@ MAX_CHUNK = 64
 COMMIT_BYTES = 64 << 20
 # A writer with `remap` is remapped every this many commits, so that its RSS stays flat.
 REMAP_EVERY = 8
+# Label statistics are taken this many rows at a time (each call costs about a millisecond of
+# array operations, whatever its size), and at every commit.
+STATS_ROWS = 1024
 MANIFEST_ERRORS = 20  # the manifest quotes this many skipped samples; errors.tsv lists them all
 
 ProgressCallback = Callable[[int, int], None]
@@ -754,7 +757,8 @@ def _convert_locked(
                             commit()
                         if progress is not None:
                             progress(position - shard_start, shard_stop - shard_start)
-                    count_labels()
+                    if len(new_labels) >= STATS_ROWS:
+                        count_labels()
                     if batch:
                         stage.submit(partial(put_batch, batch))
                         batch = []
