@@ -260,6 +260,7 @@ def measure(
     for r in range(runs):
         for j, (name, (script, extra)) in enumerate(rows.items()):
             out = work / f"out_{j}_{r}"
+            shutil.rmtree(out, ignore_errors=True)  # left by an interrupted earlier run into --dir
             args = (list_file, *extra) if script is DECODE_LIMIT_RUN else (list_file, out, *extra)
             results[name].append(run(script, *args))
             shutil.rmtree(out, ignore_errors=True)
@@ -331,9 +332,9 @@ def main() -> int:
         count = min(args.images, args.lines)
         stamp = work / "corpus.json"  # a corpus made by an earlier run into the same --dir is reused
         wanted = {"count": count, "size": args.size}
-        if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
-            names = [f"img/{i:06d}.jpg" for i in range(count)]
-        else:
+        names = [f"img/{i:06d}.jpg" for i in range(count)]
+        reuse = stamp.is_file() and json.loads(stamp.read_text()) == wanted
+        if not (reuse and all((work / name).is_file() for name in names)):
             names = make_corpus(work, count, args.size)
             stamp.write_text(json.dumps(wanted))
         list_file = work / "list.txt"
