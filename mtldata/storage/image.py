@@ -65,6 +65,7 @@ import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -477,26 +478,36 @@ def _has_app1(data: bytes) -> bool:
     return True
 
 
-def _decode_simplejpeg(
-    data: bytes, gray: bool, out: np.ndarray | None = None, max_pixels: int | None = None
-) -> np.ndarray | None:
-    """Decode a plain (non-rotated, YCbCr/gray) JPEG with simplejpeg; None when it is not applicable.
-    Writes into `out` (see decode_bytes) when its shape is the image's."""
+def _plain_jpeg_header(data: bytes, max_pixels: int | None) -> tuple[Any, int, int] | None:
+    """(the simplejpeg module, height, width) for a JPEG simplejpeg can decode (YCbCr, RGB or gray,
+    not a decompression bomb), from its header in microseconds; None otherwise, for Pillow to
+    decode or to word the error. Raises ImageDecodeError over `max_pixels`."""
     if data[:3] != b"\xff\xd8\xff":
         return None
     try:
         import simplejpeg
     except ImportError:
         return None
-    # The header tells the colour space in microseconds; only a file carrying EXIF (which may
-    # rotate it) needs Pillow's parser to read the orientation.
     try:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except (ValueError, RuntimeError):
-        return None  # let the Pillow path produce the error message
+        return None
     _check_pixels(width, height, max_pixels)
     if colorspace not in ("YCbCr", "RGB", "Gray") or height * width > (Image.MAX_IMAGE_PIXELS or 1 << 62):
         return None
+    return simplejpeg, height, width
+
+
+def _decode_simplejpeg(
+    data: bytes, gray: bool, out: np.ndarray | None = None, max_pixels: int | None = None
+) -> np.ndarray | None:
+    """Decode a plain (non-rotated, YCbCr/gray) JPEG with simplejpeg; None when it is not applicable.
+    Writes into `out` (see decode_bytes) when its shape is the image's."""
+    header = _plain_jpeg_header(data, max_pixels)
+    if header is None:
+        return None
+    simplejpeg, height, width = header
+    # Only a file carrying EXIF (which may rotate it) needs Pillow's parser to read the orientation.
     if _has_app1(data):
         try:
             im = Image.open(io.BytesIO(data))
@@ -538,19 +549,10 @@ def jpeg_decodes(data: bytes, gray: bool, max_pixels: int | None = None) -> tupl
     checks the two agree on damaged files); an encoded conversion stores the file's bytes and
     never needs the pixels.
     """
-    if data[:3] != b"\xff\xd8\xff":
+    header = _plain_jpeg_header(data, max_pixels)
+    if header is None:
         return None
-    try:
-        import simplejpeg
-    except ImportError:
-        return None
-    try:
-        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-    except (ValueError, RuntimeError):
-        return None
-    _check_pixels(width, height, max_pixels)
-    if colorspace not in ("YCbCr", "RGB", "Gray") or height * width > (Image.MAX_IMAGE_PIXELS or 1 << 62):
-        return None
+    simplejpeg, height, width = header
     if _has_app1(data):
         return None  # may carry an EXIF orientation, which changes the shape: decode it whole
     try:
