@@ -429,8 +429,6 @@ class _DecodePool:
                 if len(pending) >= self.window:
                     done, slot = pending.popleft()
                     yield self._payloads(done.result(), slot), slot
-            # Nothing more to submit: the workers may leave now, while the last results are stored.
-            self._pool.shutdown(wait=False)
             while pending:
                 done, slot = pending.popleft()
                 yield self._payloads(done.result(), slot), slot
