@@ -338,3 +338,15 @@ def test_without_the_shared_arena_results_travel_pickled_and_are_the_same(image_
     assert convert_module._ARENA is busy  # left alone for its owner
     for db in ("images.lmdb", "labels.lmdb"):
         assert db_items(tmp_path / "pickled" / db) == db_items(tmp_path / "arena" / db)
+
+
+def test_no_decode_worker_outlives_the_conversion(image_set, tmp_path):
+    # A worker still alive would hold the staging lock it inherited: a resume or a second
+    # conversion of the same output in this process would find it "running".
+    import multiprocessing
+
+    list_file, _ = image_set
+    convert(ConvertSpec(list_file=list_file, output=tmp_path / "a", workers=2))
+    assert multiprocessing.active_children() == []
+    convert(ConvertSpec(list_file=list_file, output=tmp_path / "a", workers=2, overwrite=True))
+    assert multiprocessing.active_children() == []
