@@ -1,0 +1,239 @@
+"""HDF5 shard checksums: XXH3-128, split at the pixel data (hashed while written), and the sha256
+whole-file checksums of datasets written before still verify."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import xxhash
+from conftest import write_image, write_list
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from mtldata.convert.pipeline import ConvertSpec, convert
+from mtldata.inspect.verify import format_report, verify_dataset
+from mtldata.storage.backends import open_reader
+from mtldata.storage.manifest import checksum, region_digests
+
+
+def hdf5(list_file: Path, out: Path, **options) -> dict:
+    convert(ConvertSpec(list_file=list_file, output=out, workers=1, backend="hdf5", backend_options=options))
+    return json.loads((out / "manifest.json").read_text())
+
+
+def flip(path: Path, at: int) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[at] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def data_region(shard: Path) -> tuple[int, int]:
+    with h5py.File(shard, "r") as f:
+        return f["data"].id.get_offset(), f["data"].id.get_storage_size()
+
+
+def checksum_problems(report) -> list[str]:
+    return [p.reason for p in report.problems if p.key is None and "checksum mismatch" in p.reason]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "uint8"])
+def test_an_uncompressed_shard_s_checksum_is_split_at_its_pixel_data(image_set, tmp_path, dtype):
+    list_file, _ = image_set
+    manifest = hdf5(list_file, tmp_path / "h5", shard_size=5, hdf5_dtype=dtype)
+    for name in manifest["files"]["shards"]:
+        shard = tmp_path / "h5" / name
+        entry = manifest["checksums"][name]
+        offset, length = data_region(shard)
+        raw = shard.read_bytes()
+        assert entry["data_region"] == [offset, length]
+        # the digest hashed while writing is the one of the bytes on disk, and so is the rest's
+        assert entry["data_xxh3_128"] == xxhash.xxh3_128(raw[offset : offset + length]).hexdigest()
+        assert entry["rest_xxh3_128"] == xxhash.xxh3_128(raw[:offset] + raw[offset + length :]).hexdigest()
+        assert entry["bytes"] == len(raw) and "sha256" not in entry
+        assert checksum(shard, region=(offset, length)) == entry
+    assert verify_dataset(tmp_path / "h5").ok
+
+
+@pytest.mark.parametrize("where", ["first pixel", "last pixel", "just before the pixels", "file end"])
+def test_a_flipped_byte_anywhere_in_a_shard_is_a_checksum_mismatch_naming_it(image_set, tmp_path, where):
+    list_file, _ = image_set
+    out = tmp_path / "h5"
+    hdf5(list_file, out, shard_size=5)
+    shard = out / "part-00001.h5"
+    offset, length = data_region(shard)
+    at = {
+        "first pixel": offset,
+        "last pixel": offset + length - 1,
+        "just before the pixels": offset - 1,
+        "file end": -1,
+    }[where]
+    flip(shard, at)
+    report = verify_dataset(out)
+    assert any(r.startswith("part-00001.h5: checksum mismatch") for r in checksum_problems(report)), (
+        format_report(report)
+    )
+    assert not any("part-00000.h5" in r for r in checksum_problems(report))
+
+
+def test_a_compressed_shard_has_a_whole_file_xxh3_checksum(image_set, tmp_path):
+    list_file, _ = image_set
+    out = tmp_path / "h5"
+    manifest = hdf5(list_file, out, compression="gzip")
+    entry = manifest["checksums"]["part-00000.h5"]
+    assert entry["xxh3_128"] == xxhash.xxh3_128((out / "part-00000.h5").read_bytes()).hexdigest()
+    assert "data_region" not in entry
+    assert verify_dataset(out).ok
+    flip(out / "part-00000.h5", -1)
+    assert checksum_problems(verify_dataset(out))
+
+
+def test_a_dataset_with_sha256_file_checksums_still_verifies_and_names_a_damaged_shard(image_set, tmp_path):
+    """The manifest as mtldata wrote it before XXH3: a sha256 of each whole file."""
+    list_file, _ = image_set
+    out = tmp_path / "h5"
+    manifest = hdf5(list_file, out, shard_size=5)
+    for rel, entry in manifest["checksums"].items():
+        raw = (out / rel).read_bytes()
+        for key in ("xxh3_128", "data_region", "data_xxh3_128", "rest_xxh3_128"):
+            entry.pop(key, None)
+        entry["sha256"] = hashlib.sha256(raw).hexdigest()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    report = verify_dataset(out)
+    assert report.ok, format_report(report)
+    flip(out / "part-00002.h5", -1)
+    problems = checksum_problems(verify_dataset(out))
+    assert len(problems) == 1 and problems[0].startswith("part-00002.h5: checksum mismatch: expected bytes")
+    assert "sha256" in problems[0]
+
+
+def test_a_manifest_entry_without_its_region_is_a_mismatch_not_a_pass(image_set, tmp_path):
+    list_file, _ = image_set
+    out = tmp_path / "h5"
+    manifest = hdf5(list_file, out)
+    del manifest["checksums"]["part-00000.h5"]["data_region"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert checksum_problems(verify_dataset(out))
+
+
+def test_images_larger_than_one_conversion_piece_are_stored_and_hashed_whole(tmp_path):
+    # 3 x 200 x 150 = 90,000 values per image: more than the 65,536 converted at a time
+    rows = []
+    for i in range(3):
+        write_image(tmp_path / f"big{i}.png", size=(150, 200), seed=i)
+        rows.append(f"big{i}.png {i}")
+    list_file = write_list(tmp_path / "list.txt", rows)
+    out = tmp_path / "h5"
+    hdf5(list_file, out)
+    reader = open_reader(out)
+    for i in range(3):
+        want = np.asarray(Image.open(tmp_path / f"big{i}.png").convert("RGB"))
+        np.testing.assert_array_equal(reader.image_array(i), want[:, :, ::-1].transpose(2, 0, 1))
+    reader.close()
+    with h5py.File(out / "part-00000.h5", "r") as f:
+        assert f["data"].dtype == np.float32 and f["data"].shape == (3, 3, 200, 150)
+    assert verify_dataset(out).ok
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.binary(min_size=0, max_size=3000),
+    offset=st.integers(0, 3500),
+    length=st.integers(0, 3500),
+    known=st.booleans(),
+)
+def test_region_digests_hash_the_range_and_everything_else_in_file_order(
+    tmp_path_factory, data, offset, length, known
+):
+    path = tmp_path_factory.mktemp("r") / "f.bin"
+    path.write_bytes(data)
+    inside = data[offset : offset + length]
+    want = {
+        "data_region": [offset, length],
+        "data_xxh3_128": xxhash.xxh3_128(inside).hexdigest(),
+        "rest_xxh3_128": xxhash.xxh3_128(data[:offset] + data[offset + length :]).hexdigest(),
+    }
+    assert region_digests(path, offset, length, want["data_xxh3_128"] if known else None) == want
+
+
+KILL_IN_SEAL = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    import mtldata.storage.backends.hdf5 as hdf5
+    from mtldata.convert.pipeline import ConvertSpec, convert
+
+    real = hdf5._ContiguousRows.write
+    def write(self, row, pixels):
+        # the second shard, half written: the process dies inside the seal
+        if Path(sys.argv[2] + ".partial", "part-00000.h5").is_file() and row == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        real(self, row, pixels)
+    hdf5._ContiguousRows.write = write
+    spec = ConvertSpec(list_file=Path(sys.argv[1]), output=Path(sys.argv[2]), workers=1, commit_every=2,
+                       backend="hdf5", backend_options={"shard_size": 5})
+    convert(spec)
+    """
+)
+
+
+def test_kill_9_while_a_shard_is_written_leaves_no_shard_and_resumes_record_identical(image_set, tmp_path):
+    list_file, _ = image_set
+    reference = tmp_path / "ref"
+    hdf5(list_file, reference, shard_size=5)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_IN_SEAL, str(list_file), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == -9, proc.stderr
+    partial = tmp_path / "out.partial"
+    assert (partial / "part-00000.h5").is_file()
+    assert not (partial / "part-00001.h5").exists()  # a reader never sees the half-written shard
+    assert (partial / "part-00001.h5.tmp").is_file()  # it died inside the seal
+    convert(
+        ConvertSpec(
+            list_file=list_file,
+            output=out,
+            workers=1,
+            backend="hdf5",
+            backend_options={"shard_size": 5},
+            resume=True,
+        )
+    )
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
+    for name in ("part-00000.h5", "part-00001.h5", "part-00002.h5"):
+        with h5py.File(out / name, "r") as got, h5py.File(reference / name, "r") as want:
+            assert set(got) == set(want)
+            for dataset in want:
+                np.testing.assert_array_equal(got[dataset][:], want[dataset][:])
+    report = verify_dataset(out)
+    assert report.ok, format_report(report)
+
+
+def test_the_converter_does_not_read_its_shards_back_for_the_manifest(image_set, tmp_path, monkeypatch):
+    """The writer's checksums, made at seal, are the manifest's: only the list file is hashed at the end."""
+    import mtldata.storage.manifest as manifest
+
+    hashed: list[str] = []
+    real = manifest.file_digest
+
+    def spy(path, *args, **kwargs):
+        hashed.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(manifest, "file_digest", spy)
+    monkeypatch.setattr(manifest, "region_digests", lambda *a, **k: hashed.append("region") or {})
+    recorded = hdf5(image_set[0], tmp_path / "h5", shard_size=5)["checksums"]
+    assert hashed == ["hdf5_list.txt"]
+    assert all("data_xxh3_128" in recorded[f"part-0000{i}.h5"] for i in range(3))
