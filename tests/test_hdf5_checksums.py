@@ -46,9 +46,16 @@ def checksum_problems(report) -> list[str]:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "uint8"])
-def test_an_uncompressed_shard_s_checksum_is_split_at_its_pixel_data(image_set, tmp_path, dtype):
+def test_an_uncompressed_shard_s_checksum_is_split_at_its_pixel_data(image_set, tmp_path, monkeypatch, dtype):
+    import mtldata.storage.backends.hdf5 as hdf5_backend
+
+    def no_move(*args):
+        raise AssertionError("HDF5 put `data` of a shorter shard elsewhere: the rows had to be moved")
+
+    monkeypatch.setattr(hdf5_backend, "copy_range", no_move)  # full and last shards: rows stay in place
     list_file, _ = image_set
-    manifest = hdf5(list_file, tmp_path / "h5", shard_size=5, hdf5_dtype=dtype)
+    tasks = {"num_labels": 4, "tasks": [["cls", 0, 1], ["rest", 1, 4]]}
+    manifest = hdf5(list_file, tmp_path / "h5", shard_size=5, hdf5_dtype=dtype, task_datasets=tasks)
     for name in manifest["files"]["shards"]:
         shard = tmp_path / "h5" / name
         entry = manifest["checksums"][name]
@@ -164,20 +171,48 @@ def test_region_digests_hash_the_range_and_everything_else_in_file_order(
     assert region_digests(path, offset, length, want["data_xxh3_128"] if known else None) == want
 
 
-KILL_IN_SEAL = textwrap.dedent(
+KILLER = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
     import mtldata.storage.backends.hdf5 as hdf5
+    import mtldata.storage.backends.hdf5_rows as hdf5_rows
     from mtldata.convert.pipeline import ConvertSpec, convert
 
-    real = hdf5._ContiguousRows.write
-    def write(self, row, pixels):
-        # the second shard, half written: the process dies inside the seal
-        if Path(sys.argv[2] + ".partial", "part-00000.h5").is_file() and row == 2:
-            os.kill(os.getpid(), signal.SIGKILL)
-        real(self, row, pixels)
-    hdf5._ContiguousRows.write = write
+    partial, where = Path(sys.argv[2] + ".partial"), sys.argv[3]
+
+    def in_second_shard():
+        return (partial / "part-00000.h5").is_file()
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if where == "between rows":  # the second shard's rows half written
+        write = hdf5_rows.RowFile.write
+        def dying_write(self, pixels):
+            if in_second_shard() and self.rows == 2:
+                die()
+            write(self, pixels)
+        hdf5_rows.RowFile.write = dying_write
+    elif where == "in h5py":  # h5py has begun the second shard's skeleton
+        skeleton = hdf5.Hdf5Writer._skeleton
+        def dying_skeleton(self, path, n, keys=None, labels=None):
+            if keys is not None and in_second_shard():
+                import h5py
+                f = h5py.File(path, "w")
+                f.create_dataset("data", (n, 1))
+                f.flush()
+                die()
+            return skeleton(self, path, n, keys, labels)
+        hdf5.Hdf5Writer._skeleton = dying_skeleton
+    else:  # "laying bytes": the skeleton's first bytes are laid around the rows, the rest not
+        lay_around = hdf5.lay_around
+        def dying_lay_around(skeleton, target, offset, length):
+            if in_second_shard():
+                hdf5_rows.copy_range(skeleton, target, 0, offset)
+                die()
+            lay_around(skeleton, target, offset, length)
+        hdf5.lay_around = dying_lay_around
     spec = ConvertSpec(list_file=Path(sys.argv[1]), output=Path(sys.argv[2]), workers=1, commit_every=2,
                        backend="hdf5", backend_options={"shard_size": 5})
     convert(spec)
@@ -185,13 +220,16 @@ KILL_IN_SEAL = textwrap.dedent(
 )
 
 
-def test_kill_9_while_a_shard_is_written_leaves_no_shard_and_resumes_record_identical(image_set, tmp_path):
+@pytest.mark.parametrize("where", ["between rows", "in h5py", "laying bytes"])
+def test_kill_9_while_a_shard_is_written_leaves_no_shard_and_resumes_record_identical(
+    image_set, tmp_path, where
+):
     list_file, _ = image_set
     reference = tmp_path / "ref"
     hdf5(list_file, reference, shard_size=5)
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-c", KILL_IN_SEAL, str(list_file), str(out)],
+        [sys.executable, "-c", KILLER, str(list_file), str(out), where],
         capture_output=True,
         text=True,
         timeout=120,
@@ -200,7 +238,7 @@ def test_kill_9_while_a_shard_is_written_leaves_no_shard_and_resumes_record_iden
     partial = tmp_path / "out.partial"
     assert (partial / "part-00000.h5").is_file()
     assert not (partial / "part-00001.h5").exists()  # a reader never sees the half-written shard
-    assert (partial / "part-00001.h5.tmp").is_file()  # it died inside the seal
+    assert (partial / "part-00001.h5.tmp").is_file()  # it died while the shard was being written
     convert(
         ConvertSpec(
             list_file=list_file,
@@ -237,3 +275,32 @@ def test_the_converter_does_not_read_its_shards_back_for_the_manifest(image_set,
     recorded = hdf5(image_set[0], tmp_path / "h5", shard_size=5)["checksums"]
     assert hashed == ["hdf5_list.txt"]
     assert all("data_xxh3_128" in recorded[f"part-0000{i}.h5"] for i in range(3))
+
+
+def test_rows_written_where_hdf5_did_not_put_data_are_moved_there(tmp_path):
+    """The rows go where a probe said HDF5 puts `data`; were HDF5 to place it elsewhere at seal,
+    the rows are copied there and the shard is still whole."""
+    from mtldata.storage.backends import WriterOptions
+    from mtldata.storage.backends.hdf5 import Hdf5Writer
+    from mtldata.storage.records import ImagePayload, Sample
+
+    writer = Hdf5Writer(tmp_path, WriterOptions(num_labels=2, extra={"shard_size": 4}))
+    writer._data_offset = 1 << 16  # not where HDF5 puts it
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (3, 5, 7), dtype=np.uint8) for _ in range(6)]
+    for i, image in enumerate(images):
+        writer.put(
+            Sample(i, f"{i:08d}_x{i}", ImagePayload(image.tobytes(), False, (3, 5, 7)), np.float32([i, -i]))
+        )
+    files = writer.close()
+    assert files["shard_counts"] == [4, 2]
+    reader = open_reader(tmp_path / "hdf5_list.txt")
+    for i, image in enumerate(images):
+        np.testing.assert_array_equal(reader.image_array(i), image)
+        assert reader.labels(i).tolist() == [i, -i]
+    reader.close()
+    for name, entry in writer.checksums.items():
+        offset, length = data_region(tmp_path / name)
+        assert offset != 1 << 16 and entry["data_region"] == [offset, length]
+        assert checksum(tmp_path / name, region=(offset, length)) == entry
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.skeleton"))

@@ -6,7 +6,10 @@ dataset per task, and `key` (the sample keys; Caffe loads only the datasets its 
 
 HDF5 files are not crash-safe while open for writing, so a shard is written whole, to a temporary
 name, and renamed. The samples of the shard being filled wait in an append-only
-`part-NNNNN.pending` file: `commit` only fsyncs it, and a torn tail is cut on resume.
+`part-NNNNN.pending` file: `commit` only fsyncs it, and a torn tail is cut on resume. It is all a
+resume trusts: an uncompressed shard's pixel rows also go, as they arrive, into its temporary file
+(hdf5_rows.py), which a resume rebuilds from the pending file; a compressed shard is written from
+the pending file when it is full.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from mtldata.durable import fsync_path
 from mtldata.errors import DatasetFormatError, MtlDataError, SampleRejectedError
 from mtldata.storage import record_digests
 from mtldata.storage.backends import READERS, DatasetReader, WriterOptions, register_writer
+from mtldata.storage.backends.hdf5_rows import RowFile, allocate_contiguous, copy_range, lay_around
 from mtldata.storage.manifest import FILE_DIGEST, file_digest, region_digests
 from mtldata.storage.processes import current_pid
 from mtldata.storage.read_limits import SAMPLE_LIMIT_ENV, SAMPLE_LIMIT_FLAG, max_sample_bytes
@@ -198,61 +202,7 @@ def _write_all(fd: int, parts: list[Any]) -> None:
             left[0] = left[0][n:]
 
 
-class _RowWriter:
-    """Writes a shard's `data` rows, given in order as uint8 (C, H, W) pixels, in its dtype."""
-
-    def write(self, row: int, pixels: np.ndarray) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> _RowWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """Write what is still held."""
-
-
-class _ContiguousRows(_RowWriter):
-    """Rows written with pwrite at their place in an allocated contiguous dataset: HDF5 keeps no
-    copy of contiguous raw data, so nothing of it goes through h5py's per-call costs. Pixels are
-    converted a piece at a time into one small buffer that stays in the CPU cache (a whole float32
-    image converted at once does not, and costs three times as much)."""
-
-    PIECE = 1 << 16  # values converted and written at a time
-
-    def __init__(self, path: Path, offset: int | None, dtype: np.dtype) -> None:
-        if offset is None:
-            raise DatasetFormatError(f"{path}: HDF5 did not allocate the `data` dataset")
-        self.offset, self.dtype = offset, dtype
-        self.buffer = np.empty(self.PIECE, dtype)
-        import xxhash
-
-        self.rows = self.length = 0
-        self.digest = xxhash.xxh3_128()  # of the region as written (see manifest.region_digests)
-        self.fd = os.open(path, os.O_WRONLY)
-
-    def write(self, row: int, pixels: np.ndarray) -> None:
-        if row != self.rows:
-            raise ValueError(f"rows are written in order: got row {row}, expected {self.rows}")
-        flat = pixels.reshape(-1)
-        at = self.offset + self.length
-        if self.dtype == np.uint8:
-            _pwrite_all(self.fd, flat, at)
-            self.digest.update(flat)
-        else:
-            for start in range(0, flat.size, self.PIECE):
-                piece = flat[start : start + self.PIECE]
-                out = self.buffer[: piece.size]
-                np.copyto(out, piece, casting="unsafe")
-                _pwrite_all(self.fd, out, at + start * self.dtype.itemsize)
-                self.digest.update(out)
-        self.rows += 1
-        self.length += flat.size * self.dtype.itemsize
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)
-
-
-class _ChunkedRows(_RowWriter):
+class _ChunkedRows:
     """Rows of a chunked (compressed) dataset, gathered in one reused block and written through
     h5py in whole chunks."""
 
@@ -263,7 +213,7 @@ class _ChunkedRows(_RowWriter):
         self.block = np.empty((min(n, rows * max(1, WRITE_BYTES // (rows * itemsize))), *sample), data.dtype)
         self.first = self.filled = 0
 
-    def write(self, row: int, pixels: np.ndarray) -> None:
+    def write(self, pixels: np.ndarray) -> None:
         self.block[self.filled] = pixels
         self.filled += 1
         if self.filled == len(self.block):
@@ -275,16 +225,12 @@ class _ChunkedRows(_RowWriter):
             self.data.write_direct(self.block, np.s_[: self.filled], np.s_[self.first : end])
             self.first, self.filled = end, 0
 
+    def __enter__(self) -> _ChunkedRows:
+        return self
+
     def __exit__(self, *exc: object) -> None:
         if exc[0] is None:
             self.flush()
-
-
-def _pwrite_all(fd: int, data: np.ndarray, at: int) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        n = os.pwrite(fd, view, at)
-        view, at = view[n:], at + n
 
 
 @register_writer("hdf5")
@@ -300,8 +246,17 @@ class Hdf5Writer:
         self.shard_size = 0
         # The manifest's checksum of each shard this writer sealed, by name (see _write_shard).
         self.checksums: dict[str, dict[str, Any]] = {}
-        for tmp in self.dir.glob("part-*.h5.tmp"):  # a crash while a shard was being written
-            tmp.unlink()
+        # Uncompressed shards: the rows of the shard being filled, written as they come (hdf5_rows.py),
+        # with its keys, label rows and record digests. The pending file stays what a resume trusts:
+        # these are rebuilt from it when missing (after a resume or a truncation).
+        self._rows: RowFile | None = None
+        self._keys: list[str] = []
+        self._labels: list[np.ndarray] = []
+        self._digests = bytearray()
+        self._data_offset: int | None = None  # where HDF5 puts `data` in a shard (any row count)
+        for pattern in ("part-*.h5.tmp", "part-*.h5.skeleton"):  # a crash while a shard was being written
+            for tmp in self.dir.glob(pattern):
+                tmp.unlink()
         self.counts: list[int] = []
         while (self.dir / shard_name(len(self.counts))).is_file():
             self.counts.append(len(self._shard_indices(len(self.counts))))
@@ -359,10 +314,18 @@ class Hdf5Writer:
         labels = np.ascontiguousarray(sample.labels, dtype=np.float32).reshape(-1)
         if labels.size != self.k:
             raise ValueError(f"sample {sample.key!r} has {labels.size} labels, the writer expects {self.k}")
+        if len(image.data) != shape[0] * shape[1] * shape[2]:
+            raise ValueError(
+                f"sample {sample.key!r}: raw image holds {len(image.data)} bytes, its shape is {shape}"
+            )
+        if self.opts.compression is None:
+            self._ensure_rows()  # before this sample's frame, which it would otherwise replay
         try:
             _write_all(self._fh.fileno(), [_frame_head(sample.index, sample.key, labels, shape), image.data])
         except OSError as exc:
             raise OSError(exc.errno, exc.strerror, str(self._pending_path)) from None
+        if self._rows is not None:  # (the labels may be a view of the converter's rows: copied)
+            self._add_row(sample.key, labels.copy(), np.frombuffer(image.data, np.uint8))
         self.pending_count += 1
         if self.pending_count >= self.shard_size:
             self._seal()
@@ -373,6 +336,67 @@ class Hdf5Writer:
             os.fsync(self._fh.fileno())
         except OSError as exc:
             raise OSError(exc.errno, exc.strerror, str(self._pending_path)) from None
+
+    def _ensure_rows(self) -> None:
+        """Open the row file of the shard being filled, with the pending samples in it already."""
+        if self._rows is not None:
+            return
+        assert self.shape is not None
+        final = self.dir / shard_name(len(self.counts))
+        if self._data_offset is None:
+            probe = final.with_name(final.name + ".skeleton")
+            try:
+                self._data_offset = self._skeleton(probe, self.shard_size)
+            finally:
+                probe.unlink(missing_ok=True)
+        self._rows = RowFile(
+            final.with_name(final.name + ".tmp"), self._data_offset, np.dtype(self.opts.dtype)
+        )
+        self._keys, self._labels, self._digests = [], [], bytearray()
+        for _, _, _, key, labels, pixels, _ in _frames(self._pending_path, self.k):
+            self._add_row(key, labels, pixels)
+
+    def _add_row(self, key: str, labels: np.ndarray, pixels: np.ndarray) -> None:
+        assert self._rows is not None
+        path = self._rows.path
+        try:
+            self._rows.write(pixels)
+        except BaseException as exc:
+            self._discard_rows()  # rebuilt from the pending file if the writer is used again
+            if isinstance(exc, OSError):
+                raise OSError(exc.errno, exc.strerror, str(path)) from None
+            raise
+        self._keys.append(key)
+        self._labels.append(labels)
+        self._digests += record_digests.entry(
+            key.encode("utf-8"), record_digests.pixels_and_labels(pixels.data, labels.tobytes())
+        )
+
+    def _discard_rows(self) -> None:
+        if self._rows is not None:
+            self._rows.close()
+            self._rows.path.unlink(missing_ok=True)
+        self._rows = None
+
+    def _skeleton(
+        self, path: Path, n: int, keys: list[str] | None = None, labels: np.ndarray | None = None
+    ) -> int:
+        """Write a shard of `n` samples to `path` without its pixels (`data` allocated, a hole), and
+        with `keys` and `labels` when given; return where `data` lies in it."""
+        assert self.shape is not None
+        h5py = _h5py()
+        with h5py.File(path, "w", libver=("earliest", "v108")) as f:  # readable by HDF5 1.8 (Caffe)
+            f.attrs[PIXELS_ATTR] = "pixels"
+            data = allocate_contiguous(f, "data", (n, *self.shape), np.dtype(self.opts.dtype))
+            offset = data.id.get_offset()
+            if offset is None:
+                raise DatasetFormatError(f"{path}: HDF5 did not allocate the `data` dataset")
+            if labels is not None and keys is not None:
+                f.create_dataset("label", data=labels)
+                for name, start, stop in self.opts.tasks:
+                    f.create_dataset(name, data=np.ascontiguousarray(labels[:, start:stop]))
+                f.create_dataset("key", data=np.array(keys, dtype=object), dtype=h5py.string_dtype("utf-8"))
+        return int(offset)
 
     def _seal(self) -> None:
         """Write the pending samples as the next shard, atomically, and start a new pending file."""
@@ -387,35 +411,26 @@ class Hdf5Writer:
     def _write_shard(self, number: int, pending: Path) -> None:
         assert self.shape is not None
         n, (c, h, w), k = self.pending_count, self.shape, self.k
-        dtype = np.dtype(self.opts.dtype)
-        rows = max(1, min(n, CHUNK_BYTES // (c * h * w * dtype.itemsize)))
-
-        def storage(*sample_shape: int) -> dict[str, Any]:
-            # Contiguous, like Caffe's own files, unless compressed: then chunks of whole samples.
-            if self.opts.compression is None:
-                return {}
-            return {"chunks": (rows, *sample_shape), "compression": self.opts.compression}
-
         final = self.dir / shard_name(number)
         tmp = final.with_name(final.name + ".tmp")
         if self.opts.compression is None:
-            # HDF5's C library does not always fail cleanly on a full disk: check the space first.
-            need = n * (c * h * w * dtype.itemsize + 4 * k * (1 + len(self.opts.tasks)) + 256) + (1 << 20)
-            stat = os.statvfs(self.dir)
-            if stat.f_bavail * stat.f_frsize < need:
-                raise OSError(errno.ENOSPC, f"needs {need:,} bytes for the shard", str(final))
-        try:
-            digests, region = self._fill_shard(tmp, pending, n, (c, h, w), k, dtype, rows, storage)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # a torn shard only takes space a resume needs
-            raise
+            digests, region = self._assemble_shard(final)
+        else:
+            dtype = np.dtype(self.opts.dtype)
+            rows = max(1, min(n, CHUNK_BYTES // (c * h * w * dtype.itemsize)))
+            try:
+                digests = self._fill_shard(tmp, pending, n, (c, h, w), k, dtype, rows)
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # a torn shard only takes space a resume needs
+                raise
+            region = None
         fsync_path(tmp)
         # The shard's per-record digests (`verify` names a damaged sample by them), in place first.
         digests_path = final.with_name(final.name + record_digests.SUFFIX)
-        # Its checksum for the manifest, read back now while the file is in the page cache (the
-        # converter would read every shard again at the end).
-        if region is not None:  # pixels hashed as written: only the bytes around them are read
-            found = region_digests(tmp, region[0], region[1], region[2])
+        # Its checksum for the manifest, made now: the converter would read every shard again at the
+        # end. Pixels were hashed as they were written: only the bytes around them are read.
+        if region is not None:
+            found = region_digests(tmp, *region)
         else:
             found = {FILE_DIGEST: file_digest(tmp, mapped=True)}
         self.checksums[final.name] = {
@@ -431,70 +446,87 @@ class Hdf5Writer:
         os.replace(tmp, final)
         fsync_path(self.dir)
 
+    def _assemble_shard(self, final: Path) -> tuple[bytes, tuple[int, int, str]]:
+        """Make the row file of the shard being filled a whole HDF5 file (still under its temporary
+        name): h5py writes the skeleton, whose bytes are laid around the rows. Returns the shard's
+        per-record digests file and where its pixels lie with their digest: (offset, length, hex)."""
+        self._ensure_rows()
+        rows, self._rows = self._rows, None
+        assert rows is not None and self.shape is not None
+        rows.close()
+        n, tmp = rows.rows, rows.path
+        if n != self.pending_count:
+            raise DatasetFormatError(
+                f"{self._pending_path}: holds {self.pending_count} samples, its rows {n}"
+            )
+        skeleton = final.with_name(final.name + ".skeleton")
+        try:
+            # HDF5's C library does not always fail cleanly on a full disk: check the space first.
+            key_bytes = sum(len(key) for key in self._keys)
+            need = n * (4 * self.k * (1 + len(self.opts.tasks)) + 64) + key_bytes + (1 << 20)
+            stat = os.statvfs(self.dir)
+            if stat.f_bavail * stat.f_frsize < need:
+                raise OSError(errno.ENOSPC, f"needs {need:,} bytes for the shard", str(final))
+            offset = self._skeleton(skeleton, n, self._keys, np.stack(self._labels))
+            if offset == rows.offset:
+                lay_around(skeleton, tmp, offset, rows.length)
+            else:  # not seen: HDF5 placed `data` elsewhere for this row count; the rows move there
+                copy_range(tmp, skeleton, rows.offset, rows.offset + rows.length, offset)
+                os.replace(skeleton, tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a torn shard only takes space; the pending file has it all
+            raise
+        finally:
+            skeleton.unlink(missing_ok=True)
+        return bytes(self._digests), (offset, rows.length, rows.digest.hexdigest())
+
     def _fill_shard(
-        self,
-        tmp: Path,
-        pending: Path,
-        n: int,
-        chw: tuple[int, int, int],
-        k: int,
-        dtype: np.dtype,
-        rows: int,
-        storage: Any,
-    ) -> tuple[bytes, tuple[int, int, str] | None]:
-        """Write the shard's datasets from the pending file. Returns its per-record digests file and,
-        for contiguous `data`, where its pixels lie in the file and their digest: (offset, length, hex)."""
+        self, tmp: Path, pending: Path, n: int, chw: tuple[int, int, int], k: int, dtype: np.dtype, rows: int
+    ) -> bytes:
+        """Write a compressed shard's datasets from the pending file, in chunks of `rows` samples;
+        return its per-record digests file."""
         h5py = _h5py()
         c, h, w = chw
+        compression = self.opts.compression
         with h5py.File(tmp, "w", libver=("earliest", "v108")) as f:  # readable by HDF5 1.8 (Caffe)
             f.attrs[PIXELS_ATTR] = "pixels"
-            if self.opts.compression is None:
-                # Contiguous and allocated now, so that its rows can be written straight to the file
-                dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-                dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-                dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # every row is written below
-                data = f.create_dataset("data", (n, c, h, w), dtype, dcpl=dcpl)
-                rows_out: _RowWriter = _ContiguousRows(tmp, data.id.get_offset(), dtype)
-            else:
-                data = f.create_dataset("data", (n, c, h, w), dtype, **storage(c, h, w))
-                rows_out = _ChunkedRows(data, rows)
-            label = f.create_dataset("label", (n, k), np.float32, **storage(k))
-            tasks = [
-                (f.create_dataset(name, (n, stop - start), np.float32, **storage(stop - start)), start, stop)
-                for name, start, stop in self.opts.tasks
-            ]
+            data = f.create_dataset(
+                "data", (n, c, h, w), dtype, chunks=(rows, c, h, w), compression=compression
+            )
             label_rows = np.empty((n, k), np.float32)
             key_list: list[str] = []
             digests = bytearray()
             row = 0
-            with rows_out:
+            with _ChunkedRows(data, rows) as out:
                 for _, _, _, key, labels, pixels, _ in _frames(pending, k):
                     if row == n:
                         break
                     digests += record_digests.entry(
                         key.encode("utf-8"), record_digests.pixels_and_labels(pixels.data, labels.tobytes())
                     )
-                    rows_out.write(row, pixels)
+                    out.write(pixels)
                     label_rows[row] = labels
                     key_list.append(key)
                     row += 1
             if row != n:
                 raise DatasetFormatError(f"{pending}: holds {row} whole samples, expected {n}")
-            region = None
-            if isinstance(rows_out, _ContiguousRows):
-                region = (rows_out.offset, rows_out.length, rows_out.digest.hexdigest())
-            label[...] = label_rows
-            for ds, first, stop in tasks:
-                ds[...] = label_rows[:, first:stop]
+            f.create_dataset("label", data=label_rows, chunks=(rows, k), compression=compression)
+            for name, start, stop in self.opts.tasks:
+                columns = np.ascontiguousarray(label_rows[:, start:stop])
+                f.create_dataset(name, data=columns, chunks=(rows, stop - start), compression=compression)
             f.create_dataset("key", data=np.array(key_list, dtype=object), dtype=h5py.string_dtype("utf-8"))
-        return bytes(digests), region
+        return bytes(digests)
 
     def abandon(self) -> None:
         """Close the pending file after a failure; what was committed stays."""
         with contextlib.suppress(OSError):
             self._fh.close()
+        if self._rows is not None:
+            self._rows.close()  # its file goes when the next writer starts
+            self._rows = None
 
     def truncate_from(self, index: int) -> None:
+        self._discard_rows()  # rebuilt from the pending file as it is after this
         self._fh.flush()
         starts = [f[0] for f in _frames(self._pending_path, self.k, payload=False) if f[2] >= index]
         if starts:
@@ -538,6 +570,7 @@ class Hdf5Writer:
     def close(self) -> dict[str, Any]:
         if self.pending_count:
             self._seal()  # the last, smaller shard
+        self._discard_rows()
         self._fh.close()
         self._pending_path.unlink(missing_ok=True)
         names = [shard_name(i) for i in range(len(self.counts))]
