@@ -6,7 +6,10 @@ from pathlib import Path
 
 import numpy as np
 from conftest import db_items
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from mtldata.storage import record_digests
 from mtldata.storage.backends import WriterOptions
 from mtldata.storage.backends.lmdb import LmdbWriter
 from mtldata.storage.records import ImagePayload, Sample
@@ -48,3 +51,18 @@ def test_put_many_stores_the_same_records_and_digests_as_put(tmp_path):
         assert db_items(tmp_path / "many" / db) == db_items(tmp_path / "one" / db)
         journal = db + ".digests"
         assert (tmp_path / "many" / journal).read_bytes() == (tmp_path / "one" / journal).read_bytes()
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(
+    keys=st.lists(st.binary(min_size=0, max_size=40), max_size=30),
+    torn=st.integers(min_value=0, max_value=60),
+)
+def test_whole_entries_counts_the_entries_a_digests_file_holds_and_where_they_end(keys, torn):
+    data = b"".join(record_digests.entry(key, bytes(record_digests.SIZE)) for key in keys)
+    tail = record_digests.entry(b"torn-away-key", bytes(record_digests.SIZE))[
+        : torn % 33
+    ]  # 33 bytes whole: always torn
+    parsed = list(record_digests.entries(data + tail))
+    assert record_digests.whole_entries(data + tail) == (len(keys), len(data))
+    assert len(parsed) == len(keys) and (not parsed or parsed[-1][1] == len(data))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,6 +24,7 @@ def image_datum(data: bytes | memoryview, label: int, shape: tuple[int, int, int
     return b"".join((head, data, tail))
 
 
+@functools.lru_cache(maxsize=4096)  # a conversion repeats a few sizes and labels: built once each
 def image_datum_frame(length: int, label: int, shape: tuple[int, int, int] | None) -> tuple[bytes, bytes]:
     """The wire bytes of an image Datum before and after its `length` bytes of `data`.
 

