@@ -22,6 +22,7 @@ from PIL import Image
 from mtldata.convert.pipeline import ConvertSpec, convert
 from mtldata.inspect.verify import format_report, verify_dataset
 from mtldata.storage.backends import open_reader
+from mtldata.storage.image import ImageOptions
 from mtldata.storage.manifest import checksum, region_digests
 
 
@@ -304,3 +305,65 @@ def test_rows_written_where_hdf5_did_not_put_data_are_moved_there(tmp_path):
         assert offset != 1 << 16 and entry["data_region"] == [offset, length]
         assert checksum(tmp_path / name, region=(offset, length)) == entry
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.skeleton"))
+
+
+@pytest.mark.parametrize("gray", [False, True])
+def test_two_decode_workers_transposing_into_shared_memory_store_what_one_process_stores(
+    image_set, tmp_path, gray
+):
+    """With workers the converter's shared arena is used and the writer's encode_payload_into
+    places each image's planar pixels there; the shards equal a one-process run's."""
+    list_file, _ = image_set
+    shards = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        convert(
+            ConvertSpec(
+                list_file=list_file,
+                output=out,
+                workers=workers,
+                backend="hdf5",
+                image=ImageOptions(gray=gray),
+                backend_options={"shard_size": 5},
+            )
+        )
+        shards[workers] = {}
+        for shard in sorted(out.glob("part-*.h5")):
+            with h5py.File(shard, "r") as f:
+                shards[workers][shard.name] = {name: f[name][:] for name in f}
+        assert verify_dataset(out).ok
+    assert shards[1].keys() == shards[2].keys() and len(shards[1]) == 3
+    for name, datasets in shards[1].items():
+        for dataset, values in datasets.items():
+            np.testing.assert_array_equal(shards[2][name][dataset], values)
+    assert shards[1]["part-00000.h5"]["data"].shape[1] == (1 if gray else 3)
+
+
+def test_encode_payload_into_writes_planar_pixels_or_declines():
+    from mtldata.storage.backends.hdf5 import Hdf5Writer
+    from mtldata.storage.records import ImagePayload
+
+    rng = np.random.default_rng(1)
+    hwc = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    buffer = memoryview(bytearray(100))
+    described, size = Hdf5Writer.encode_payload_into(
+        ImagePayload(hwc, False, (3, 4, 5)), np.float32([0]), buffer
+    )
+    assert size == 60 and not described.stored and described.shape == (3, 4, 5)
+    np.testing.assert_array_equal(
+        np.frombuffer(buffer[:60], np.uint8).reshape(3, 4, 5), hwc.transpose(2, 0, 1)
+    )
+    gray = hwc[:, :, 0].copy()
+    _, size = Hdf5Writer.encode_payload_into(ImagePayload(gray, False, (1, 4, 5)), np.float32([0]), buffer)
+    assert size == 20 and bytes(buffer[:20]) == gray.tobytes()
+    planar = hwc.transpose(2, 0, 1).tobytes()
+    _, size = Hdf5Writer.encode_payload_into(ImagePayload(planar, False, (3, 4, 5)), np.float32([0]), buffer)
+    assert bytes(buffer[:size]) == planar
+    assert (
+        Hdf5Writer.encode_payload_into(ImagePayload(hwc, False, (3, 4, 5)), np.float32([0]), buffer[:59])
+        is None
+    )
+    assert (
+        Hdf5Writer.encode_payload_into(ImagePayload(b"\xff\xd8", True, (3, 4, 5)), np.float32([0]), buffer)
+        is None
+    )

@@ -275,6 +275,28 @@ class Hdf5Writer:
     def check_options(options: WriterOptions) -> None:
         Hdf5Options.parse(options)
 
+    @staticmethod
+    def encode_payload_into(
+        image: ImagePayload, labels: np.ndarray, buffer: memoryview
+    ) -> tuple[ImagePayload, int] | None:
+        """Run by the converter's decode workers: the decoded HxWxC pixels transposed to the planar
+        CxHxW bytes this writer takes, straight into `buffer` (shared memory), with no planar copy
+        made first. Returns the payload's description (no data) and its length; None when the image
+        is encoded or does not fit. The writer converts the pixels to its dtype as it writes them."""
+        c, h, w = image.shape
+        size = c * h * w
+        if image.encoded or size > len(buffer):
+            return None
+        pixels = image.data
+        if isinstance(pixels, np.ndarray):
+            planes = np.frombuffer(buffer, np.uint8, count=size).reshape(c, h, w)
+            np.copyto(planes, pixels[None, :, :] if pixels.ndim == 2 else pixels.transpose(2, 0, 1))
+        elif len(pixels) == size:
+            buffer[:size] = pixels
+        else:
+            raise ValueError(f"raw image data holds {len(pixels)} bytes, its shape is {image.shape}")
+        return image.with_data(b""), size
+
     @property
     def _pending_path(self) -> Path:
         return self.dir / _pending_name(len(self.counts))
