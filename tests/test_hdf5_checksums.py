@@ -367,3 +367,17 @@ def test_encode_payload_into_writes_planar_pixels_or_declines():
         Hdf5Writer.encode_payload_into(ImagePayload(b"\xff\xd8", True, (3, 4, 5)), np.float32([0]), buffer)
         is None
     )
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 2), (3, 16, 16), (1, 1000, 1000)])
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_hdf5_puts_an_allocated_data_at_one_offset_whatever_the_row_count(tmp_path, shape, dtype):
+    """What the writer's fast path relies on (a probe of one row tells where every shard's rows go)."""
+    from mtldata.storage.backends.hdf5_rows import allocate_contiguous
+
+    offsets = set()
+    for n in (1, 2, 7, 5000):
+        with h5py.File(tmp_path / "probe.h5", "w", libver=("earliest", "v108")) as f:
+            f.attrs["mtldata_data"] = "pixels"
+            offsets.add(allocate_contiguous(f, "data", (n, *shape), np.dtype(dtype)).id.get_offset())
+    assert len(offsets) == 1 and None not in offsets

@@ -44,7 +44,7 @@ RESERVED_NAMES = ("data", "label", "key")
 INT_MAX = 2**31 - 1  # Caffe loads a whole dataset into one blob, whose element count is an int
 DEFAULT_SHARD_BYTES = 512 << 20  # of `data`: well under the ~2 GB files older Caffe builds crashed on
 CHUNK_BYTES = 1 << 20
-WRITE_BYTES = 8 << 20  # pixels written to a shard this many bytes at a time
+WRITE_BYTES = 8 << 20  # a compressed shard's pixels go to h5py this many bytes at a time
 PIXELS_ATTR = "mtldata_data"  # value "pixels": `data` holds integral pixel values 0..255, any dtype
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _FRAME = struct.Struct("<qIIII")  # index, key length, C, H, W; then key, K float32 labels, pixels
@@ -368,7 +368,7 @@ class Hdf5Writer:
         if self._data_offset is None:
             probe = final.with_name(final.name + ".skeleton")
             try:
-                self._data_offset = self._skeleton(probe, self.shard_size)
+                self._data_offset = self._skeleton(probe, 1)  # the offset does not depend on the rows
             finally:
                 probe.unlink(missing_ok=True)
         self._rows = RowFile(
