@@ -63,13 +63,18 @@ solver_mode: CPU
 """
 
 
+def make_setup_dir(image_set, root: Path) -> Path:
+    """A dataset `ds` converted from `image_set`, with NET and SOLVER beside it, in `root`."""
+    list_file, _ = image_set
+    convert(ConvertSpec(list_file=list_file, output=root / "ds", workers=1))
+    (root / "net.prototxt").write_text(NET)
+    (root / "solver.prototxt").write_text(SOLVER)
+    return root
+
+
 @pytest.fixture
 def setup_dir(image_set, tmp_path: Path) -> Path:
-    list_file, _ = image_set
-    convert(ConvertSpec(list_file=list_file, output=tmp_path / "ds", workers=1))
-    (tmp_path / "net.prototxt").write_text(NET)
-    (tmp_path / "solver.prototxt").write_text(SOLVER)
-    return tmp_path
+    return make_setup_dir(image_set, tmp_path)
 
 
 def test_train_and_test_nets_on_a_converted_dataset(setup_dir, image_set):

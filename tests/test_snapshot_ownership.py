@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from test_caffenet_runner import NET, SOLVER
+from test_caffenet_runner import make_setup_dir
 from test_caffenet_solver import batches, tiny_solver
 
 from mtldata.caffenet.snapshots import LEDGER_NAME, SnapshotLedger
 from mtldata.cli import main
-from mtldata.convert.pipeline import ConvertSpec, convert
 from mtldata.errors import DatasetStateError
 
 TINY = 'base_lr: 0.05 lr_policy: "fixed" momentum: 0.9 max_iter: 4 snapshot: 2'
@@ -26,11 +25,7 @@ TINY = 'base_lr: 0.05 lr_policy: "fixed" momentum: 0.9 max_iter: 4 snapshot: 2'
 
 @pytest.fixture
 def setup_dir(image_set, tmp_path: Path) -> Path:
-    list_file, _ = image_set
-    convert(ConvertSpec(list_file=list_file, output=tmp_path / "ds", workers=1))
-    (tmp_path / "net.prototxt").write_text(NET)
-    (tmp_path / "solver.prototxt").write_text(SOLVER)
-    return tmp_path
+    return make_setup_dir(image_set, tmp_path)
 
 
 def train(setup_dir: Path, workdir: Path):

@@ -62,7 +62,7 @@ ERRORS_NAME = "errors.tsv"
 PARTIAL_SUFFIX = ".partial"  # the staging folder: storage.output_guard.staging_path
 # Images go to the workers in chunks (fewer, larger messages), sized from the images seen so far
 # to about CHUNK_BYTES each, so that the window of chunks in flight bounds memory for any image size.
-CHUNK_BYTES = 4 << 20
+CHUNK_BYTES = 8 << 20  # 256 px raw: 42 images a chunk (4 MB chunks cost 0.03 CPU ms an image more)
 MAX_CHUNK = 64
 # Commit every `commit_every` samples (convert_imageset: 1,000) or this many image bytes, whichever
 # comes first: what a transaction holds stays in memory until it commits.
