@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -381,3 +382,122 @@ def test_hdf5_puts_an_allocated_data_at_one_offset_whatever_the_row_count(tmp_pa
             f.attrs["mtldata_data"] = "pixels"
             offsets.add(allocate_contiguous(f, "data", (n, *shape), np.dtype(dtype)).id.get_offset())
     assert len(offsets) == 1 and None not in offsets
+
+
+def _samples(count: int, shape=(3, 6, 5)) -> list:
+    from mtldata.storage.records import ImagePayload, Sample
+
+    rng = np.random.default_rng(7)
+    out = []
+    for i in range(count):
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+        out.append(
+            Sample(i, f"{i:08d}_s{i}", ImagePayload(pixels.tobytes(), False, shape), np.float32([i, 0.5 * i]))
+        )
+    return out
+
+
+def _shards(folder: Path) -> dict:
+    out = {}
+    for shard in sorted(folder.glob("part-*.h5")):
+        with h5py.File(shard, "r") as f:
+            out[shard.name] = {name: f[name][:] for name in f}
+    return out
+
+
+def _assert_same_shards(a: Path, b: Path) -> None:
+    left, right = _shards(a), _shards(b)
+    assert left.keys() == right.keys() and left
+    for name in left:
+        assert left[name].keys() == right[name].keys()
+        for dataset in left[name]:
+            np.testing.assert_array_equal(left[name][dataset], right[name][dataset])
+
+
+def _reference(tmp_path: Path, samples: list, options) -> Path:
+    from mtldata.storage.backends.hdf5 import Hdf5Writer
+
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    writer = Hdf5Writer(ref, options)
+    for sample in samples:
+        writer.put(sample)
+    writer.close()
+    return ref
+
+
+def test_a_writer_that_died_after_a_commit_resumes_from_its_row_file_record_identical(tmp_path):
+    """Uncompressed shards: the pending file names the rows, the row file (`part-N.h5.tmp`) holds
+    their pixels; a new writer takes both back, truncates what was not committed, and goes on."""
+    from mtldata.storage.backends import WriterOptions
+    from mtldata.storage.backends.hdf5 import Hdf5Writer
+
+    options = WriterOptions(num_labels=2, extra={"shard_size": 4})
+    samples = _samples(10)
+    ref = _reference(tmp_path, samples, options)
+    out = tmp_path / "out"
+    out.mkdir()
+    writer = Hdf5Writer(out, options)
+    for sample in samples[:6]:  # shard 0 sealed, 4 and 5 pending
+        writer.put(sample)
+    writer.commit()
+    writer.put(samples[6])  # not committed
+    writer._fh.close()  # the process dies
+    writer._rows.close()
+    pending = (out / "part-00001.pending").stat().st_size
+    assert pending < 4 * 3 * 6 * 5  # the frames hold no pixels: they are in the row file
+    assert (out / "part-00001.h5.tmp").is_file()
+    writer = Hdf5Writer(out, options)
+    assert writer.counts == [4] and writer.pending_count == 3
+    assert (out / "part-00001.h5.tmp").is_file()  # kept: it holds the pending samples' pixels
+    writer.truncate_from(6)  # the converter's resume: back to the last commit
+    for sample in samples[6:]:
+        writer.put(sample)
+    files = writer.close()
+    assert files["shard_counts"] == [4, 4, 2]
+    _assert_same_shards(out, ref)
+    for name, entry in writer.checksums.items():
+        assert checksum(out / name, region=tuple(entry["data_region"])) == entry
+    assert not list(out.glob("*.tmp")) and not list(out.glob("*.pending"))
+
+
+def test_a_pending_file_with_pixels_from_an_earlier_mtldata_resumes_record_identical(tmp_path):
+    """An earlier mtldata kept every pending sample's pixels in the pending file and had no row file."""
+    from mtldata.storage.backends import WriterOptions
+    from mtldata.storage.backends.hdf5 import Hdf5Writer, _frame
+
+    options = WriterOptions(num_labels=2, extra={"shard_size": 4, "hdf5_dtype": "uint8"})
+    samples = _samples(6)
+    ref = _reference(tmp_path, samples, options)
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / "part-00000.pending", "wb") as fh:
+        for s in samples[:3]:
+            fh.write(_frame(s.index, s.key, s.labels, s.image.data, s.image.shape))
+        fh.write(b"\x05\x00")  # and a torn tail
+    writer = Hdf5Writer(out, options)
+    assert writer.pending_count == 3
+    writer.truncate_from(3)
+    for sample in samples[3:]:
+        writer.put(sample)
+    writer.close()
+    _assert_same_shards(out, ref)
+
+
+def test_a_row_file_gone_missing_is_one_error_that_says_to_start_over(tmp_path):
+    from mtldata.errors import DatasetStateError
+    from mtldata.storage.backends import WriterOptions
+    from mtldata.storage.backends.hdf5 import Hdf5Writer
+
+    options = WriterOptions(num_labels=2, extra={"shard_size": 4})
+    samples = _samples(3)
+    writer = Hdf5Writer(tmp_path, options)
+    for sample in samples[:2]:
+        writer.put(sample)
+    writer.commit()
+    writer._fh.close()
+    writer._rows.close()
+    os.truncate(tmp_path / "part-00000.h5.tmp", 100)  # its rows cut away
+    writer = Hdf5Writer(tmp_path, options)
+    with pytest.raises(DatasetStateError, match=r"part-00000.h5.tmp: row 0 is missing.*--overwrite"):
+        writer.put(samples[2])

@@ -6,10 +6,11 @@ dataset per task, and `key` (the sample keys; Caffe loads only the datasets its 
 
 HDF5 files are not crash-safe while open for writing, so a shard is written whole, to a temporary
 name, and renamed. The samples of the shard being filled wait in an append-only
-`part-NNNNN.pending` file: `commit` only fsyncs it, and a torn tail is cut on resume. It is all a
-resume trusts: an uncompressed shard's pixel rows also go, as they arrive, into its temporary file
-(hdf5_rows.py), which a resume rebuilds from the pending file; a compressed shard is written from
-the pending file when it is full.
+`part-NNNNN.pending` file: `commit` only fsyncs it, and a torn tail is cut on resume. A frame of a
+compressed shard holds its pixels; an uncompressed shard's pixels go, converted, as they arrive,
+to their place in its row file (`part-NNNNN.h5.tmp`, see hdf5_rows.py), synced before the pending
+file at a commit, and the frame only names its row. A shard is written (compressed) or its row file
+made whole (uncompressed) when it is full.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno
+import json
 import math
 import os
 import struct
@@ -48,6 +50,9 @@ WRITE_BYTES = 8 << 20  # a compressed shard's pixels go to h5py this many bytes 
 PIXELS_ATTR = "mtldata_data"  # value "pixels": `data` holds integral pixel values 0..255, any dtype
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _FRAME = struct.Struct("<qIIII")  # index, key length, C, H, W; then key, K float32 labels, pixels
+# A key length with this bit: the frame's pixels are not in the pending file but the next row of the
+# shard's row file (uncompressed shards, see Hdf5Writer._ensure_rows)
+_IN_ROWS = 1 << 31
 _OPTION_KEYS = ("shard_size", "hdf5_dtype", "compression", "task_datasets")
 
 
@@ -148,9 +153,11 @@ def _parse_tasks(value: Any, k: int) -> tuple[tuple[str, int, int], ...]:
 def _frames(path: Path, k: int, payload: bool = True) -> Iterator[tuple[int, int, int, str, Any, Any, tuple]]:
     """The whole frames of a pending file: (offset, end, index, key, labels, pixels, shape).
 
-    Stops at a torn tail (a frame cut by a crash). Without `payload`, labels and pixels are None.
-    `pixels` is a view of one buffer reused for every frame (a fresh 200 KB buffer per frame costs
-    its page faults each time): valid only until the next frame.
+    Stops at a torn tail (a frame cut by a crash). Without `payload`, labels and pixels are None;
+    they are None too for a frame whose pixels are in the shard's row file (see _IN_ROWS). A frame
+    with a negative index is not a sample (see _rows_frame). `pixels` is a view of one buffer
+    reused for every frame (a fresh 200 KB buffer per frame costs its page faults each time): valid
+    only until the next frame.
     """
     size = path.stat().st_size if path.exists() else 0
     if not size:
@@ -160,17 +167,21 @@ def _frames(path: Path, k: int, payload: bool = True) -> Iterator[tuple[int, int
         offset = 0
         while offset + _FRAME.size <= size:
             index, key_len, c, h, w = _FRAME.unpack(fh.read(_FRAME.size))
-            end = offset + _FRAME.size + key_len + 4 * k + c * h * w
+            in_rows = bool(key_len & _IN_ROWS)
+            key_len &= ~_IN_ROWS
+            end = offset + _FRAME.size + key_len + 4 * k + (0 if in_rows else c * h * w)
             if end > size:
                 return
             if payload:
                 key = fh.read(key_len).decode("utf-8")
                 labels = np.frombuffer(fh.read(4 * k), dtype=np.float32)
-                if len(buffer) < c * h * w:
-                    buffer = bytearray(c * h * w)
-                view = memoryview(buffer)[: c * h * w]
-                fh.readinto(view)
-                pixels = np.frombuffer(view, dtype=np.uint8).reshape(c, h, w)
+                pixels = None
+                if not in_rows:
+                    if len(buffer) < c * h * w:
+                        buffer = bytearray(c * h * w)
+                    view = memoryview(buffer)[: c * h * w]
+                    fh.readinto(view)
+                    pixels = np.frombuffer(view, dtype=np.uint8).reshape(c, h, w)
             else:
                 key, labels, pixels = "", None, None
                 fh.seek(end)
@@ -178,10 +189,19 @@ def _frames(path: Path, k: int, payload: bool = True) -> Iterator[tuple[int, int
             offset = end
 
 
-def _frame_head(index: int, key: str, labels: np.ndarray, shape: tuple[int, int, int]) -> bytes:
-    """A pending frame up to its pixels, which follow it."""
+def _rows_frame(k: int, offset: int) -> bytes:
+    """The frame that says where the shard's row file holds its rows (before any frame of _IN_ROWS)."""
+    raw = json.dumps({"data_offset": offset}).encode("utf-8")
+    return _FRAME.pack(-1, len(raw), 0, 0, 0) + raw + bytes(4 * k)
+
+
+def _frame_head(
+    index: int, key: str, labels: np.ndarray, shape: tuple[int, int, int], in_rows: bool = False
+) -> bytes:
+    """A pending frame up to its pixels, which follow it (or, `in_rows`, are in the row file)."""
     raw_key = key.encode("utf-8")
-    return b"".join((_FRAME.pack(index, len(raw_key), *shape), raw_key, labels.tobytes()))
+    flag = _IN_ROWS if in_rows else 0
+    return b"".join((_FRAME.pack(index, len(raw_key) | flag, *shape), raw_key, labels.tobytes()))
 
 
 def _frame(
@@ -246,20 +266,25 @@ class Hdf5Writer:
         self.shard_size = 0
         # The manifest's checksum of each shard this writer sealed, by name (see _write_shard).
         self.checksums: dict[str, dict[str, Any]] = {}
-        # Uncompressed shards: the rows of the shard being filled, written as they come (hdf5_rows.py),
-        # with its keys, label rows and record digests. The pending file stays what a resume trusts:
-        # these are rebuilt from it when missing (after a resume or a truncation).
+        # Uncompressed shards: the row file of the shard being filled (hdf5_rows.py), with its keys,
+        # label rows and record digests, taken stock of from the files when missing (after a resume
+        # or a truncation).
         self._rows: RowFile | None = None
         self._keys: list[str] = []
         self._labels: list[np.ndarray] = []
         self._digests = bytearray()
         self._data_offset: int | None = None  # where HDF5 puts `data` in a shard (any row count)
-        for pattern in ("part-*.h5.tmp", "part-*.h5.skeleton"):  # a crash while a shard was being written
-            for tmp in self.dir.glob(pattern):
-                tmp.unlink()
+        self._offset_named = False  # the pending file has the frame that names the rows' offset
         self.counts: list[int] = []
         while (self.dir / shard_name(len(self.counts))).is_file():
             self.counts.append(len(self._shard_indices(len(self.counts))))
+        # Left by a crash while a shard was being written; an uncompressed shard's row file holds
+        # the pixels of the shard being filled (see _ensure_rows): that one stays.
+        rows_file = shard_name(len(self.counts)) + ".tmp" if self.opts.compression is None else None
+        for pattern in ("part-*.h5.tmp", "part-*.h5.skeleton"):
+            for tmp in self.dir.glob(pattern):
+                if tmp.name != rows_file:
+                    tmp.unlink()
         for stale in self.dir.glob("part-*.pending"):
             # Left by a crash between sealing a shard and removing its pending file.
             if stale.name != _pending_name(len(self.counts)):
@@ -269,7 +294,8 @@ class Hdf5Writer:
             with _h5py().File(self.dir / shard_name(0), "r") as f:
                 self._set_shape(tuple(int(d) for d in f["data"].shape[1:]))
         elif self.pending_count:
-            self._set_shape(next(_frames(self._pending_path, self.k, payload=False))[6])
+            first = next(f for f in _frames(self._pending_path, self.k, payload=False) if f[2] >= 0)
+            self._set_shape(first[6])
 
     @staticmethod
     def check_options(options: WriterOptions) -> None:
@@ -306,7 +332,7 @@ class Hdf5Writer:
         # unbuffered: a frame goes to the file in one writev, its pixels straight from the sample
         self._fh = open(self._pending_path, "ab", buffering=0)  # noqa: SIM115 - open until the shard is sealed
         self._fh.truncate(frames[-1][1] if frames else 0)  # cut a torn tail
-        self.pending_count = len(frames)
+        self.pending_count = sum(1 for f in frames if f[2] >= 0)
 
     def _set_shape(self, shape: tuple[int, int, int]) -> None:
         self.shard_size = self.opts.resolve_shard_size(shape)
@@ -341,42 +367,77 @@ class Hdf5Writer:
                 f"sample {sample.key!r}: raw image holds {len(image.data)} bytes, its shape is {shape}"
             )
         if self.opts.compression is None:
-            self._ensure_rows()  # before this sample's frame, which it would otherwise replay
-        try:
-            _write_all(self._fh.fileno(), [_frame_head(sample.index, sample.key, labels, shape), image.data])
-        except OSError as exc:
-            raise OSError(exc.errno, exc.strerror, str(self._pending_path)) from None
-        if self._rows is not None:  # (the labels may be a view of the converter's rows: copied)
+            # The pixels go to the row file first, then the frame that counts them (the row file
+            # is synced first at a commit too): a frame never names a row that is not there.
+            self._ensure_rows()
+            # (the labels may be a view of the converter's rows: copied)
             self._add_row(sample.key, labels.copy(), np.frombuffer(image.data, np.uint8))
+            parts = [_frame_head(sample.index, sample.key, labels, shape, in_rows=True)]
+            if not self._offset_named:
+                assert self._rows is not None
+                parts.insert(0, _rows_frame(self.k, self._rows.offset))
+        else:
+            parts = [_frame_head(sample.index, sample.key, labels, shape), image.data]
+        try:
+            _write_all(self._fh.fileno(), parts)
+        except OSError as exc:
+            self._discard_rows()  # this sample's row is counted in memory: taken stock of again
+            raise OSError(exc.errno, exc.strerror, str(self._pending_path)) from None
+        self._offset_named = True
         self.pending_count += 1
         if self.pending_count >= self.shard_size:
             self._seal()
 
     def commit(self) -> None:
+        path = self._pending_path
         try:
-            self._fh.flush()
+            if self._rows is not None:  # the rows the pending file's frames name, first
+                path = self._rows.path
+                os.fsync(self._rows.fd)
+                path = self._pending_path
             os.fsync(self._fh.fileno())
         except OSError as exc:
-            raise OSError(exc.errno, exc.strerror, str(self._pending_path)) from None
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
 
     def _ensure_rows(self) -> None:
-        """Open the row file of the shard being filled, with the pending samples in it already."""
+        """Open the row file of the shard being filled and take stock of the rows the pending file
+        names: a frame with pixels (written by an earlier mtldata, or put back from a sealed shard)
+        has them written to its row; a frame of _IN_ROWS has its row read back (for the digests)."""
         if self._rows is not None:
             return
         assert self.shape is not None
         final = self.dir / shard_name(len(self.counts))
-        if self._data_offset is None:
-            probe = final.with_name(final.name + ".skeleton")
-            try:
-                self._data_offset = self._skeleton(probe, 1)  # the offset does not depend on the rows
-            finally:
-                probe.unlink(missing_ok=True)
-        self._rows = RowFile(
-            final.with_name(final.name + ".tmp"), self._data_offset, np.dtype(self.opts.dtype)
-        )
+        frames = _frames(self._pending_path, self.k)
+        offset = None
+        for _, _, index, key, _, _, _ in _frames(self._pending_path, self.k):
+            if index < 0:
+                offset = int(json.loads(key)["data_offset"])
+                break
+        offset_named = offset is not None  # else put names it before the first frame of _IN_ROWS
+        if offset is None:
+            if self._data_offset is None:
+                probe = final.with_name(final.name + ".skeleton")
+                try:
+                    self._data_offset = self._skeleton(probe, 1)  # the offset does not depend on the rows
+                finally:
+                    probe.unlink(missing_ok=True)
+            offset = self._data_offset
+        self._offset_named = offset_named
+        rows = RowFile(final.with_name(final.name + ".tmp"), offset, np.dtype(self.opts.dtype))
+        self._rows = rows
         self._keys, self._labels, self._digests = [], [], bytearray()
-        for _, _, _, key, labels, pixels, _ in _frames(self._pending_path, self.k):
-            self._add_row(key, labels, pixels)
+        try:
+            for _, _, index, key, labels, pixels, _ in frames:
+                if index < 0:
+                    continue
+                if pixels is None:
+                    pixels = rows.adopt(self.shape)
+                    self._note_row(key, labels, pixels)
+                else:
+                    self._add_row(key, labels, pixels)
+        except BaseException:
+            self._discard_rows()
+            raise
 
     def _add_row(self, key: str, labels: np.ndarray, pixels: np.ndarray) -> None:
         assert self._rows is not None
@@ -384,10 +445,13 @@ class Hdf5Writer:
         try:
             self._rows.write(pixels)
         except BaseException as exc:
-            self._discard_rows()  # rebuilt from the pending file if the writer is used again
+            self._discard_rows()  # taken stock of again from the files if the writer is used again
             if isinstance(exc, OSError):
                 raise OSError(exc.errno, exc.strerror, str(path)) from None
             raise
+        self._note_row(key, labels, pixels)
+
+    def _note_row(self, key: str, labels: np.ndarray, pixels: np.ndarray) -> None:
         self._keys.append(key)
         self._labels.append(labels)
         self._digests += record_digests.entry(
@@ -395,9 +459,9 @@ class Hdf5Writer:
         )
 
     def _discard_rows(self) -> None:
+        """Close the row file (its rows stay: the pending file may name them)."""
         if self._rows is not None:
             self._rows.close()
-            self._rows.path.unlink(missing_ok=True)
         self._rows = None
 
     def _skeleton(
@@ -436,7 +500,7 @@ class Hdf5Writer:
         final = self.dir / shard_name(number)
         tmp = final.with_name(final.name + ".tmp")
         if self.opts.compression is None:
-            digests, region = self._assemble_shard(final)
+            tmp, digests, region = self._assemble_shard(final)
         else:
             dtype = np.dtype(self.opts.dtype)
             rows = max(1, min(n, CHUNK_BYTES // (c * h * w * dtype.itemsize)))
@@ -467,11 +531,13 @@ class Hdf5Writer:
         os.replace(digests_tmp, digests_path)
         os.replace(tmp, final)
         fsync_path(self.dir)
+        final.with_name(final.name + ".tmp").unlink(missing_ok=True)  # the row file, when not renamed
 
-    def _assemble_shard(self, final: Path) -> tuple[bytes, tuple[int, int, str]]:
-        """Make the row file of the shard being filled a whole HDF5 file (still under its temporary
-        name): h5py writes the skeleton, whose bytes are laid around the rows. Returns the shard's
-        per-record digests file and where its pixels lie with their digest: (offset, length, hex)."""
+    def _assemble_shard(self, final: Path) -> tuple[Path, bytes, tuple[int, int, str]]:
+        """Make the shard being filled a whole HDF5 file: h5py writes the skeleton, whose bytes are
+        laid around the rows in the row file. Returns that file (still under a temporary name), the
+        shard's per-record digests file, and where its pixels lie with their digest: (offset,
+        length, hex). The rows themselves are never touched: a crash in here loses nothing."""
         self._ensure_rows()
         rows, self._rows = self._rows, None
         assert rows is not None and self.shape is not None
@@ -492,15 +558,15 @@ class Hdf5Writer:
             offset = self._skeleton(skeleton, n, self._keys, np.stack(self._labels))
             if offset == rows.offset:
                 lay_around(skeleton, tmp, offset, rows.length)
-            else:  # not seen: HDF5 placed `data` elsewhere for this row count; the rows move there
+                skeleton.unlink()
+                whole = tmp
+            else:  # not seen: HDF5 placed `data` elsewhere for this row count; the rows go there
                 copy_range(tmp, skeleton, rows.offset, rows.offset + rows.length, offset)
-                os.replace(skeleton, tmp)
+                whole = skeleton
         except BaseException:
-            tmp.unlink(missing_ok=True)  # a torn shard only takes space; the pending file has it all
-            raise
-        finally:
             skeleton.unlink(missing_ok=True)
-        return bytes(self._digests), (offset, rows.length, rows.digest.hexdigest())
+            raise
+        return whole, bytes(self._digests), (offset, rows.length, rows.digest.hexdigest())
 
     def _fill_shard(
         self, tmp: Path, pending: Path, n: int, chw: tuple[int, int, int], k: int, dtype: np.dtype, rows: int
@@ -548,7 +614,7 @@ class Hdf5Writer:
             self._rows = None
 
     def truncate_from(self, index: int) -> None:
-        self._discard_rows()  # rebuilt from the pending file as it is after this
+        self._discard_rows()  # taken stock of again from the files as they are after this
         self._fh.flush()
         starts = [f[0] for f in _frames(self._pending_path, self.k, payload=False) if f[2] >= index]
         if starts:
@@ -564,6 +630,7 @@ class Hdf5Writer:
             kept = bisect.bisect_left(indices, index)
             self._fh.close()
             self._pending_path.unlink()
+            (self.dir / (shard_name(len(self.counts)) + ".tmp")).unlink(missing_ok=True)  # its row file
             if kept:
                 self._unseal(number, kept)
             (self.dir / shard_name(number)).unlink()

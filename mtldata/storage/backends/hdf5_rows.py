@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from mtldata.errors import DatasetStateError
+
 COPY_BYTES = 4 << 20  # bytes copied at a time between files
 
 
@@ -33,9 +35,10 @@ def allocate_contiguous(group: Any, name: str, shape: tuple[int, ...], dtype: np
 
 class RowFile:
     """Rows of uint8 pixels, written in order in `dtype` from `offset` on in the file `path` (created
-    or emptied), with the XXH3-128 digest of the bytes written. Values are converted a piece at a
-    time into one small buffer that stays in the CPU cache (a whole float32 image converted at once
-    does not, and costs three times as much)."""
+    if missing; rows already there are taken back with `adopt`), with the XXH3-128 digest of the
+    bytes of every row so far. Values are converted a piece at a time into one small buffer that
+    stays in the CPU cache (a whole float32 image converted at once does not, and costs three times
+    as much)."""
 
     PIECE = 1 << 16  # values converted and written at a time
 
@@ -46,7 +49,7 @@ class RowFile:
         self.buffer = np.empty(self.PIECE, self.dtype)
         self.rows = self.length = 0
         self.digest = xxhash.xxh3_128()
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
 
     def write(self, pixels: np.ndarray) -> None:
         """Append one row (any shape; its values in C order)."""
@@ -64,6 +67,21 @@ class RowFile:
                 self.digest.update(out)
         self.rows += 1
         self.length += flat.size * self.dtype.itemsize
+
+    def adopt(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Take the next row as the file holds it (written before a resume): its bytes join the
+        digest, and its pixels come back as uint8 (exact: they were written from uint8)."""
+        size = int(np.prod(shape)) * self.dtype.itemsize
+        data = os.pread(self.fd, size, self.offset + self.length)
+        if len(data) != size:
+            raise DatasetStateError(
+                f"{self.path}: row {self.rows} is missing or cut short; the conversion cannot be "
+                f"resumed (start over with --overwrite)"
+            )
+        self.digest.update(data)
+        self.rows += 1
+        self.length += size
+        return np.frombuffer(data, self.dtype).astype(np.uint8).reshape(shape)
 
     def close(self) -> None:
         if self.fd >= 0:
