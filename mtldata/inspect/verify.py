@@ -22,7 +22,7 @@ from mtldata.errors import MtlDataError
 from mtldata.storage import record_digests
 from mtldata.storage.backends import open_reader, read_manifest
 from mtldata.storage.image import ImageDecodeError, decode_bytes
-from mtldata.storage.manifest import checksum
+from mtldata.storage.manifest import FILE_DIGEST, checksum
 from mtldata.storage.manifest_check import inside_path
 
 DATASET = "(dataset)"  # how format_report names a problem that belongs to no single record
@@ -322,7 +322,10 @@ def _check_checksums(
         report.notes.append("the manifest records no checksums (written before mtldata recorded them)")
         return
     for rel, want in recorded.items():
-        got = walked.get(root / rel) or checksum(root / rel, _record_digest(manifest, rel))
+        # a file's digest is XXH3-128, or sha256 in a dataset written before mtldata used XXH3 there
+        digest = "sha256" if isinstance(want, dict) and "sha256" in want else FILE_DIGEST
+        region = _region(want)
+        got = walked.get(root / rel) or checksum(root / rel, _record_digest(manifest, rel), digest, region)
         if got is not None:  # what a recomputed checksum holds; the rest names the per-record digests
             want = {k: v for k, v in want.items() if k in got}
         if got != want:
@@ -330,6 +333,14 @@ def _check_checksums(
             expected = ", ".join(f"{k} {v}" for k, v in want.items())
             report.add(None, f"{rel}: checksum mismatch: expected {expected}; found {found}")
     report.checked.append(f"checksums ({', '.join(recorded)})")
+
+
+def _region(entry: Any) -> tuple[int, int] | None:
+    """The byte range a file checksum is split at (`data_region`: an HDF5 shard's pixels), if any."""
+    region = entry.get("data_region") if isinstance(entry, dict) else None
+    if isinstance(region, list) and len(region) == 2 and all(type(v) is int and v >= 0 for v in region):
+        return region[0], region[1]
+    return None
 
 
 def format_report(report: VerifyReport, show: int = 20) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import mmap
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,25 +188,121 @@ class Manifest:
         return asdict(self)
 
 
-def checksum(path: Path, record_digest: str = record_digests.ALGORITHM) -> dict[str, Any] | None:
-    """What the manifest records to check `path` by: an LMDB's record digest, a file's sha256, or None.
+FILE_DIGESTS = ("xxh3_128", "sha256")  # a file checksum's digest key; sha256 in datasets before XXH3
+FILE_DIGEST = FILE_DIGESTS[0]
 
-    `record_digest`: the per-record digest algorithm (a dataset written before XXH3 used sha256).
+
+def file_digest(path: Path, algorithm: str = FILE_DIGEST, *, mapped: bool = False) -> str:
+    """The hex digest of a whole file.
+
+    XXH3-128 hashes a float32 HDF5 shard at memory speed; sha256 took longer than decoding its
+    images (issue 15). Like the record digests, it guards against damage, not against forgery.
+    `mapped`: hash the file where it lies in the page cache, no copy (only for a file this process
+    just wrote: one cut short by someone else while mapped would be a SIGBUS, not an error).
+    """
+    if algorithm == "xxh3_128":
+        import xxhash
+
+        state: Any = xxhash.xxh3_128()
+    elif algorithm == "sha256":
+        state = hashlib.sha256()
+    else:
+        raise ValueError(f"unknown file digest {algorithm!r} (known: {', '.join(FILE_DIGESTS)})")
+    with open(path, "rb", buffering=0) as fh:
+        if mapped:
+            if size := os.fstat(fh.fileno()).st_size:
+                with mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ) as view:
+                    state.update(view)
+            return state.hexdigest()
+        buffer = bytearray(4 << 20)
+        view = memoryview(buffer)
+        while n := fh.readinto(buffer):
+            state.update(view[:n])
+    return state.hexdigest()
+
+
+def _xxh3() -> Any:
+    import xxhash
+
+    return xxhash.xxh3_128()
+
+
+def region_digests(path: Path, offset: int, length: int, data_digest: str | None = None) -> dict[str, Any]:
+    """A file's checksum in two parts: XXH3-128 of the byte range [offset, offset + length) (an HDF5
+    shard's pixel data, which its writer hashes as it writes them: reading them back cost more than
+    hashing) and of every byte outside it, in file order. `data_digest`: the first, if known."""
+    data, rest = _xxh3(), _xxh3()
+    end = offset + length
+    buffer = bytearray(4 << 20)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as fh:
+        at = 0
+        while True:
+            limit = len(buffer)
+            if data_digest is not None:  # the range is known: only the bytes outside it are read
+                if offset <= at < end:
+                    at = fh.seek(end)
+                elif at < offset:
+                    limit = min(limit, offset - at)
+            n = fh.readinto(view[:limit])
+            if not n:
+                break
+            chunk = view[:n]
+            inside = max(0, min(at + n, end) - max(at, offset))
+            if inside:
+                start = max(at, offset) - at
+                data.update(chunk[start : start + inside])
+                rest.update(chunk[:start])
+                rest.update(chunk[start + inside :])
+            else:
+                rest.update(chunk)
+            at += n
+    return {
+        "data_region": [offset, length],
+        "data_xxh3_128": data_digest if data_digest is not None else data.hexdigest(),
+        "rest_xxh3_128": rest.hexdigest(),
+    }
+
+
+def file_checksum(
+    path: Path,
+    record_digest: str = record_digests.ALGORITHM,
+    algorithm: str = FILE_DIGEST,
+    region: tuple[int, int] | None = None,
+    data_digest: str | None = None,
+) -> dict[str, Any]:
+    """What the manifest records to check the file `path` by: its size and digest (whole, or split
+    at `region` as `region_digests` says), and the per-record digests file beside it when there is
+    one (HDF5 shards)."""
+    found: dict[str, Any] = {"bytes": path.stat().st_size}
+    if region is None:
+        found[algorithm] = file_digest(path, algorithm)
+    else:
+        found.update(region_digests(path, *region, data_digest=data_digest))
+    digests = path.with_name(path.name + record_digests.SUFFIX)
+    if digests.is_file():  # the file's samples have digests of their own (HDF5 shards)
+        found.update(record_digest=record_digest, record_digests=digests.name)
+    return found
+
+
+def checksum(
+    path: Path,
+    record_digest: str = record_digests.ALGORITHM,
+    file_digest: str = FILE_DIGEST,
+    region: tuple[int, int] | None = None,
+) -> dict[str, Any] | None:
+    """What the manifest records to check `path` by: an LMDB's record digest, a file's digest, or None.
+
+    `record_digest`: the per-record digest algorithm (a dataset written before XXH3 used sha256);
+    `file_digest`: a file's whole-file digest (sha256 in datasets written before XXH3 was used there);
+    `region`: a file's checksum is split there (see region_digests).
     """
     if (path / "data.mdb").is_file():
         from mtldata.storage.backends.lmdb import database_digest
 
         return database_digest(path, algorithm=record_digest)
     if path.is_file():
-        sha = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while block := fh.read(1 << 20):
-                sha.update(block)
-        found: dict[str, Any] = {"bytes": path.stat().st_size, "sha256": sha.hexdigest()}
-        digests = path.with_name(path.name + record_digests.SUFFIX)
-        if digests.is_file():  # the file's samples have digests of their own (HDF5 shards)
-            found.update(record_digest=record_digest, record_digests=digests.name)
-        return found
+        return file_checksum(path, record_digest, file_digest, region)
     return None
 
 

@@ -6,7 +6,11 @@ dataset per task, and `key` (the sample keys; Caffe loads only the datasets its 
 
 HDF5 files are not crash-safe while open for writing, so a shard is written whole, to a temporary
 name, and renamed. The samples of the shard being filled wait in an append-only
-`part-NNNNN.pending` file: `commit` only fsyncs it, and a torn tail is cut on resume.
+`part-NNNNN.pending` file: `commit` only fsyncs it, and a torn tail is cut on resume. A frame of a
+compressed shard holds its pixels; an uncompressed shard's pixels go, converted, as they arrive,
+to their place in its row file (`part-NNNNN.h5.tmp`, see hdf5_rows.py), synced before the pending
+file at a commit, and the frame only names its row. A shard is written (compressed) or its row file
+made whole (uncompressed) when it is full.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno
+import json
 import math
 import os
 import struct
@@ -28,6 +33,8 @@ from mtldata.durable import fsync_path
 from mtldata.errors import DatasetFormatError, MtlDataError, SampleRejectedError
 from mtldata.storage import record_digests
 from mtldata.storage.backends import READERS, DatasetReader, WriterOptions, register_writer
+from mtldata.storage.backends.hdf5_rows import RowFile, allocate_contiguous, copy_range, lay_around
+from mtldata.storage.manifest import FILE_DIGEST, file_digest, region_digests
 from mtldata.storage.processes import current_pid
 from mtldata.storage.read_limits import SAMPLE_LIMIT_ENV, SAMPLE_LIMIT_FLAG, max_sample_bytes
 from mtldata.storage.records import ImagePayload, Sample, missing_stored_as, restore_missing
@@ -39,9 +46,13 @@ RESERVED_NAMES = ("data", "label", "key")
 INT_MAX = 2**31 - 1  # Caffe loads a whole dataset into one blob, whose element count is an int
 DEFAULT_SHARD_BYTES = 512 << 20  # of `data`: well under the ~2 GB files older Caffe builds crashed on
 CHUNK_BYTES = 1 << 20
+WRITE_BYTES = 8 << 20  # a compressed shard's pixels go to h5py this many bytes at a time
 PIXELS_ATTR = "mtldata_data"  # value "pixels": `data` holds integral pixel values 0..255, any dtype
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _FRAME = struct.Struct("<qIIII")  # index, key length, C, H, W; then key, K float32 labels, pixels
+# A key length with this bit: the frame's pixels are not in the pending file but the next row of the
+# shard's row file (uncompressed shards, see Hdf5Writer._ensure_rows)
+_IN_ROWS = 1 << 31
 _OPTION_KEYS = ("shard_size", "hdf5_dtype", "compression", "task_datasets")
 
 
@@ -142,22 +153,35 @@ def _parse_tasks(value: Any, k: int) -> tuple[tuple[str, int, int], ...]:
 def _frames(path: Path, k: int, payload: bool = True) -> Iterator[tuple[int, int, int, str, Any, Any, tuple]]:
     """The whole frames of a pending file: (offset, end, index, key, labels, pixels, shape).
 
-    Stops at a torn tail (a frame cut by a crash). Without `payload`, labels and pixels are None.
+    Stops at a torn tail (a frame cut by a crash). Without `payload`, labels and pixels are None;
+    they are None too for a frame whose pixels are in the shard's row file (see _IN_ROWS). A frame
+    with a negative index is not a sample (see _rows_frame). `pixels` is a view of one buffer
+    reused for every frame (a fresh 200 KB buffer per frame costs its page faults each time): valid
+    only until the next frame.
     """
     size = path.stat().st_size if path.exists() else 0
     if not size:
         return
+    buffer = bytearray()
     with open(path, "rb") as fh:
         offset = 0
         while offset + _FRAME.size <= size:
             index, key_len, c, h, w = _FRAME.unpack(fh.read(_FRAME.size))
-            end = offset + _FRAME.size + key_len + 4 * k + c * h * w
+            in_rows = bool(key_len & _IN_ROWS)
+            key_len &= ~_IN_ROWS
+            end = offset + _FRAME.size + key_len + 4 * k + (0 if in_rows else c * h * w)
             if end > size:
                 return
             if payload:
                 key = fh.read(key_len).decode("utf-8")
                 labels = np.frombuffer(fh.read(4 * k), dtype=np.float32)
-                pixels = np.frombuffer(fh.read(c * h * w), dtype=np.uint8).reshape(c, h, w)
+                pixels = None
+                if not in_rows:
+                    if len(buffer) < c * h * w:
+                        buffer = bytearray(c * h * w)
+                    view = memoryview(buffer)[: c * h * w]
+                    fh.readinto(view)
+                    pixels = np.frombuffer(view, dtype=np.uint8).reshape(c, h, w)
             else:
                 key, labels, pixels = "", None, None
                 fh.seek(end)
@@ -165,11 +189,68 @@ def _frames(path: Path, k: int, payload: bool = True) -> Iterator[tuple[int, int
             offset = end
 
 
+def _rows_frame(k: int, offset: int) -> bytes:
+    """The frame that says where the shard's row file holds its rows (before any frame of _IN_ROWS)."""
+    raw = json.dumps({"data_offset": offset}).encode("utf-8")
+    return _FRAME.pack(-1, len(raw), 0, 0, 0) + raw + bytes(4 * k)
+
+
+def _frame_head(
+    index: int, key: str, labels: np.ndarray, shape: tuple[int, int, int], in_rows: bool = False
+) -> bytes:
+    """A pending frame up to its pixels, which follow it (or, `in_rows`, are in the row file)."""
+    raw_key = key.encode("utf-8")
+    flag = _IN_ROWS if in_rows else 0
+    return b"".join((_FRAME.pack(index, len(raw_key) | flag, *shape), raw_key, labels.tobytes()))
+
+
 def _frame(
     index: int, key: str, labels: np.ndarray, pixels: bytes | memoryview, shape: tuple[int, int, int]
 ) -> bytes:
-    raw_key = key.encode("utf-8")
-    return b"".join((_FRAME.pack(index, len(raw_key), *shape), raw_key, labels.tobytes(), pixels))
+    return _frame_head(index, key, labels, shape) + bytes(pixels)
+
+
+def _write_all(fd: int, parts: list[Any]) -> None:
+    """Write `parts` in turn with as few system calls as the kernel allows (no joined copy)."""
+    left = [memoryview(part).cast("B") for part in parts]
+    while left:
+        n = os.writev(fd, left)
+        while left and n >= len(left[0]):
+            n -= len(left[0])
+            left.pop(0)
+        if left:
+            left[0] = left[0][n:]
+
+
+class _ChunkedRows:
+    """Rows of a chunked (compressed) dataset, gathered in one reused block and written through
+    h5py in whole chunks."""
+
+    def __init__(self, data: Any, rows: int) -> None:
+        n, *sample = data.shape
+        itemsize = data.dtype.itemsize * math.prod(sample)
+        self.data = data
+        self.block = np.empty((min(n, rows * max(1, WRITE_BYTES // (rows * itemsize))), *sample), data.dtype)
+        self.first = self.filled = 0
+
+    def write(self, pixels: np.ndarray) -> None:
+        self.block[self.filled] = pixels
+        self.filled += 1
+        if self.filled == len(self.block):
+            self.flush()
+
+    def flush(self) -> None:
+        if self.filled:
+            end = self.first + self.filled
+            self.data.write_direct(self.block, np.s_[: self.filled], np.s_[self.first : end])
+            self.first, self.filled = end, 0
+
+    def __enter__(self) -> _ChunkedRows:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.flush()
 
 
 @register_writer("hdf5")
@@ -183,11 +264,27 @@ class Hdf5Writer:
         self.destination = options.destination
         self.shape: tuple[int, int, int] | None = None
         self.shard_size = 0
-        for tmp in self.dir.glob("part-*.h5.tmp"):  # a crash while a shard was being written
-            tmp.unlink()
+        # The manifest's checksum of each shard this writer sealed, by name (see _write_shard).
+        self.checksums: dict[str, dict[str, Any]] = {}
+        # Uncompressed shards: the row file of the shard being filled (hdf5_rows.py), with its keys,
+        # label rows and record digests, taken stock of from the files when missing (after a resume
+        # or a truncation).
+        self._rows: RowFile | None = None
+        self._keys: list[str] = []
+        self._labels: list[np.ndarray] = []
+        self._digests = bytearray()
+        self._data_offset: int | None = None  # where HDF5 puts `data` in a shard (any row count)
+        self._offset_named = False  # the pending file has the frame that names the rows' offset
         self.counts: list[int] = []
         while (self.dir / shard_name(len(self.counts))).is_file():
             self.counts.append(len(self._shard_indices(len(self.counts))))
+        # Left by a crash while a shard was being written; an uncompressed shard's row file holds
+        # the pixels of the shard being filled (see _ensure_rows): that one stays.
+        rows_file = shard_name(len(self.counts)) + ".tmp" if self.opts.compression is None else None
+        for pattern in ("part-*.h5.tmp", "part-*.h5.skeleton"):
+            for tmp in self.dir.glob(pattern):
+                if tmp.name != rows_file:
+                    tmp.unlink()
         for stale in self.dir.glob("part-*.pending"):
             # Left by a crash between sealing a shard and removing its pending file.
             if stale.name != _pending_name(len(self.counts)):
@@ -197,11 +294,34 @@ class Hdf5Writer:
             with _h5py().File(self.dir / shard_name(0), "r") as f:
                 self._set_shape(tuple(int(d) for d in f["data"].shape[1:]))
         elif self.pending_count:
-            self._set_shape(next(_frames(self._pending_path, self.k, payload=False))[6])
+            first = next(f for f in _frames(self._pending_path, self.k, payload=False) if f[2] >= 0)
+            self._set_shape(first[6])
 
     @staticmethod
     def check_options(options: WriterOptions) -> None:
         Hdf5Options.parse(options)
+
+    @staticmethod
+    def encode_payload_into(
+        image: ImagePayload, labels: np.ndarray, buffer: memoryview
+    ) -> tuple[ImagePayload, int] | None:
+        """Run by the converter's decode workers: the decoded HxWxC pixels transposed to the planar
+        CxHxW bytes this writer takes, straight into `buffer` (shared memory), with no planar copy
+        made first. Returns the payload's description (no data) and its length; None when the image
+        is encoded or does not fit. The writer converts the pixels to its dtype as it writes them."""
+        c, h, w = image.shape
+        size = c * h * w
+        if image.encoded or size > len(buffer):
+            return None
+        pixels = image.data
+        if isinstance(pixels, np.ndarray):
+            planes = np.frombuffer(buffer, np.uint8, count=size).reshape(c, h, w)
+            np.copyto(planes, pixels[None, :, :] if pixels.ndim == 2 else pixels.transpose(2, 0, 1))
+        elif len(pixels) == size:
+            buffer[:size] = pixels
+        else:
+            raise ValueError(f"raw image data holds {len(pixels)} bytes, its shape is {image.shape}")
+        return image.with_data(b""), size
 
     @property
     def _pending_path(self) -> Path:
@@ -209,9 +329,10 @@ class Hdf5Writer:
 
     def _open_pending(self) -> None:
         frames = list(_frames(self._pending_path, self.k, payload=False))
-        self._fh = open(self._pending_path, "ab")  # noqa: SIM115 - open until the shard is sealed
+        # unbuffered: a frame goes to the file in one writev, its pixels straight from the sample
+        self._fh = open(self._pending_path, "ab", buffering=0)  # noqa: SIM115 - open until the shard is sealed
         self._fh.truncate(frames[-1][1] if frames else 0)  # cut a torn tail
-        self.pending_count = len(frames)
+        self.pending_count = sum(1 for f in frames if f[2] >= 0)
 
     def _set_shape(self, shape: tuple[int, int, int]) -> None:
         self.shard_size = self.opts.resolve_shard_size(shape)
@@ -241,20 +362,127 @@ class Hdf5Writer:
         labels = np.ascontiguousarray(sample.labels, dtype=np.float32).reshape(-1)
         if labels.size != self.k:
             raise ValueError(f"sample {sample.key!r} has {labels.size} labels, the writer expects {self.k}")
+        if len(image.data) != shape[0] * shape[1] * shape[2]:
+            raise ValueError(
+                f"sample {sample.key!r}: raw image holds {len(image.data)} bytes, its shape is {shape}"
+            )
+        if self.opts.compression is None:
+            # The pixels go to the row file first, then the frame that counts them (the row file
+            # is synced first at a commit too): a frame never names a row that is not there.
+            self._ensure_rows()
+            # (the labels may be a view of the converter's rows: copied)
+            self._add_row(sample.key, labels.copy(), np.frombuffer(image.data, np.uint8))
+            parts = [_frame_head(sample.index, sample.key, labels, shape, in_rows=True)]
+            if not self._offset_named:
+                assert self._rows is not None
+                parts.insert(0, _rows_frame(self.k, self._rows.offset))
+        else:
+            parts = [_frame_head(sample.index, sample.key, labels, shape), image.data]
         try:
-            self._fh.write(_frame(sample.index, sample.key, labels, image.data, shape))
+            _write_all(self._fh.fileno(), parts)
         except OSError as exc:
+            self._discard_rows()  # this sample's row is counted in memory: taken stock of again
             raise OSError(exc.errno, exc.strerror, str(self._pending_path)) from None
+        self._offset_named = True
         self.pending_count += 1
         if self.pending_count >= self.shard_size:
             self._seal()
 
     def commit(self) -> None:
+        path = self._pending_path
         try:
-            self._fh.flush()
+            if self._rows is not None:  # the rows the pending file's frames name, first
+                path = self._rows.path
+                os.fsync(self._rows.fd)
+                path = self._pending_path
             os.fsync(self._fh.fileno())
         except OSError as exc:
-            raise OSError(exc.errno, exc.strerror, str(self._pending_path)) from None
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+
+    def _ensure_rows(self) -> None:
+        """Open the row file of the shard being filled and take stock of the rows the pending file
+        names: a frame with pixels (written by an earlier mtldata, or put back from a sealed shard)
+        has them written to its row; a frame of _IN_ROWS has its row read back (for the digests)."""
+        if self._rows is not None:
+            return
+        assert self.shape is not None
+        final = self.dir / shard_name(len(self.counts))
+        frames = _frames(self._pending_path, self.k)
+        offset = None
+        for _, _, index, key, _, _, _ in _frames(self._pending_path, self.k):
+            if index < 0:
+                offset = int(json.loads(key)["data_offset"])
+                break
+        offset_named = offset is not None  # else put names it before the first frame of _IN_ROWS
+        if offset is None:
+            if self._data_offset is None:
+                probe = final.with_name(final.name + ".skeleton")
+                try:
+                    self._data_offset = self._skeleton(probe, 1)  # the offset does not depend on the rows
+                finally:
+                    probe.unlink(missing_ok=True)
+            offset = self._data_offset
+        self._offset_named = offset_named
+        rows = RowFile(final.with_name(final.name + ".tmp"), offset, np.dtype(self.opts.dtype))
+        self._rows = rows
+        self._keys, self._labels, self._digests = [], [], bytearray()
+        try:
+            for _, _, index, key, labels, pixels, _ in frames:
+                if index < 0:
+                    continue
+                if pixels is None:
+                    pixels = rows.adopt(self.shape)
+                    self._note_row(key, labels, pixels)
+                else:
+                    self._add_row(key, labels, pixels)
+        except BaseException:
+            self._discard_rows()
+            raise
+
+    def _add_row(self, key: str, labels: np.ndarray, pixels: np.ndarray) -> None:
+        assert self._rows is not None
+        path = self._rows.path
+        try:
+            self._rows.write(pixels)
+        except BaseException as exc:
+            self._discard_rows()  # taken stock of again from the files if the writer is used again
+            if isinstance(exc, OSError):
+                raise OSError(exc.errno, exc.strerror, str(path)) from None
+            raise
+        self._note_row(key, labels, pixels)
+
+    def _note_row(self, key: str, labels: np.ndarray, pixels: np.ndarray) -> None:
+        self._keys.append(key)
+        self._labels.append(labels)
+        self._digests += record_digests.entry(
+            key.encode("utf-8"), record_digests.pixels_and_labels(pixels.data, labels.tobytes())
+        )
+
+    def _discard_rows(self) -> None:
+        """Close the row file (its rows stay: the pending file may name them)."""
+        if self._rows is not None:
+            self._rows.close()
+        self._rows = None
+
+    def _skeleton(
+        self, path: Path, n: int, keys: list[str] | None = None, labels: np.ndarray | None = None
+    ) -> int:
+        """Write a shard of `n` samples to `path` without its pixels (`data` allocated, a hole), and
+        with `keys` and `labels` when given; return where `data` lies in it."""
+        assert self.shape is not None
+        h5py = _h5py()
+        with h5py.File(path, "w", libver=("earliest", "v108")) as f:  # readable by HDF5 1.8 (Caffe)
+            f.attrs[PIXELS_ATTR] = "pixels"
+            data = allocate_contiguous(f, "data", (n, *self.shape), np.dtype(self.opts.dtype))
+            offset = data.id.get_offset()
+            if offset is None:
+                raise DatasetFormatError(f"{path}: HDF5 did not allocate the `data` dataset")
+            if labels is not None and keys is not None:
+                f.create_dataset("label", data=labels)
+                for name, start, stop in self.opts.tasks:
+                    f.create_dataset(name, data=np.ascontiguousarray(labels[:, start:stop]))
+                f.create_dataset("key", data=np.array(keys, dtype=object), dtype=h5py.string_dtype("utf-8"))
+        return int(offset)
 
     def _seal(self) -> None:
         """Write the pending samples as the next shard, atomically, and start a new pending file."""
@@ -269,92 +497,124 @@ class Hdf5Writer:
     def _write_shard(self, number: int, pending: Path) -> None:
         assert self.shape is not None
         n, (c, h, w), k = self.pending_count, self.shape, self.k
-        dtype = np.dtype(self.opts.dtype)
-        rows = max(1, min(n, CHUNK_BYTES // (c * h * w * dtype.itemsize)))
-
-        def storage(*sample_shape: int) -> dict[str, Any]:
-            # Contiguous, like Caffe's own files, unless compressed: then chunks of whole samples.
-            if self.opts.compression is None:
-                return {}
-            return {"chunks": (rows, *sample_shape), "compression": self.opts.compression}
-
         final = self.dir / shard_name(number)
         tmp = final.with_name(final.name + ".tmp")
         if self.opts.compression is None:
-            # HDF5's C library does not always fail cleanly on a full disk: check the space first.
-            need = n * (c * h * w * dtype.itemsize + 4 * k * (1 + len(self.opts.tasks)) + 256) + (1 << 20)
-            stat = os.statvfs(self.dir)
-            if stat.f_bavail * stat.f_frsize < need:
-                raise OSError(errno.ENOSPC, f"needs {need:,} bytes for the shard", str(final))
-        try:
-            digests = self._fill_shard(tmp, pending, n, (c, h, w), k, dtype, rows, storage)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # a torn shard only takes space a resume needs
-            raise
+            tmp, digests, region = self._assemble_shard(final)
+        else:
+            dtype = np.dtype(self.opts.dtype)
+            rows = max(1, min(n, CHUNK_BYTES // (c * h * w * dtype.itemsize)))
+            try:
+                digests = self._fill_shard(tmp, pending, n, (c, h, w), k, dtype, rows)
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # a torn shard only takes space a resume needs
+                raise
+            region = None
         fsync_path(tmp)
         # The shard's per-record digests (`verify` names a damaged sample by them), in place first.
         digests_path = final.with_name(final.name + record_digests.SUFFIX)
+        # Its checksum for the manifest, made now: the converter would read every shard again at the
+        # end. Pixels were hashed as they were written: only the bytes around them are read.
+        if region is not None:
+            found = region_digests(tmp, *region)
+        else:
+            found = {FILE_DIGEST: file_digest(tmp, mapped=True)}
+        self.checksums[final.name] = {
+            "bytes": tmp.stat().st_size,
+            **found,
+            "record_digest": record_digests.ALGORITHM,
+            "record_digests": digests_path.name,
+        }
         digests_tmp = digests_path.with_name(digests_path.name + ".tmp")
         digests_tmp.write_bytes(digests)
         fsync_path(digests_tmp)
         os.replace(digests_tmp, digests_path)
         os.replace(tmp, final)
         fsync_path(self.dir)
+        final.with_name(final.name + ".tmp").unlink(missing_ok=True)  # the row file, when not renamed
+
+    def _assemble_shard(self, final: Path) -> tuple[Path, bytes, tuple[int, int, str]]:
+        """Make the shard being filled a whole HDF5 file: h5py writes the skeleton, whose bytes are
+        laid around the rows in the row file. Returns that file (still under a temporary name), the
+        shard's per-record digests file, and where its pixels lie with their digest: (offset,
+        length, hex). The rows themselves are never touched: a crash in here loses nothing."""
+        self._ensure_rows()
+        rows, self._rows = self._rows, None
+        assert rows is not None and self.shape is not None
+        rows.close()
+        n, tmp = rows.rows, rows.path
+        if n != self.pending_count:
+            raise DatasetFormatError(
+                f"{self._pending_path}: holds {self.pending_count} samples, its rows {n}"
+            )
+        skeleton = final.with_name(final.name + ".skeleton")
+        try:
+            # HDF5's C library does not always fail cleanly on a full disk: check the space first.
+            key_bytes = sum(len(key) for key in self._keys)
+            need = n * (4 * self.k * (1 + len(self.opts.tasks)) + 64) + key_bytes + (1 << 20)
+            stat = os.statvfs(self.dir)
+            if stat.f_bavail * stat.f_frsize < need:
+                raise OSError(errno.ENOSPC, f"needs {need:,} bytes for the shard", str(final))
+            offset = self._skeleton(skeleton, n, self._keys, np.stack(self._labels))
+            if offset == rows.offset:
+                lay_around(skeleton, tmp, offset, rows.length)
+                skeleton.unlink()
+                whole = tmp
+            else:  # not seen: HDF5 placed `data` elsewhere for this row count; the rows go there
+                copy_range(tmp, skeleton, rows.offset, rows.offset + rows.length, offset)
+                whole = skeleton
+        except BaseException:
+            skeleton.unlink(missing_ok=True)
+            raise
+        return whole, bytes(self._digests), (offset, rows.length, rows.digest.hexdigest())
 
     def _fill_shard(
-        self,
-        tmp: Path,
-        pending: Path,
-        n: int,
-        chw: tuple[int, int, int],
-        k: int,
-        dtype: np.dtype,
-        rows: int,
-        storage: Any,
+        self, tmp: Path, pending: Path, n: int, chw: tuple[int, int, int], k: int, dtype: np.dtype, rows: int
     ) -> bytes:
-        """Write the shard's datasets from the pending file; return its per-record digests file."""
+        """Write a compressed shard's datasets from the pending file, in chunks of `rows` samples;
+        return its per-record digests file."""
         h5py = _h5py()
         c, h, w = chw
+        compression = self.opts.compression
         with h5py.File(tmp, "w", libver=("earliest", "v108")) as f:  # readable by HDF5 1.8 (Caffe)
             f.attrs[PIXELS_ATTR] = "pixels"
-            data = f.create_dataset("data", (n, c, h, w), dtype, **storage(c, h, w))
-            label = f.create_dataset("label", (n, k), np.float32, **storage(k))
-            tasks = [
-                (f.create_dataset(name, (n, stop - start), np.float32, **storage(stop - start)), start, stop)
-                for name, start, stop in self.opts.tasks
-            ]
-            keys = f.create_dataset("key", (n,), h5py.string_dtype("utf-8"))
-            block = max(rows, 256)
-            buffer: list[tuple[str, Any, Any]] = []
-            row = 0
+            data = f.create_dataset(
+                "data", (n, c, h, w), dtype, chunks=(rows, c, h, w), compression=compression
+            )
+            label_rows = np.empty((n, k), np.float32)
+            key_list: list[str] = []
             digests = bytearray()
-            for _, _, _, key, labels, pixels, _ in _frames(pending, k):
-                buffer.append((key, labels, pixels))
-                digests += record_digests.entry(
-                    key.encode("utf-8"), record_digests.pixels_and_labels(pixels.data, labels.tobytes())
-                )
-                if len(buffer) == block or row + len(buffer) == n:
-                    end = row + len(buffer)
-                    label_rows = np.stack([b[1] for b in buffer])
-                    pixels_block = np.empty((len(buffer), c, h, w), dtype)
-                    for j, b in enumerate(buffer):  # converted in one pass, no uint8 stack first
-                        pixels_block[j] = b[2]
-                    data[row:end] = pixels_block
-                    label[row:end] = label_rows
-                    for ds, start, stop in tasks:
-                        ds[row:end] = label_rows[:, start:stop]
-                    keys[row:end] = np.array([b[0] for b in buffer], dtype=object)
-                    row, buffer = end, []
+            row = 0
+            with _ChunkedRows(data, rows) as out:
+                for _, _, _, key, labels, pixels, _ in _frames(pending, k):
+                    if row == n:
+                        break
+                    digests += record_digests.entry(
+                        key.encode("utf-8"), record_digests.pixels_and_labels(pixels.data, labels.tobytes())
+                    )
+                    out.write(pixels)
+                    label_rows[row] = labels
+                    key_list.append(key)
+                    row += 1
             if row != n:
                 raise DatasetFormatError(f"{pending}: holds {row} whole samples, expected {n}")
+            f.create_dataset("label", data=label_rows, chunks=(rows, k), compression=compression)
+            for name, start, stop in self.opts.tasks:
+                columns = np.ascontiguousarray(label_rows[:, start:stop])
+                f.create_dataset(name, data=columns, chunks=(rows, stop - start), compression=compression)
+            f.create_dataset("key", data=np.array(key_list, dtype=object), dtype=h5py.string_dtype("utf-8"))
         return bytes(digests)
 
     def abandon(self) -> None:
         """Close the pending file after a failure; what was committed stays."""
         with contextlib.suppress(OSError):
             self._fh.close()
+        if self._rows is not None:
+            self._rows.close()  # its file goes when the next writer starts
+            self._rows = None
 
     def truncate_from(self, index: int) -> None:
+        self._discard_rows()  # taken stock of again from the files as they are after this
         self._fh.flush()
         starts = [f[0] for f in _frames(self._pending_path, self.k, payload=False) if f[2] >= index]
         if starts:
@@ -370,9 +630,11 @@ class Hdf5Writer:
             kept = bisect.bisect_left(indices, index)
             self._fh.close()
             self._pending_path.unlink()
+            (self.dir / (shard_name(len(self.counts)) + ".tmp")).unlink(missing_ok=True)  # its row file
             if kept:
                 self._unseal(number, kept)
             (self.dir / shard_name(number)).unlink()
+            self.checksums.pop(shard_name(number), None)
             (self.dir / (shard_name(number) + record_digests.SUFFIX)).unlink(missing_ok=True)
             fsync_path(self.dir)
             self.counts.pop()
@@ -397,6 +659,7 @@ class Hdf5Writer:
     def close(self) -> dict[str, Any]:
         if self.pending_count:
             self._seal()  # the last, smaller shard
+        self._discard_rows()
         self._fh.close()
         self._pending_path.unlink(missing_ok=True)
         names = [shard_name(i) for i in range(len(self.counts))]
