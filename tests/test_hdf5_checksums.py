@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+import mtldata.storage.backends.hdf5 as hdf5_backend
 from mtldata.convert.pipeline import ConvertSpec, convert
 from mtldata.inspect.verify import format_report, verify_dataset
 from mtldata.storage.backends import open_reader
@@ -501,3 +502,31 @@ def test_a_row_file_gone_missing_is_one_error_that_says_to_start_over(tmp_path):
     writer = Hdf5Writer(tmp_path, options)
     with pytest.raises(DatasetStateError, match=r"part-00000.h5.tmp: row 0 is missing.*--overwrite"):
         writer.put(samples[2])
+
+
+@pytest.mark.parametrize("where", ["just before the pixels", "file end"])
+def test_a_shard_whose_structure_changed_is_not_handed_to_the_hdf5_library(
+    image_set, tmp_path, where, monkeypatch
+):
+    # Old HDF5 libraries crash (SIGSEGV) reading some damaged heaps: verify must not read such a shard.
+    list_file, _ = image_set
+    out = tmp_path / "h5"
+    hdf5(list_file, out, shard_size=5)
+    shard = out / "part-00001.h5"
+    offset, _ = data_region(shard)
+    flip(shard, offset - 1 if where == "just before the pixels" else -1)
+    opened: list[str] = []
+    real_inspect = hdf5_backend.Hdf5Reader._inspect
+
+    def inspect(path, line):
+        opened.append(Path(path).name)
+        return real_inspect(path, line)
+
+    monkeypatch.setattr(hdf5_backend.Hdf5Reader, "_inspect", staticmethod(inspect))
+    report = verify_dataset(out)
+    problems = format_report(report, show=50)
+    assert "part-00001.h5: its HDF5 structure (the bytes outside its pixel data) changed" in problems
+    assert any(r.startswith("part-00001.h5: checksum mismatch") for r in checksum_problems(report))
+    # the damaged shard is never opened; the others are, and verify as they are
+    assert opened.count("part-00001.h5") == 0 and opened.count("part-00000.h5") == 1
+    assert not [p for p in report.problems if p.key is not None]  # no record of the others is damaged

@@ -21,6 +21,7 @@ from mtldata.caffe.datum import parse_datum
 from mtldata.errors import MtlDataError
 from mtldata.storage import record_digests
 from mtldata.storage.backends import open_reader, read_manifest
+from mtldata.storage.backends.hdf5 import Hdf5Reader
 from mtldata.storage.image import ImageDecodeError, decode_bytes
 from mtldata.storage.manifest import FILE_DIGEST, checksum
 from mtldata.storage.manifest_check import inside_path
@@ -79,8 +80,15 @@ def verify_dataset(
     from mtldata.storage.backends.lmdb import LmdbReader
 
     path = Path(path)
-    reader = open_reader(path, labels)
     report = VerifyReport(path=path, limit=limit)
+    # An HDF5 dataset's shards are checked against their checksums before h5py opens any of them.
+    early = _hdf5_manifest(path) if labels is None else None
+    walked: dict[Path, dict[str, Any] | None] = {}
+    reader = None
+    if early is not None:
+        reader, walked = _without_damaged_shards(report, path, early)
+    if reader is None:
+        reader = open_reader(path, labels)
     try:
         manifest = read_manifest(path) if path.is_dir() and labels is None else None
         if manifest is None:
@@ -88,13 +96,68 @@ def verify_dataset(
         if isinstance(reader, LmdbReader):
             walked = _walk_lmdb(report, reader.images_path, reader.labels_path, manifest, progress)
         else:
-            walked = _walk_reader(report, reader, progress, _file_digests(path, manifest))
+            _walk_reader(report, reader, progress, _file_digests(path, manifest))
     finally:
         reader.close()
     if manifest is not None:
         _check_counts(report, path, manifest)
         _check_checksums(report, path, manifest, walked)
     return report
+
+
+def _hdf5_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest of `path` when it is an mtldata HDF5 dataset with checksums; else None (a
+    manifest that cannot be read is left to the usual path, which says why)."""
+    try:
+        manifest = read_manifest(path) if path.is_dir() else None
+    except MtlDataError:
+        return None
+    if not manifest or manifest.get("backend") != "hdf5" or not manifest.get("checksums"):
+        return None
+    return manifest
+
+
+def _without_damaged_shards(
+    report: VerifyReport, root: Path, manifest: dict[str, Any]
+) -> tuple[Hdf5Reader | None, dict[Path, dict[str, Any] | None]]:
+    """Check each HDF5 shard against its checksum before the HDF5 library reads it: returns a
+    reader over the shards fit to read (None when all are: the usual reader then), and the
+    checksums found (for _check_checksums, so that no shard is read twice).
+
+    The HDF5 library may crash (SIGSEGV) reading a file whose structure (headers, B-trees, heaps) is
+    damaged, so such a shard's records are not read. A checksum split at the shard's pixels tells
+    damage in the pixels alone, which leaves the structure readable and the records to be named; a
+    whole-file checksum (compressed shards, datasets written before the split) cannot tell.
+    """
+    found: dict[Path, dict[str, Any] | None] = {}
+    shards = [root / name for name in (manifest.get("files") or {}).get("shards") or []]
+    recorded = manifest.get("checksums") or {}
+    damaged: list[Path] = []
+    for shard in shards:
+        want = recorded.get(shard.name)
+        if not isinstance(want, dict) or not shard.is_file():
+            continue
+        digest = "sha256" if "sha256" in want else FILE_DIGEST
+        region = _region(want)
+        got = checksum(shard, _record_digest(manifest, shard.name), digest, region)
+        found[shard] = got
+        if got is None:
+            continue
+        if "rest_xxh3_128" in want and region is not None:
+            parts, where = ("bytes", "rest_xxh3_128"), "its HDF5 structure (the bytes outside its pixel data)"
+        else:
+            parts, where = ("bytes", digest), "the shard (its checksum covers the whole file)"
+        if any(got.get(part) != want.get(part) for part in parts):
+            damaged.append(shard)
+            report.add(
+                None,
+                f"{shard.name}: {where} changed since conversion; its records were not read "
+                "(a damaged HDF5 file can crash the HDF5 library)",
+            )
+    if not damaged:
+        return None, found
+    healthy = [shard for shard in shards if shard not in damaged]
+    return Hdf5Reader(healthy, manifest=manifest), found
 
 
 def _records(
