@@ -66,3 +66,18 @@ def test_whole_entries_counts_the_entries_a_digests_file_holds_and_where_they_en
     parsed = list(record_digests.entries(data + tail))
     assert record_digests.whole_entries(data + tail) == (len(keys), len(data))
     assert len(parsed) == len(keys) and (not parsed or parsed[-1][1] == len(data))
+
+
+def test_the_journal_digest_equals_the_record_digest_across_read_blocks(tmp_path):
+    from mtldata.storage.backends.lmdb import RecordDigest, _GrowingEnv
+
+    env = _GrowingEnv(tmp_path / "images.lmdb", 1 << 20)
+    keys = [f"{i:08d}_img/{i}.jpg".encode() for i in range(50_000)]  # a 2.3 MB journal: 3 blocks
+    digests = [i.to_bytes(record_digests.SIZE, "little") for i in range(len(keys))]
+    env._journal.write(b"".join(record_digests.entry(k, d) for k, d in zip(keys, digests, strict=True)))
+    env._journal.write(b"\x40\x00\x00\x00torn")  # an entry cut short by a crash is not a record
+    expected = RecordDigest()
+    for key, digest in zip(keys, digests, strict=True):
+        expected.update_hashed(key, digest)
+    assert env.digest() == expected.result()
+    env.abandon()

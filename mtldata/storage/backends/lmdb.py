@@ -416,10 +416,16 @@ class _GrowingEnv:
         """The RecordDigest of what has been committed, from the journal (call after the last commit)."""
         self._journal.flush()
         # RecordDigest hashes each record's journal entry, in order: the same as hashing the
-        # journal's whole entries at once (a fifth of the time, where the workers wait).
-        data = self.journal_path.read_bytes()
-        records, end = record_digests.whole_entries(data)
-        return {"records": records, "sha256": hashlib.sha256(memoryview(data)[:end]).hexdigest()}
+        # journal's whole entries as they lie (a fifth of the time, where the workers wait), a
+        # megabyte at a time (the journal of 100,000 records is 5 MB: memory stays flat).
+        sha, records, left = hashlib.sha256(), 0, b""
+        with open(self.journal_path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                data = left + block
+                count, end = record_digests.whole_entries(data)
+                sha.update(memoryview(data)[:end])
+                records, left = records + count, data[end:]
+        return {"records": records, "sha256": sha.hexdigest()}
 
     def close(self) -> None:
         self.commit()
