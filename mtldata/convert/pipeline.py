@@ -383,7 +383,7 @@ class _DecodePool:
         # process: another thread's conversion already using the arena falls back to pickled results.
         if context.get_start_method() == "fork" and _ARENA is None:
             self.arena = _ARENA = mmap.mmap(-1, self.slots * ARENA_SLOT_BYTES)
-            _MAPPED.clear()  # a new arena (the workers fork after this, with the set empty)
+            _MAPPED.clear()  # a new arena (the workers fork after this, with nothing mapped)
             for slot in range(self.slots):
                 self._free.put(slot)
         self._pool = ProcessPoolExecutor(
