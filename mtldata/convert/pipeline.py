@@ -291,7 +291,8 @@ def _decode_chunk(
     offset = end = 0
     arena = None
     if slot is not None and _ARENA is not None:
-        offset, end = slot * ARENA_SLOT_BYTES, (slot + 1) * ARENA_SLOT_BYTES
+        start = offset = slot * ARENA_SLOT_BYTES
+        end = start + ARENA_SLOT_BYTES
         arena = memoryview(_ARENA)
     into = encoder_into if arena is not None else None
     pixels: np.ndarray | None = None  # one decode buffer for the chunk (while the size repeats)
@@ -306,9 +307,9 @@ def _decode_chunk(
             except ImageDecodeError as exc:
                 out.append(str(exc))
                 continue
-            if arena is not None:  # map what this record may use (its bytes, and a header)
+            if arena is not None:  # map what this record may use of the slot
                 size = payload.data.size if isinstance(payload.data, np.ndarray) else len(payload.data)
-                _prefault(_ARENA, slot, offset - slot * ARENA_SLOT_BYTES + size + 4096, write=True)  # type: ignore[arg-type, operator]
+                _prefault(_ARENA, slot, offset - start + size + 4096, write=True)  # its bytes, and a header
             if into is not None:
                 if isinstance(payload.data, np.ndarray):
                     pixels = payload.data

@@ -90,7 +90,7 @@ def verify_dataset(
     if reader is None:
         reader = open_reader(path, labels)
     try:
-        manifest = read_manifest(path) if path.is_dir() and labels is None else None
+        manifest = early or (read_manifest(path) if path.is_dir() and labels is None else None)
         if manifest is None:
             report.notes.append("no manifest: counts and checksums not checked")
         if isinstance(reader, LmdbReader):
@@ -137,16 +137,17 @@ def _without_damaged_shards(
         want = recorded.get(shard.name)
         if not isinstance(want, dict) or not shard.is_file():
             continue
-        digest = "sha256" if "sha256" in want else FILE_DIGEST
-        region = _region(want)
-        got = checksum(shard, _record_digest(manifest, shard.name), digest, region)
+        got = _checksum_as_recorded(root, shard.name, want, manifest)
         found[shard] = got
         if got is None:
             continue
-        if "rest_xxh3_128" in want and region is not None:
+        if "rest_xxh3_128" in want and _region(want) is not None:
             parts, where = ("bytes", "rest_xxh3_128"), "its HDF5 structure (the bytes outside its pixel data)"
         else:
-            parts, where = ("bytes", digest), "the shard (its checksum covers the whole file)"
+            parts, where = (
+                ("bytes", _file_digest_name(want)),
+                "the shard (its checksum covers the whole file)",
+            )
         if any(got.get(part) != want.get(part) for part in parts):
             damaged.append(shard)
             report.add(
@@ -385,10 +386,7 @@ def _check_checksums(
         report.notes.append("the manifest records no checksums (written before mtldata recorded them)")
         return
     for rel, want in recorded.items():
-        # a file's digest is XXH3-128, or sha256 in a dataset written before mtldata used XXH3 there
-        digest = "sha256" if isinstance(want, dict) and "sha256" in want else FILE_DIGEST
-        region = _region(want)
-        got = walked.get(root / rel) or checksum(root / rel, _record_digest(manifest, rel), digest, region)
+        got = walked.get(root / rel) or _checksum_as_recorded(root, rel, want, manifest)
         if got is not None:  # what a recomputed checksum holds; the rest names the per-record digests
             want = {k: v for k, v in want.items() if k in got}
         if got != want:
@@ -396,6 +394,16 @@ def _check_checksums(
             expected = ", ".join(f"{k} {v}" for k, v in want.items())
             report.add(None, f"{rel}: checksum mismatch: expected {expected}; found {found}")
     report.checked.append(f"checksums ({', '.join(recorded)})")
+
+
+def _file_digest_name(entry: Any) -> str:
+    """A file's digest is XXH3-128, or sha256 in a dataset written before mtldata used XXH3 there."""
+    return "sha256" if isinstance(entry, dict) and "sha256" in entry else FILE_DIGEST
+
+
+def _checksum_as_recorded(root: Path, rel: str, want: Any, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """`rel`'s checksum now, made the way its manifest entry `want` was (digests, split region)."""
+    return checksum(root / rel, _record_digest(manifest, rel), _file_digest_name(want), _region(want))
 
 
 def _region(entry: Any) -> tuple[int, int] | None:

@@ -478,11 +478,24 @@ class Hdf5Writer:
             if offset is None:
                 raise DatasetFormatError(f"{path}: HDF5 did not allocate the `data` dataset")
             if labels is not None and keys is not None:
-                f.create_dataset("label", data=labels)
-                for name, start, stop in self.opts.tasks:
-                    f.create_dataset(name, data=np.ascontiguousarray(labels[:, start:stop]))
-                f.create_dataset("key", data=np.array(keys, dtype=object), dtype=h5py.string_dtype("utf-8"))
+                self._write_labels(f, labels, keys)
         return int(offset)
+
+    def _write_labels(
+        self, f: Any, labels: np.ndarray, keys: list[str], chunk_rows: int | None = None
+    ) -> None:
+        """A shard's `label`, one dataset per task, and `key`: contiguous, or (a compressed shard)
+        compressed in chunks of `chunk_rows` samples."""
+
+        def storage(width: int) -> dict[str, Any]:
+            if chunk_rows is None:
+                return {}
+            return {"chunks": (chunk_rows, width), "compression": self.opts.compression}
+
+        f.create_dataset("label", data=labels, **storage(labels.shape[1]))
+        for name, start, stop in self.opts.tasks:
+            f.create_dataset(name, data=np.ascontiguousarray(labels[:, start:stop]), **storage(stop - start))
+        f.create_dataset("key", data=np.array(keys, dtype=object), dtype=_h5py().string_dtype("utf-8"))
 
     def _seal(self) -> None:
         """Write the pending samples as the next shard, atomically, and start a new pending file."""
@@ -598,11 +611,7 @@ class Hdf5Writer:
                     row += 1
             if row != n:
                 raise DatasetFormatError(f"{pending}: holds {row} whole samples, expected {n}")
-            f.create_dataset("label", data=label_rows, chunks=(rows, k), compression=compression)
-            for name, start, stop in self.opts.tasks:
-                columns = np.ascontiguousarray(label_rows[:, start:stop])
-                f.create_dataset(name, data=columns, chunks=(rows, stop - start), compression=compression)
-            f.create_dataset("key", data=np.array(key_list, dtype=object), dtype=h5py.string_dtype("utf-8"))
+            self._write_labels(f, label_rows, key_list, chunk_rows=rows)
         return bytes(digests)
 
     def abandon(self) -> None:
