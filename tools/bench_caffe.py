@@ -9,7 +9,9 @@ setting runs in a fresh process:
 * plain torch: the same layers as torch.nn modules, forward + backward + torch.optim.SGD on
   batches already in memory, at 1 and 2 threads (no data layer, no Caffe update rule: a ceiling).
 
-    python tools/bench_caffe.py            # ~1 min on 2 cores
+Every round runs each setting once; the table gives each setting's median round.
+
+    python tools/bench_caffe.py            # ~3 min on 2 cores
     python tools/bench_caffe.py --quick    # a few seconds: smoke test
 """
 
@@ -158,7 +160,9 @@ def main() -> int:
     parser.add_argument(
         "--warmup", type=int, default=12, help="untimed iterations first (covers the thread trial)"
     )
-    parser.add_argument("--rounds", type=int, default=3, help="best of this many runs per setting")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="interleaved runs of every setting; the median counts"
+    )
     parser.add_argument(
         "--trial", type=int, default=4, help="timed iterations per thread count in the default's trial"
     )
@@ -177,27 +181,33 @@ def main() -> int:
         args.batch, args.size, args.iters, args.warmup, args.rounds, args.trial = 4, 16, 3, 4, 1, 1
     with tempfile.TemporaryDirectory(prefix="mtldata-bench-caffe-") as tmp:
         directory = make_setup(Path(tmp), args.batch, args.size, samples=max(4 * args.batch, 64))
-        rows: dict[str, dict] = {}
-        for label, kind, threads in (
+        settings = (
             ("mtldata, 1 thread", "mtldata", 1),
             ("mtldata, 2 threads", "mtldata", 2),
             ("mtldata, default (trial)", "mtldata", 0),
             ("plain torch, 1 thread", "plain", 1),
             ("plain torch, 2 threads", "plain", 2),
-        ):
-            runs = [spawn(kind, threads, args, directory) for _ in range(args.rounds)]
-            rows[label] = max(runs, key=lambda r: r["it_s"])
+        )
+        # Rounds are interleaved (each round runs every setting once), so that a machine that
+        # speeds up or slows down during the run weighs on every setting alike.
+        runs: dict[str, list[dict]] = {label: [] for label, _, _ in settings}
+        for _ in range(args.rounds):
+            for label, kind, threads in settings:
+                runs[label].append(spawn(kind, threads, args, directory))
+    rows = {label: sorted(r, key=lambda run: run["it_s"])[len(r) // 2] for label, r in runs.items()}
     best_fixed = max(rows["mtldata, 1 thread"]["it_s"], rows["mtldata, 2 threads"]["it_s"])
     plain = max(rows["plain torch, 1 thread"]["it_s"], rows["plain torch, 2 threads"]["it_s"])
     print(
-        f"Caffe net {FIXTURE_NET.name}, batch {args.batch} of {args.size}x{args.size}, best of {args.rounds}"
+        f"Caffe net {FIXTURE_NET.name}, batch {args.batch} of {args.size}x{args.size}, "
+        f"median of {args.rounds} interleaved rounds"
     )
-    print(f"{'setting':<28}{'it/s':>9}{'vs plain torch':>16}")
+    print(f"{'setting':<28}{'it/s':>9}{'vs plain torch':>16}   all rounds (it/s)")
     for label, row in rows.items():
-        print(f"{label:<28}{row['it_s']:>9.1f}{row['it_s'] / plain:>15.2f}x")
+        every = " ".join(f"{run['it_s']:.1f}" for run in runs[label])
+        print(f"{label:<28}{row['it_s']:>9.1f}{row['it_s'] / plain:>15.2f}x   {every}")
     default = rows["mtldata, default (trial)"]
     print(f"default vs the faster fixed count: {default['it_s'] / best_fixed:.2f}x (target >= 1.0)")
-    print(f"the default's own choice: {'; '.join(default['log']) or '(not settled)'}")
+    print(f"the default's own choice (median round): {'; '.join(default['log']) or '(not settled)'}")
     return 0
 
 

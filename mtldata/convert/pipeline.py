@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import mmap
 import multiprocessing
 import os
@@ -54,6 +55,7 @@ from mtldata.storage.output_guard import (
     lock_staging,
     staging_owner,
 )
+from mtldata.storage.planes import DecodeBuffer, planar_shape
 from mtldata.storage.records import ImagePayload, Sample
 from mtldata.version import __version__
 
@@ -275,6 +277,17 @@ def _prefault(arena: mmap.mmap, slot: int, upto: int, write: bool) -> None:
         )
 
 
+_LOCAL = threading.local()
+
+
+def _decode_buffer() -> DecodeBuffer:
+    """This thread's decode buffer (a worker decodes every image into one, see DecodeBuffer)."""
+    buffer = getattr(_LOCAL, "buffer", None)
+    if buffer is None:
+        buffer = _LOCAL.buffer = DecodeBuffer()
+    return buffer
+
+
 def _decode_chunk(
     work: WorkChunk,
     options: ImageOptions,
@@ -295,7 +308,7 @@ def _decode_chunk(
         end = start + ARENA_SLOT_BYTES
         arena = memoryview(_ARENA)
     into = encoder_into if arena is not None else None
-    pixels: np.ndarray | None = None  # one decode buffer for the chunk (while the size repeats)
+    buffer = _decode_buffer() if into is not None else None  # what each image decodes into
     paths, all_labels = work
     try:
         for path, labels in zip(paths, all_labels, strict=True):
@@ -303,16 +316,15 @@ def _decode_chunk(
                 out.append(None)
                 continue
             try:
-                payload = prepare_image(path, options, planar=into is None, out=pixels)
+                payload = prepare_image(path, options, planar=into is None, out=buffer)
             except ImageDecodeError as exc:
                 out.append(str(exc))
                 continue
             if arena is not None:  # map what this record may use of the slot
-                size = payload.data.size if isinstance(payload.data, np.ndarray) else len(payload.data)
+                data = payload.data
+                size = math.prod(planar_shape(data)) if isinstance(data, np.ndarray) else len(data)
                 _prefault(_ARENA, slot, offset - start + size + 4096, write=True)  # its bytes, and a header
             if into is not None:
-                if isinstance(payload.data, np.ndarray):
-                    pixels = payload.data
                 placed = into(payload, labels, arena[offset:end])  # type: ignore[index]
                 if placed is not None:
                     described, size = placed

@@ -71,18 +71,21 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mtldata.errors import MtlDataError
+from mtldata.storage.planes import DecodeBuffer, planar_shape, planes_into
 from mtldata.storage.png16 import libpng_gray16, png_sig_bit
 from mtldata.storage.read_limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 from mtldata.storage.records import ImagePayload
 
 __all__ = [
     "ImageDecodeError",
+    "DecodeBuffer",
     "ImageOptions",
     "caffe_resize",
     "decode_bytes",
     "encode_image",
     "header_shape",
     "load_image",
+    "planes_into",
     "prepare_image",
     "to_chw",
 ]
@@ -499,10 +502,10 @@ def _plain_jpeg_header(data: bytes, max_pixels: int | None) -> tuple[Any, int, i
 
 
 def _decode_simplejpeg(
-    data: bytes, gray: bool, out: np.ndarray | None = None, max_pixels: int | None = None
+    data: bytes, gray: bool, out: np.ndarray | DecodeBuffer | None = None, max_pixels: int | None = None
 ) -> np.ndarray | None:
     """Decode a plain (non-rotated, YCbCr/gray) JPEG with simplejpeg; None when it is not applicable.
-    Writes into `out` (see decode_bytes) when its shape is the image's."""
+    Writes into `out` (see decode_bytes) when its shape is the image's, or into a DecodeBuffer."""
     header = _plain_jpeg_header(data, max_pixels)
     if header is None:
         return None
@@ -517,12 +520,15 @@ def _decode_simplejpeg(
             if _orientation(im) != 1:
                 return None
     shape = (height, width) if gray else (height, width, 3)
-    if out is not None and (out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous):
+    colorspace = "GRAY" if gray else "BGR"
+    if isinstance(out, DecodeBuffer):
+        out, colorspace = (out.array(shape), colorspace) if gray else (out.bgrx(height, width), "BGRX")
+    elif out is not None and (out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous):
         out = None
     try:
         decoded = simplejpeg.decode_jpeg(
             data,
-            colorspace="GRAY" if gray else "BGR",
+            colorspace=colorspace,
             fastdct=False,
             fastupsample=False,
             strict=True,
@@ -563,14 +569,18 @@ def jpeg_decodes(data: bytes, gray: bool, max_pixels: int | None = None) -> tupl
 
 
 def decode_bytes(
-    data: bytes, gray: bool = False, out: np.ndarray | None = None, max_pixels: int | None = None
+    data: bytes,
+    gray: bool = False,
+    out: np.ndarray | DecodeBuffer | None = None,
+    max_pixels: int | None = None,
 ) -> np.ndarray:
     """Decode encoded Datum bytes to HxWx3 BGR (or HxW gray) uint8, the same pixels as load_image.
 
     Uses simplejpeg for JPEG when it is installed (and the image needs no EXIF rotation), Pillow otherwise.
     `out`, a C-contiguous uint8 array, receives the pixels when it has the image's shape and the
     simplejpeg path applies (a loader decodes straight into its batch so); the result is then `out`
-    itself, else a new array, with `out` left in an unspecified state. An image of more than
+    itself, else a new array, with `out` left in an unspecified state. With a DecodeBuffer as `out`,
+    a colour JPEG comes back as an HxWx4 BGRX view of it (see DecodeBuffer). An image of more than
     `max_pixels` pixels is refused from its header, before any pixel memory is allocated.
     """
     data = bytes(data)
@@ -593,11 +603,11 @@ def to_chw(img: np.ndarray) -> np.ndarray:
 
 
 def chw_bytes(img: np.ndarray) -> bytearray:
-    """HxWxC or HxW uint8 -> its CxHxW bytes, in one transposing copy (no intermediate array)."""
+    """HxWxC, HxWx4 BGRX or HxW uint8 -> its CxHxW bytes, in one copy (no intermediate array)."""
     a = np.asarray(img, dtype=np.uint8)
-    planes = a[None, :, :] if a.ndim == 2 else a.transpose(2, 0, 1)
-    out = bytearray(a.size)
-    np.copyto(np.frombuffer(out, np.uint8).reshape(planes.shape), planes)
+    shape = planar_shape(a)
+    out = bytearray(shape[0] * shape[1] * shape[2])
+    planes_into(a, np.frombuffer(out, np.uint8).reshape(shape))
     return out
 
 
@@ -827,13 +837,18 @@ def _sniff_format(data: bytes, fallback: str) -> str:
 
 
 def prepare_image(
-    path: str | os.PathLike, opts: ImageOptions, *, planar: bool = True, out: np.ndarray | None = None
+    path: str | os.PathLike,
+    opts: ImageOptions,
+    *,
+    planar: bool = True,
+    out: np.ndarray | DecodeBuffer | None = None,
 ) -> ImagePayload:
     """What ``convert_imageset`` stores for ``path`` under ``opts`` (Caffe's ReadImageToDatum).
 
     With ``planar=False`` a raw payload's ``data`` is the decoded HxWxC (or HxW) array itself, not
-    yet CHW bytes: the converter's workers transpose it straight into shared memory. ``out`` (see
-    decode_bytes) may then receive the pixels, so that a worker decodes every image into one buffer.
+    yet CHW bytes: the converter's workers split it (:func:`planes_into`) straight into shared
+    memory. ``out`` (see decode_bytes) may then receive the pixels, so that a worker decodes every
+    image into one buffer; with a :class:`DecodeBuffer` the array may be HxWx4 BGRX.
 
     * Decode (gray or colour) and resize when both target sizes are > 0 (every image, even one that
       already has the target size).
@@ -873,10 +888,12 @@ def prepare_image(
         img = _antialias_resize(data, opts)
     else:
         img = decode_bytes(data, opts.gray, out=out, max_pixels=opts.max_pixels)  # simplejpeg if installed
+        if img.ndim == 3 and img.shape[2] == 4 and (opts.resizes or opts.stores_encoded):
+            img = np.ascontiguousarray(img[:, :, :3])  # BGRX from a DecodeBuffer: only raw keeps it
         if opts.resizes:
             img = caffe_resize(img, opts.resize_width, opts.resize_height)
-    channels = 1 if img.ndim == 2 else img.shape[2]
-    shape = (channels, img.shape[0], img.shape[1])
+    shape = planar_shape(img)
+    channels = shape[0]
     if not opts.stores_encoded:
         return ImagePayload(data=chw_bytes(img) if planar else img, encoded=False, shape=shape, format="raw")
     ext = _caffe_ext(path)

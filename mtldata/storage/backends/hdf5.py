@@ -35,6 +35,7 @@ from mtldata.storage import record_digests
 from mtldata.storage.backends import READERS, DatasetReader, WriterOptions, register_writer
 from mtldata.storage.backends.hdf5_rows import RowFile, allocate_contiguous, copy_range, lay_around
 from mtldata.storage.manifest import FILE_DIGEST, file_digest, region_digests
+from mtldata.storage.planes import planes_into
 from mtldata.storage.processes import current_pid
 from mtldata.storage.read_limits import SAMPLE_LIMIT_ENV, SAMPLE_LIMIT_FLAG, max_sample_bytes
 from mtldata.storage.records import ImagePayload, Sample, missing_stored_as, restore_missing
@@ -316,7 +317,7 @@ class Hdf5Writer:
         pixels = image.data
         if isinstance(pixels, np.ndarray):
             planes = np.frombuffer(buffer, np.uint8, count=size).reshape(c, h, w)
-            np.copyto(planes, pixels[None, :, :] if pixels.ndim == 2 else pixels.transpose(2, 0, 1))
+            planes_into(pixels, planes)
         elif len(pixels) == size:
             buffer[:size] = pixels
         else:

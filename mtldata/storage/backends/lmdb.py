@@ -23,6 +23,7 @@ from mtldata.caffe.datum import datum_labels, image_datum_frame, label_datum, pa
 from mtldata.errors import DatasetFormatError, MtlDataError
 from mtldata.storage import record_digests
 from mtldata.storage.backends import DatasetReader, WriterOptions, register_writer
+from mtldata.storage.planes import planar_shape, planes_into
 from mtldata.storage.processes import current_pid
 from mtldata.storage.records import ImagePayload, Sample, missing_stored_as, restore_missing
 
@@ -473,13 +474,17 @@ class LmdbWriter:
         image: ImagePayload, labels: np.ndarray, buffer: memoryview
     ) -> tuple[ImagePayload, int] | None:
         """encode_payload, written at the start of `buffer` (shared memory) instead of new bytes:
-        raw HxWxC pixels are transposed to CHW in place there, with no copy between. Returns the
+        raw HxWxC (or BGRX) pixels are split into CHW planes in place there, with no copy between. Returns the
         payload's description (its digest, no data) and the record's length; None when it does not fit.
         """
         # Caffe's convert_multilabel: the int part of the first label (-1 when it is missing)
         label = int(labels[0]) if np.isfinite(labels[0]) else -1
         pixels = image.data
-        size = pixels.size if isinstance(pixels, np.ndarray) else len(pixels)
+        if isinstance(pixels, np.ndarray):
+            c, h, w = planar_shape(pixels)
+            size = c * h * w
+        else:
+            size = len(pixels)
         if not image.encoded and size != image.shape[0] * image.shape[1] * image.shape[2]:
             raise ValueError(f"raw image data holds {size} bytes, its shape is {image.shape}")
         head, tail = image_datum_frame(size, label, None if image.encoded else image.shape)
@@ -490,7 +495,7 @@ class LmdbWriter:
         buffer[: len(head)] = head
         if isinstance(pixels, np.ndarray):
             planes = np.frombuffer(buffer, np.uint8, count=size, offset=len(head)).reshape(image.shape)
-            np.copyto(planes, pixels[None, :, :] if pixels.ndim == 2 else pixels.transpose(2, 0, 1))
+            planes_into(pixels, planes)
         else:
             buffer[len(head) : end] = pixels
         buffer[end:length] = tail
