@@ -47,7 +47,7 @@ from mtldata.storage.backends import WriterOptions, check_writer_options, make_w
 from mtldata.storage.image import ImageDecodeError, ImageOptions, chw_bytes, prepare_image
 from mtldata.storage.label_sources import LabelInput, open_labels
 from mtldata.storage.listfile import ListEntry, ListLineError
-from mtldata.storage.manifest import LabelStats, Manifest, dataset_checksums, write_manifest
+from mtldata.storage.manifest import LabelStats, Manifest, dataset_checksums, plain_copy, write_manifest
 from mtldata.storage.output_guard import (
     STAGING_MARKER,
     WriterLock,
@@ -197,7 +197,7 @@ class _State:
     boot_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return plain_copy(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> _State:

@@ -31,8 +31,11 @@ IMAGES_DIR = "images.lmdb"
 LABELS_DIR = "labels.lmdb"
 # Sparse on Linux and macOS, so a generous start costs nothing; it still doubles on MDB_MAP_FULL.
 DEFAULT_INITIAL_MAP_SIZE = 1 << 30
-# File space is reserved ahead of a write transaction in steps of at least this much (see _reserve).
+# File space is reserved ahead of a write transaction in steps of at least this much (see _reserve),
+# or of what the file already holds when that is less: on tmpfs a reservation allocates and zeroes
+# its pages, and 16 MB ahead for a small labels database cost milliseconds to make and to cut away.
 RESERVE_STEP = 16 << 20
+RESERVE_MIN = 256 << 10
 # Pages any write transaction may add besides its records' own (branch copies, free-list pages).
 TXN_OVERHEAD = 64 << 10
 # An image Datum's fields besides its data: channels, height, width, the data's tag and length,
@@ -245,7 +248,8 @@ class _GrowingEnv:
         fd = os.open(data, os.O_RDWR)
         try:
             # A step ahead where the disk has room (fewer calls), else just what this transaction needs.
-            for target in (min(needed + RESERVE_STEP, self._map_size), needed):
+            step = min(RESERVE_STEP, max(RESERVE_MIN, self._allocated))
+            for target in (min(needed + step, self._map_size), needed):
                 try:
                     os.posix_fallocate(fd, self._allocated, target - self._allocated)
                     self._allocated = target
