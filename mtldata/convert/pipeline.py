@@ -374,7 +374,10 @@ class _DecodePool:
         held: int,
     ) -> None:
         self.options, self.workers, self.encoder, self.encoder_into = options, workers, encoder, encoder_into
-        self.window = 2 * workers + 2  # enough to keep every worker busy, few enough to bound memory
+        # Two chunks a worker (one decoding, one queued) keep every worker busy. Each chunk in
+        # flight holds an arena slot whose pages every process maps on first use: with six in
+        # flight instead of four, a 2,000-image raw conversion ran 7% slower.
+        self.window = 2 * workers
         # Slots for the chunks in flight, plus those the caller may hold (`held`) before releasing.
         self.slots = self.window + held + 1
         # Last freed, first reused: the slots in use stay few and their pages mapped (see _prefault).
