@@ -384,6 +384,7 @@ class _DecodePool:
         self._free: queue.LifoQueue[int] = queue.LifoQueue()
         self.arena: mmap.mmap | None = None
         self._pool: ProcessPoolExecutor | None = None
+        self._exiting: threading.Thread | None = None
 
     def __enter__(self) -> _DecodePool:
         global _ARENA
@@ -407,9 +408,20 @@ class _DecodePool:
         )
         return self
 
+    def let_workers_exit(self) -> None:
+        """Every result is in: the workers exit (about 10 ms) while the caller writes its last
+        records and closes its files; __exit__ still waits for them, so none outlives the pool."""
+        if self._pool is not None and self._exiting is None:
+            self._exiting = threading.Thread(
+                target=self._pool.shutdown, kwargs={"wait": True}, name="mtldata-pool-exit", daemon=True
+            )
+            self._exiting.start()
+
     def __exit__(self, *exc: object) -> None:
         global _ARENA
-        if self._pool is not None:
+        if self._exiting is not None:
+            self._exiting.join()
+        elif self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
         if self.arena is not None:
             _ARENA = None
@@ -811,6 +823,7 @@ def _convert_locked(
                         batch = []
                     # the chunk's payloads are views of its arena slot: free it once they are stored
                     stage.submit(partial(decoder.release, slot), always=True)
+                decoder.let_workers_exit()
                 commit()
                 stage.finish()
                 sync_stage.finish()
