@@ -208,6 +208,11 @@ def main() -> int:
     default = rows["mtldata, default (trial)"]
     print(f"default vs the faster fixed count: {default['it_s'] / best_fixed:.2f}x (target >= 1.0)")
     print(f"the default's own choice (median round): {'; '.join(default['log']) or '(not settled)'}")
+    chosen = [
+        next((w for w in " ".join(run["log"]).split() if w.isdigit()), "?")
+        for run in runs["mtldata, default (trial)"]
+    ]
+    print(f"threads the default chose, round by round: {', '.join(chosen)}")
     return 0
 
 
