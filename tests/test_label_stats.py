@@ -56,3 +56,28 @@ def test_add_rows_stops_listing_values_past_the_cap_like_add():
 def test_add_rows_gives_no_numpy_warning_for_inf(recwarn):
     LabelStats().add_rows(np.array([[np.inf, 1.0], [np.nan, 2.5]], np.float32))
     assert not [w for w in recwarn if "numpy" in str(w.filename) or "invalid value" in str(w.message)]
+
+
+def test_plain_copy_is_what_asdict_makes_and_shares_no_container() -> None:
+    import dataclasses
+
+    from mtldata.storage.manifest import plain_copy
+
+    stats = LabelStats()
+    stats.add_rows(np.array([[1.0, np.nan], [2.0, 0.5], [3.0, 0.25]], np.float32))
+
+    @dataclasses.dataclass
+    class Holder:
+        stats: LabelStats
+        shapes: dict
+        pair: tuple
+        note: str | None = None
+
+    holder = Holder(stats, {"3x4x5": 2, "nested": {"a": [1, 2]}}, (1, [2.5]))
+    copied = plain_copy(holder)
+    assert copied == dataclasses.asdict(holder)
+    copied["stats"]["sums"].append(99.0)
+    copied["shapes"]["nested"]["a"].append(3)
+    copied["pair"][1].append(4)
+    assert stats.sums == dataclasses.asdict(holder)["stats"]["sums"] and 99.0 not in stats.sums
+    assert holder.shapes["nested"]["a"] == [1, 2] and holder.pair[1] == [2.5]

@@ -194,8 +194,10 @@ def plain_copy(value: Any) -> Any:
     statistics took milliseconds, paid at every commit of a conversion."""
     if isinstance(value, dict):
         return {key: plain_copy(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(plain_copy(item) for item in value)
+    if isinstance(value, list):
+        return [plain_copy(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(plain_copy(item) for item in value)
     if is_dataclass(value) and not isinstance(value, type):
         return {f.name: plain_copy(getattr(value, f.name)) for f in fields(value)}
     return value

@@ -478,8 +478,9 @@ class LmdbWriter:
         image: ImagePayload, labels: np.ndarray, buffer: memoryview
     ) -> tuple[ImagePayload, int] | None:
         """encode_payload, written at the start of `buffer` (shared memory) instead of new bytes:
-        raw HxWxC (or BGRX) pixels are split into CHW planes in place there, with no copy between. Returns the
-        payload's description (its digest, no data) and the record's length; None when it does not fit.
+        raw HxWxC (or BGRX) pixels are split into CHW planes in place there, with no copy between.
+        Returns the payload's description (its digest, no data) and the record's length; None when
+        it does not fit.
         """
         # Caffe's convert_multilabel: the int part of the first label (-1 when it is missing)
         label = int(labels[0]) if np.isfinite(labels[0]) else -1
