@@ -55,7 +55,7 @@ from mtldata.storage.output_guard import (
     lock_staging,
     staging_owner,
 )
-from mtldata.storage.planes import DecodeBuffer, planar_shape
+from mtldata.storage.planes import DecodeBuffer
 from mtldata.storage.records import ImagePayload, Sample
 from mtldata.version import __version__
 
@@ -321,8 +321,8 @@ def _decode_chunk(
                 out.append(str(exc))
                 continue
             if arena is not None:  # map what this record may use of the slot
-                data = payload.data
-                size = math.prod(planar_shape(data)) if isinstance(data, np.ndarray) else len(data)
+                data = payload.data  # raw pixels (maybe BGRX) take payload.shape's C*H*W bytes
+                size = math.prod(payload.shape) if isinstance(data, np.ndarray) else len(data)
                 _prefault(_ARENA, slot, offset - start + size + 4096, write=True)  # its bytes, and a header
             if into is not None:
                 placed = into(payload, labels, arena[offset:end])  # type: ignore[index]
