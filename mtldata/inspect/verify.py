@@ -313,8 +313,11 @@ def _file_digests(root: Path, manifest: dict[str, Any] | None) -> dict[bytes, tu
             continue
         path = (root / rel).parent / name
         if path.is_file() and path.resolve().parent == root.resolve():
-            read = record_digests.read(path, algorithm)
-            found = {**(found or {}), **{key: (algorithm, value) for key, value in read.items()}}
+            if found is None:
+                found = {}
+            found.update(
+                (key, (algorithm, value)) for key, value in record_digests.read(path, algorithm).items()
+            )
     return found
 
 
