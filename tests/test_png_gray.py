@@ -10,6 +10,7 @@ import io
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,8 +20,8 @@ from hypothesis.extra import numpy as hnp
 from libpng_oracle import libpng_gray, load_libpng
 from PIL import Image, PngImagePlugin
 
-from mtldata.storage.image import decode_bytes, load_image, png_file_gamma
-from mtldata.storage.png16 import png_sig_bit
+from mtldata.storage.image import decode_bytes, load_image
+from mtldata.storage.png16 import png_file_gamma, png_sig_bit
 
 LIBPNG = load_libpng()
 needs_libpng = pytest.mark.skipif(LIBPNG is None, reason="the system has no libpng16 to compare with")
@@ -79,12 +80,81 @@ def test_srgb_png_in_gray_differs_from_the_plain_formula_as_libpng_does(tmp_path
     assert srgb[0, 3] == 90 and (srgb[0, :3] > plain[0, :3] + 20).all()  # linear light lifts colours
 
 
-def test_png_file_gamma_follows_libpngs_rules():
-    assert png_file_gamma({}) is None
-    assert png_file_gamma({"gamma": 0.45455}) == 45455
-    assert png_file_gamma({"gamma": 1.0, "srgb": 0}) == 45455  # sRGB wins over gAMA
-    assert png_file_gamma({"gamma": 0.00001}) is None  # below libpng's 16/100000: ignored
-    assert png_file_gamma({"gamma": 7000.0}) is None
+def _gamma_of(chunks: list[tuple[bytes, bytes]]) -> int | None:
+    png = write_png16(Path("/dev/null"), np.zeros((1, 1, 3), np.uint16), [0], chunks, write=False)
+    return png_file_gamma(io.BytesIO(png))
+
+
+BAD_CRC = (b"gAMA", struct.pack(">I", 30000), b"\0\0\0\0")  # a third element: the CRC as written
+
+
+@pytest.mark.parametrize(
+    ("chunks", "gamma"),
+    [
+        # what libpng 1.6 uses for each, seen with tests/libpng_oracle.py
+        ([], None),
+        ([SRGB], 45455),
+        ([gama(30000)], 30000),
+        ([gama(200000), SRGB], 45455),  # sRGB wins over a gAMA before it
+        ([SRGB, gama(200000)], 45455),  # and over one after it that is more than 5% off
+        ([SRGB, gama(43291)], 43291),  # a gAMA after it within 5% replaces it
+        ([gama(1), SRGB], None),  # out of range: the colour space is invalid, sRGB then ignored
+        ([SRGB, gama(1)], 45455),  # ... which keeps the gamma read before
+        ([gama(30000), gama(60000)], 30000),  # a second gAMA: invalid
+        ([gama(30000), gama(60000), SRGB], 30000),
+        ([gama(30000), SRGB, gama(43291)], 45455),
+        ([SRGB, SRGB, gama(43291)], 45455),  # a second sRGB: invalid
+        ([SRGB, gama(43291), gama(30000)], 43291),
+        ([(b"sRGB", b"\x05")], None),  # rendering intent over 3: invalid
+        ([(b"sRGB", b"\x05"), gama(30000)], None),
+        ([gama(30000), (b"sRGB", b"\x05")], 30000),
+        ([(b"sRGB", b"\0\0"), gama(30000)], 30000),  # wrong lengths: the chunk alone is skipped
+        ([(b"gAMA", b"\0\0\x75\x30\0")], None),
+        ([BAD_CRC], None),
+        ([BAD_CRC, SRGB], 45455),
+        ([(b"PLTE", bytes(range(6))), SRGB], None),  # after PLTE: out of place
+    ],
+)
+def test_png_file_gamma_follows_libpngs_colour_space_rules(chunks, gamma):
+    assert _gamma_of(chunks) == gamma
+
+
+def test_png_file_gamma_of_what_is_not_a_png_or_is_cut_short():
+    whole = write_png16(Path("/dev/null"), np.zeros((1, 1, 3), np.uint16), [0], [SRGB], write=False)
+    assert png_file_gamma(io.BytesIO(b"not a png")) is None
+    assert png_file_gamma(io.BytesIO(whole[:46])) == 45455  # signature, IHDR and sRGB: 8 + 25 + 13
+    assert png_file_gamma(io.BytesIO(whole[:45])) is None  # the sRGB chunk's CRC is cut
+
+
+_gamma_values = st.one_of(
+    st.integers(0, 700_000_000), st.integers(40_000, 50_000), st.sampled_from([15, 16, 45455, 625_000_001])
+)
+_chunk = st.one_of(
+    st.builds(gama, _gamma_values),
+    st.builds(lambda intent: (b"sRGB", bytes([intent])), st.integers(0, 5)),
+    st.sampled_from(
+        [(b"sRGB", b"\0\0"), (b"gAMA", b"\0\1\0\0\0"), (b"PLTE", bytes(range(6))), (b"tEXt", b"a\0b")]
+    ),
+)
+
+
+def _one_plte(chunks: list[tuple[bytes, ...]]) -> list[tuple[bytes, ...]]:
+    """A second PLTE is a fatal error to libpng (the oracle would abort the test run)."""
+    first = next((i for i, c in enumerate(chunks) if c[0] == b"PLTE"), len(chunks))
+    return [c for i, c in enumerate(chunks) if c[0] != b"PLTE" or i == first]
+
+
+# (Chunks with a bad CRC are left out: libpng drops them, Pillow refuses the file, which mtldata
+# reports as an undecodable image.)
+@needs_libpng
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    chunks=st.lists(_chunk, max_size=4).map(_one_plte), red=st.integers(0, 65535), green=st.integers(0, 65535)
+)
+def test_any_order_of_gamma_chunks_converts_to_gray_as_libpng_does(tmp_path, chunks, red, green):
+    samples = np.array([[[red, green, 0], [0, red, green], [green, green, green]]], np.uint16)
+    path = write_png16(tmp_path / "x.png", samples, [0], chunks)
+    np.testing.assert_array_equal(load_image(path, gray=True), libpng_gray(LIBPNG, path))
 
 
 def _paeth(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -94,9 +164,10 @@ def _paeth(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 def write_png16(
-    path: Path, samples: np.ndarray, filters: list[int], chunks: list[tuple[bytes, bytes]]
-) -> Path:
-    """A 16-bit RGB or RGBA PNG written byte by byte, each row with the given filter type (0-4)."""
+    path: Path, samples: np.ndarray, filters: list[int], chunks: list[tuple[bytes, ...]], write: bool = True
+) -> Any:
+    """A 16-bit RGB or RGBA PNG written byte by byte, each row with the given filter type (0-4), and
+    `chunks` (kind, body[, CRC as written]) after IHDR; its path, or its bytes when not `write`."""
     height, width, channels = samples.shape
     bpp = 2 * channels
     rows = samples.astype(">u2").reshape(height, -1).view(np.uint8).astype(np.int32)
@@ -110,14 +181,18 @@ def write_png16(
         pred = [0, left, prior, (left + prior) >> 1, _paeth(left, prior, up_left)][kind]
         body.append(bytes([kind]) + ((raw - pred) & 0xFF).astype(np.uint8).tobytes())
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    def chunk(kind: bytes, data: bytes, crc: bytes | None = None) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data)) if crc is None else crc
+        return struct.pack(">I", len(data)) + kind + data + crc
 
     colour = 2 if channels == 3 else 6
     ihdr = struct.pack(">IIBBBBB", width, height, 16, colour, 0, 0, 0)
-    extra = b"".join(chunk(kind, data) for kind, data in chunks)
+    extra = b"".join(chunk(*c) for c in chunks)
     idat = chunk(b"IDAT", zlib.compress(b"".join(body)))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + extra + idat + chunk(b"IEND", b""))
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + extra + idat + chunk(b"IEND", b"")
+    if not write:
+        return png
+    path.write_bytes(png)
     return path
 
 

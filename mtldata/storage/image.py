@@ -26,7 +26,8 @@ Decoding in gray (``--gray``, ``IMREAD_GRAYSCALE``) gives an ``HxW`` ``uint8`` a
   ``rc = 29900*32768//100000 = 9797``, ``gc = 58700*32768//100000 = 19234``, ``bc = 32768 - rc - gc =
   3737``; a pixel with R == G == B keeps its value. Without a file gamma,
   ``gray = (rc*R + gc*G + bc*B) >> 15`` (truncating). When the file states a gamma that is not about
-  1 (a ``gAMA`` chunk, or ``sRGB``, which means 0.45455), libpng converts in linear light through its
+  1 (a ``gAMA`` chunk, or ``sRGB``, which means 0.45455; the two are read in file order by libpng's
+  colour-space rules, see ``png16.png_file_gamma``), libpng converts in linear light through its
   8-bit gamma tables: ``gray = from_1[(rc*to_1[R] + gc*to_1[G] + bc*to_1[B] + 16384) >> 15]``, with
   ``to_1[v] = floor(255*(v/255)**(1/file_gamma) + 0.5)`` and ``from_1`` the inverse power (0 and 255
   map to themselves); this lifts saturated colours by tens of levels (pure red: 147 instead of 76).
@@ -72,7 +73,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mtldata.errors import MtlDataError
 from mtldata.storage.planes import DecodeBuffer, planar_shape, planes_into
-from mtldata.storage.png16 import libpng_gray16, png_sig_bit
+from mtldata.storage.png16 import libpng_gray16, png_file_gamma, png_sig_bit
 from mtldata.storage.read_limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 from mtldata.storage.records import ImagePayload
 
@@ -300,21 +301,17 @@ def _load(im: Image.Image, may_rotate: bool = True) -> Image.Image:
 
 
 _PNG_FP_1 = 100000  # libpng's fixed-point 1.0
-_PNG_GAMMA_SRGB = 45455  # the file gamma an sRGB chunk implies
 
 
-def png_file_gamma(info: dict) -> int | None:
-    """The file gamma libpng 1.6 uses for a PNG (fixed point, x100000), from Pillow's ``info``; None if unstated.
-
-    An sRGB chunk wins over gAMA, as in libpng's colour-space rules; libpng ignores a gAMA outside
-    16..625000000 (0.00016 to 6250).
-    """
-    if "srgb" in info:
-        return _PNG_GAMMA_SRGB
-    gamma = info.get("gamma")
-    if isinstance(gamma, (int, float)) and 16 <= round(gamma * _PNG_FP_1) <= 625_000_000:
-        return int(round(gamma * _PNG_FP_1))
-    return None
+def _png_gamma(source: str | os.PathLike | bytes) -> int | None:
+    """The file gamma libpng gives a colour PNG's gray conversion (see png16.png_file_gamma)."""
+    if not isinstance(source, (str, os.PathLike)):
+        return png_file_gamma(io.BytesIO(bytes(source)))
+    try:
+        with open(source, "rb") as fh:
+            return png_file_gamma(fh)
+    except OSError as exc:
+        raise _file_error(exc) from None
 
 
 def _png_reciprocal(a: int) -> int:
@@ -413,7 +410,7 @@ def _decode(
                 im.draft("L", req)
             elif draft_size is not None and im.mode in ("RGB", "L"):
                 im.draft(im.mode, req)
-        file_gamma = png_file_gamma(im.info) if is_png_colour else None
+        file_gamma = _png_gamma(source) if gray and is_png_colour else None  # gray only needs it
         may_rotate = not (fmt == "PNG" and isinstance(source, bytes) and not _png_may_rotate(source))
         if gray and is_png_colour and _rawmode(im) in ("RGB;16B", "RGBA;16B") and _orientation(im) == 1:
             return _png16_gray(source, _load(im, may_rotate), file_gamma, max_pixels)

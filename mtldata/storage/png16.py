@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import struct
+import zlib
 from typing import BinaryIO
 
 import numpy as np
@@ -19,6 +20,56 @@ _RC, _GC = 9797, 19234  # OpenCV's png_set_rgb_to_gray(0.299, 0.587), as libpng 
 _BC = 32768 - _RC - _GC
 _FP_1 = 100000
 _MAX_GAMMA_8 = 11  # libpng's PNG_MAX_GAMMA_8: 16-bit gamma tables keep at most 11 bits
+_GAMMA_SRGB = 45455  # the file gamma an sRGB chunk implies (PNG_GAMMA_sRGB_INVERSE)
+_GAMMA_RANGE = (16, 625_000_000)  # libpng ignores a gAMA outside this (0.00016 to 6250)
+
+
+def png_file_gamma(stream: BinaryIO) -> int | None:
+    """The file gamma libpng 1.6 converts a colour PNG with (x100000; None: none), read from its start.
+
+    libpng reads gAMA and sRGB in file order into one colour space, and the order matters:
+    - sRGB sets 0.45455, whatever gAMA said before it;
+    - a gAMA after sRGB replaces that only when within 5% of it (else libpng warns and keeps sRGB's);
+    - a second gAMA or sRGB, an out-of-range gAMA or an sRGB intent over 3 marks the colour space
+      invalid: the gamma so far stays, and every later gAMA and sRGB is ignored;
+    - a chunk of the wrong length or with a bad CRC is skipped, and so is one after PLTE or IDAT.
+    iCCP profiles are not modelled (Pillow does not apply them to gray either). Only chunk headers
+    and the 4- or 1-byte bodies of gAMA and sRGB are read.
+    """
+    if stream.read(8) != _SIGNATURE:
+        return None
+    gamma: int | None = None
+    from_srgb = from_gama = invalid = False
+    while True:
+        header = stream.read(8)
+        if len(header) < 8:
+            return gamma
+        length, kind = struct.unpack(">I", header[:4])[0], header[4:]
+        if kind in (b"PLTE", b"IDAT", b"IEND"):
+            return gamma
+        if (kind, length) not in ((b"gAMA", 4), (b"sRGB", 1)):
+            stream.seek(length + 4, 1)  # body and CRC
+            continue
+        body, crc = stream.read(length), stream.read(4)
+        if len(crc) < 4 or zlib.crc32(kind + body) != struct.unpack(">I", crc)[0]:
+            continue  # an ancillary chunk with a bad CRC is dropped
+        if kind == b"gAMA":
+            value = struct.unpack(">I", body)[0]
+            if not _GAMMA_RANGE[0] <= value <= _GAMMA_RANGE[1] or from_gama:
+                invalid = True
+            elif not invalid and (gamma is None or not from_srgb or not _significant(_muldiv(gamma, value))):
+                gamma, from_gama = value, True
+        elif not invalid:  # sRGB
+            if from_srgb or body[0] > 3:
+                invalid = True  # "too many profiles" / "invalid sRGB rendering intent"
+            else:
+                gamma, from_srgb = _GAMMA_SRGB, True
+
+
+def _muldiv(gamma: int, divisor: int) -> int:
+    """png_muldiv(gamma, PNG_FP_1, divisor), floating-point build: 0 (a mismatch) on overflow."""
+    result = math.floor(gamma * _FP_1 / divisor + 0.5)
+    return result if -(2**31) <= result <= 2**31 - 1 else 0
 
 
 def png_sig_bit(stream: BinaryIO) -> int:
