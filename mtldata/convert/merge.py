@@ -206,7 +206,9 @@ def _merge_locked(
         writer = make_writer(first["backend"], staging, options)
         total = sum(m["count"] for m in manifests)
         stats = LabelStats()
-        done = 0
+        done = commits = 0
+        # A writer that writes through a map asks to be remapped (its written pages stay resident).
+        remap, remap_every = getattr(writer, "remap", None), getattr(writer, "remap_every", None)
         for part in parts:
             reader = open_reader(part)
             try:
@@ -216,6 +218,9 @@ def _merge_locked(
                     done += 1
                     if done % commit_every == 0:
                         writer.commit()
+                        commits += 1
+                        if remap is not None and remap_every and commits % remap_every == 0:
+                            remap()
                     if progress is not None:
                         progress(done, total)
             finally:

@@ -23,6 +23,7 @@ from mtldata.caffe.datum import datum_labels, image_datum_frame, label_datum, pa
 from mtldata.errors import DatasetFormatError, MtlDataError
 from mtldata.storage import record_digests
 from mtldata.storage.backends import DatasetReader, WriterOptions, register_writer
+from mtldata.storage.filesystems import filesystem_type
 from mtldata.storage.planes import planar_shape, planes_into
 from mtldata.storage.processes import current_pid
 from mtldata.storage.records import ImagePayload, Sample, missing_stored_as, restore_missing
@@ -38,6 +39,8 @@ RESERVE_STEP = 16 << 20
 RESERVE_MIN = 256 << 10
 # Pages any write transaction may add besides its records' own (branch copies, free-list pages).
 TXN_OVERHEAD = 64 << 10
+# File systems whose environments are written through LMDB's map (MDB_WRITEMAP), see _GrowingEnv._open.
+WRITEMAP_FILESYSTEMS = frozenset({"tmpfs"})
 # An image Datum's fields besides its data: channels, height, width, the data's tag and length,
 # label and encoded (varints of at most 10 bytes each, with their tags).
 _DATUM_FIELDS_MAX = 80
@@ -215,6 +218,7 @@ class _GrowingEnv:
 
     def __init__(self, path: Path, initial_map_size: int) -> None:
         self.path = path
+        self.writemap = filesystem_type(path.parent) in WRITEMAP_FILESYSTEMS  # see _open
         self.env = self._open(initial_map_size)
         self._map_size = int(self.env.info()["map_size"])  # may exceed the request (an existing env)
         self._txn: Any = None
@@ -288,14 +292,18 @@ class _GrowingEnv:
         self._reserve(nbytes)
 
     def _open(self, map_size: int) -> Any:
-        # Not writemap: a put into the shared map faults in every fresh page through the file
-        # system (about 0.3 ms of CPU for a 196 KB image on ext4, against 0.15 ms for a copy to
-        # the heap and one write() at commit), and a disk that fills up inside the map is SIGBUS.
+        # On disk file systems, not writemap: a put into the shared map faults in every fresh page
+        # through the file system (about 0.3 ms of CPU for a 196 KB image on ext4, against 0.15 ms
+        # for a copy to the heap and one write() at commit). On tmpfs the file's pages are memory
+        # and a put writes them in place, which saves the kernel's copy at commit (4% of a raw
+        # conversion's throughput, measured for issue 15). A full file system inside a map would be
+        # SIGBUS, not an error: _reserve allocates every page a transaction can write before it
+        # runs, so a full tmpfs is an ENOSPC there (tests/test_out_of_space.py mounts one).
         # sync=False (MDB_NOSYNC): a commit writes without waiting for the disk; `sync` then makes
         # it durable, on another thread (see convert/write_stage.py), while the next batch is put.
         try:
             return lmdb.open(
-                str(self.path), map_size=map_size, subdir=True, max_dbs=0, writemap=False, sync=False
+                str(self.path), map_size=map_size, subdir=True, max_dbs=0, writemap=self.writemap, sync=False
             )
         except lmdb.Error as exc:
             raise _os_error(exc, self.path) from None
@@ -360,8 +368,9 @@ class _GrowingEnv:
 
     def remap(self) -> None:
         """Close and reopen the environment (no transaction open, no sync running): LMDB reads the
-        tree's pages through its map, and every page read stays resident in this process until it
-        is unmapped, so the RSS would grow with the dataset."""
+        tree's pages through its map (and with writemap, writes every page through it), and each
+        page stays resident in this process until it is unmapped, so the RSS would grow with the
+        dataset."""
         self.env.close()
         self.env = self._open(self._map_size)
 
@@ -460,6 +469,9 @@ class LmdbWriter:
         self.images = _GrowingEnv(staging / IMAGES_DIR, map_size)
         self.labels = _GrowingEnv(staging / LABELS_DIR, map_size)
         self.num_labels = options.num_labels
+        # The converter remaps every this many commits (None: its default). Written through the
+        # map, every page a commit wrote stays resident until then: 64 MB a commit.
+        self.remap_every = 1 if self.images.writemap or self.labels.writemap else None
 
     @staticmethod
     def encode_payload(image: ImagePayload, labels: np.ndarray) -> ImagePayload:
