@@ -350,3 +350,35 @@ def test_no_decode_worker_outlives_the_conversion(image_set, tmp_path):
     assert multiprocessing.active_children() == []
     convert(ConvertSpec(list_file=list_file, output=tmp_path / "a", workers=2, overwrite=True))
     assert multiprocessing.active_children() == []
+
+
+def _progress_saves(monkeypatch) -> list[dict]:
+    """Every progress.json the converter writes, in order."""
+    saves: list[dict] = []
+    real = convert_module.write_json_atomic
+
+    def recording(path, data, *args, **kwargs):
+        if Path(path).name == convert_module.PROGRESS_NAME:
+            saves.append(data)
+        return real(path, data, *args, **kwargs)
+
+    monkeypatch.setattr(convert_module, "write_json_atomic", recording)
+    return saves
+
+
+def test_a_list_ending_on_a_commit_is_not_committed_twice(image_set, tmp_path, monkeypatch):
+    list_file, _ = image_set
+    saves = _progress_saves(monkeypatch)
+    assert convert(spec_for(list_file, tmp_path / "out", commit_every=6)).count == 12
+    # the start, then the commits after 6 and 12 samples; none repeats the one before
+    assert [s["next_position"] for s in saves] == [0, 6, 12]
+
+
+def test_an_error_after_the_last_commit_is_still_committed(image_set, tmp_path, monkeypatch):
+    list_file, _ = image_set
+    with open(list_file, "a", encoding="utf-8") as fh:
+        fh.write("images/missing.jpg 0 0 0 0\n")
+    saves = _progress_saves(monkeypatch)
+    result = convert(spec_for(list_file, tmp_path / "out", commit_every=6))
+    assert result.count == 12 and result.skipped == 1
+    assert [(s["next_position"], s["error_count"]) for s in saves] == [(0, 0), (6, 0), (12, 0), (13, 1)]

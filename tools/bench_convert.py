@@ -345,20 +345,11 @@ def scale_check(work: Path, names: list[str], args: argparse.Namespace, rows: di
 
 
 def filesystem_of(path: Path) -> str:
-    """The file system type of the mount holding `path` (Linux /proc/mounts), e.g. ext4 or tmpfs."""
-    found, best = "an unknown file system", ""
-    target = str(path.resolve())
-    try:
-        with open("/proc/mounts", encoding="utf-8") as fh:
-            for line in fh:
-                fields = line.split()
-                mount = fields[1]
-                inside = target == mount or target.startswith(mount.rstrip("/") + "/")
-                if inside and len(mount) >= len(best):
-                    found, best = fields[2], mount
-    except OSError:
-        pass
-    return found
+    """The file system type of the mount holding `path`, e.g. ext4 or tmpfs (mtldata writes LMDB
+    through its map on tmpfs, so the figures differ by file system)."""
+    from mtldata.storage.filesystems import filesystem_type
+
+    return filesystem_type(path) or "an unknown file system"
 
 
 def main() -> int:

@@ -764,16 +764,22 @@ def _convert_locked(
             state.stats.add_rows(np.stack(new_labels))
             new_labels.clear()
 
+    submitted: list[dict[str, Any]] = []  # the state of the last commit handed to the stage
+
     def commit() -> None:
         # The state as of the last sample handed over; it is saved once that sample is committed.
         nonlocal since_commit, since_commit_bytes, batch
         count_labels()
+        errors_file.flush()
+        state.errors_bytes = errors_file.tell()
+        snapshot = state.to_dict()
+        if not batch and submitted and submitted[0] == snapshot:
+            return  # nothing since the last commit (the list ended right after it): no second one
         if batch:
             stage.submit(partial(put_batch, batch))
             batch = []
-        errors_file.flush()
-        state.errors_bytes = errors_file.tell()
-        stage.submit(partial(commit_and_save, state.to_dict()))
+        stage.submit(partial(commit_and_save, snapshot))
+        submitted[:] = [snapshot]
         since_commit = since_commit_bytes = 0
 
     pending_items: deque[tuple[list[ListEntry | ListLineError], np.ndarray]] = deque()
