@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from mtldata.storage.image import chw_bytes, decode_bytes, to_chw
-from mtldata.storage.planes import BGRX_SLACK, DecodeBuffer, planar_shape, planes_into, with_slack
+from mtldata.storage.planes import DecodeBuffer, planar_shape, planes_into
 
 pytest.importorskip("simplejpeg", reason="the BGRX decode path is simplejpeg's")
 
@@ -47,7 +47,7 @@ def test_bgrx_decode_split_into_planes_equals_the_bgr_transpose(
     expected = to_chw(decode_bytes(data))
     buffer = DecodeBuffer()
     bgrx = decode_bytes(data, out=buffer)
-    assert bgrx.shape == (height, width, 4) and with_slack(bgrx) is not None  # the fast path is taken
+    assert bgrx.shape == (height, width, 4) and bgrx.flags.c_contiguous  # the fast (cast) path
     assert np.array_equal(_planes(bgrx), expected)
     assert bytes(chw_bytes(bgrx)) == expected.tobytes()
 
@@ -70,15 +70,19 @@ def test_a_gray_decode_into_the_buffer_is_the_plain_gray_decode() -> None:
     assert np.array_equal(_planes(gray), decode_bytes(data, gray=True)[None])
 
 
-def test_bgrx_without_slack_after_it_is_split_the_slow_way() -> None:
+def test_bgrx_splits_alike_wherever_it_lies_in_memory() -> None:
     rng = np.random.default_rng(2)
-    bgrx = rng.integers(0, 256, (5, 6, 4), np.uint8)  # owns its memory: no bytes after the last pixel
-    assert with_slack(bgrx) is None
-    assert np.array_equal(_planes(bgrx), bgrx[:, :, :3].transpose(2, 0, 1))
-    offset = np.zeros(4 + 5 * 6 * 4 + BGRX_SLACK, np.uint8)[4:][: 5 * 6 * 4].reshape(5, 6, 4)
-    offset[...] = bgrx  # a view that does not start at its base's start
-    assert with_slack(offset) is None
-    assert np.array_equal(_planes(offset), bgrx[:, :, :3].transpose(2, 0, 1))
+    bgrx = rng.integers(0, 256, (5, 6, 4), np.uint8)  # owns its memory: nothing after the last pixel
+    expected = bgrx[:, :, :3].transpose(2, 0, 1)
+    assert np.array_equal(_planes(bgrx), expected)
+    offset = np.zeros(3 + bgrx.size, np.uint8)[3:].reshape(5, 6, 4)  # unaligned, not at its base's start
+    offset[...] = bgrx
+    assert np.array_equal(_planes(offset), expected)
+    strided = np.zeros((5, 12, 4), np.uint8)[:, ::2]  # not contiguous: the transpose path
+    strided[...] = bgrx
+    assert np.array_equal(_planes(strided), expected)
+    one = bgrx[:1, :1].copy()  # a single pixel: its G and R come from the last-pixel copy alone
+    assert np.array_equal(_planes(one), one[:, :, :3].transpose(2, 0, 1))
 
 
 def test_bgr_and_gray_arrays_are_transposed() -> None:
@@ -93,6 +97,6 @@ def test_the_buffer_gives_back_the_memory_of_a_much_larger_image() -> None:
     buffer = DecodeBuffer()
     big = buffer.bgrx(1000, 1000)
     small = buffer.bgrx(10, 10)
-    assert big.base.size >= 4 * 1000 * 1000 + BGRX_SLACK
+    assert big.base.size >= 4 * 1000 * 1000
     assert small.base.size < 4 * 1000 * 1000  # not kept for a hundredth of the size
     assert buffer.bgrx(9, 10).base is small.base  # while a smaller image fits, the memory is reused

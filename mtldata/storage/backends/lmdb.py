@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import math
 import os
 import struct
 from collections.abc import Iterator
@@ -495,7 +496,8 @@ class LmdbWriter:
         it does not fit.
         """
         # Caffe's convert_multilabel: the int part of the first label (-1 when it is missing)
-        label = int(labels[0]) if np.isfinite(labels[0]) else -1
+        first = float(labels[0])  # a Python float: numpy scalar arithmetic costs microseconds
+        label = int(first) if math.isfinite(first) else -1
         pixels = image.data
         if isinstance(pixels, np.ndarray):
             c, h, w = planar_shape(pixels)
