@@ -52,7 +52,12 @@ def planes_into(pixels: np.ndarray, planes: np.ndarray) -> None:
     if pixels.ndim == 2:
         np.copyto(planes[0], pixels)
         return
-    if pixels.shape[2] == 4 and pixels.flags.c_contiguous and planes.flags.c_contiguous:
+    if (
+        pixels.shape[2] == 4
+        and pixels.dtype == np.uint8
+        and pixels.flags.c_contiguous
+        and planes.flags.c_contiguous
+    ):
         # Byte k of pixel i is the low byte of the little-endian uint32 read at 4i + k, and a cast
         # to uint8 keeps just that byte: each plane is one contiguous (SIMD) cast. At k = 1, 2 the
         # last pixel's read would run past the pixels: its G and R are copied on their own.

@@ -33,8 +33,8 @@ def png_file_gamma(stream: BinaryIO) -> int | None:
     - a second gAMA or sRGB, an out-of-range gAMA or an sRGB intent over 3 marks the colour space
       invalid: the gamma so far stays, and every later gAMA and sRGB is ignored;
     - a chunk of the wrong length or with a bad CRC is skipped, and so is one after PLTE or IDAT.
-    iCCP profiles are not modelled (Pillow does not apply them to gray either). Only chunk headers
-    and the 4- or 1-byte bodies of gAMA and sRGB are read.
+    iCCP profiles are not modelled. Only chunk headers and the 4- or 1-byte bodies of gAMA and sRGB
+    are read.
     """
     if stream.read(8) != _SIGNATURE:
         return None
