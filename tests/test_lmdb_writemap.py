@@ -1,6 +1,7 @@
-"""LMDB environments on tmpfs are written through LMDB's map (MDB_WRITEMAP): the same records,
-digests and files as a write() at commit, file space reserved before every page is written, and the
-maps dropped after every commit so that the written pages do not pile up in the RSS."""
+"""LMDB maps: environments on tmpfs are written through LMDB's map (MDB_WRITEMAP), with the same
+records, digests and files as a write() at commit and file space reserved before every page is
+written; maps are dropped after every such commit, and every ITER_WINDOW bytes of a pass over a
+reader, so that pages do not pile up in the RSS (merge's transactions are bounded in bytes too)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import pytest
 from conftest import db_items
 from test_lmdb_writer import samples
 
+import mtldata.convert.merge as merge_module
 import mtldata.convert.pipeline as pipeline
 import mtldata.storage.backends.lmdb as lmdb_backend
 from mtldata.convert.merge import merge
 from mtldata.convert.pipeline import ConvertSpec, convert
-from mtldata.storage.backends import WriterOptions
+from mtldata.storage.backends import WriterOptions, open_reader
 from mtldata.storage.backends.lmdb import LmdbWriter, check_data_file
 from mtldata.storage.filesystems import filesystem_type
 
@@ -126,3 +128,31 @@ def test_merge_remaps_after_every_commit_written_through_the_map(
     assert whole.count == 12
     for db in ("images.lmdb", "labels.lmdb"):
         assert db_items(tmp_path / "merged" / db) == db_items(tmp_path / "whole" / db)
+
+
+def test_a_pass_over_a_reader_drops_its_maps_as_it_goes_and_reads_the_same(image_set, tmp_path, monkeypatch):
+    list_file, _ = image_set
+    convert(ConvertSpec(list_file=list_file, output=tmp_path / "ds"))
+    reader = open_reader(tmp_path / "ds")
+    whole = [(s.key, bytes(s.image.data), s.labels.tolist()) for s in reader]
+    reader.close()
+    monkeypatch.setattr(lmdb_backend, "ITER_WINDOW", 1)  # after every sample
+    unmaps = count_calls(monkeypatch, lmdb_backend.LmdbReader, "_unmap")
+    reader = open_reader(tmp_path / "ds")
+    windowed = [(s.key, bytes(s.image.data), s.labels.tolist()) for s in reader]
+    reader.close()
+    assert windowed == whole and len(whole) == 12
+    assert unmaps["n"] == 12 + 1  # one a sample, and close()
+
+
+def test_merge_commits_by_bytes_too(image_set, tmp_path, monkeypatch):
+    list_file, _ = image_set
+    parts = []
+    for i in range(2):
+        spec = ConvertSpec(list_file=list_file, output=tmp_path / f"p{i}", num_shards=2, shard_index=i)
+        convert(spec)
+        parts.append(spec.output)
+    monkeypatch.setattr(merge_module, "COMMIT_BYTES", 1)  # every sample's bytes fill a transaction
+    commits = count_calls(monkeypatch, LmdbWriter, "commit")
+    merge(parts, tmp_path / "merged")
+    assert commits["n"] == 12 + 2  # a commit a sample, the final one and close()'s

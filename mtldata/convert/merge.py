@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mtldata.convert.pipeline import (
+    COMMIT_BYTES,
     ERRORS_NAME,
     MANIFEST_ERRORS,
     _publish,
@@ -206,7 +207,7 @@ def _merge_locked(
         writer = make_writer(first["backend"], staging, options)
         total = sum(m["count"] for m in manifests)
         stats = LabelStats()
-        done = commits = 0
+        done = commits = pending = 0
         # A writer that writes through a map asks to be remapped (its written pages stay resident).
         remap, remap_every = getattr(writer, "remap", None), getattr(writer, "remap_every", None)
         for part in parts:
@@ -216,9 +217,11 @@ def _merge_locked(
                     writer.put(dataclasses.replace(sample, index=_position(sample.key, part)))
                     stats.add(sample.labels)
                     done += 1
-                    if done % commit_every == 0:
+                    pending += len(sample.image.data)
+                    # as the converter: what a transaction holds stays in memory until it commits
+                    if done % commit_every == 0 or pending >= COMMIT_BYTES:
                         writer.commit()
-                        commits += 1
+                        commits, pending = commits + 1, 0
                         if remap is not None and remap_every and commits % remap_every == 0:
                             remap()
                     if progress is not None:

@@ -42,6 +42,8 @@ RESERVE_MIN = 256 << 10
 TXN_OVERHEAD = 64 << 10
 # File systems whose environments are written through LMDB's map (MDB_WRITEMAP), see _GrowingEnv._open.
 WRITEMAP_FILESYSTEMS = frozenset({"tmpfs"})
+# A reader's pass over every sample drops its maps every this many bytes read (see LmdbReader.__iter__).
+ITER_WINDOW = 64 << 20
 # An image Datum's fields besides its data: channels, height, width, the data's tag and length,
 # label and encoded (varints of at most 10 bytes each, with their tags).
 _DATUM_FIELDS_MAX = 80
@@ -753,8 +755,26 @@ class LmdbReader(DatasetReader):
         return Sample(index=i, key=key.decode("utf-8", errors="replace"), image=payload, labels=labels)
 
     def __iter__(self) -> Iterator[Sample]:
+        """Every sample in key order, each a copy: the environments' maps are dropped every
+        ITER_WINDOW bytes read, since every page read through a map stays resident in this process
+        (a whole pass would grow the RSS to the database's size, as in `mtldata merge`)."""
+        read = 0
         for i in range(len(self)):
-            yield self.sample(i)
+            sample = self.sample(i)
+            read += len(sample.image.data)
+            if read >= ITER_WINDOW:
+                self._unmap()
+                read = 0
+            yield sample
+
+    def _unmap(self) -> None:
+        """Close the environments (the next read opens them again); the keys read are kept."""
+        if self._pid == current_pid():
+            for env in self._envs:
+                env.close()
+        self._envs = []
+        self._img_txn = self._lbl_txn = None
+        self._pid = None
 
     def describe(self) -> dict[str, Any]:
         if self.manifest is not None:
@@ -771,10 +791,5 @@ class LmdbReader(DatasetReader):
         }
 
     def close(self) -> None:
-        if self._pid == current_pid():
-            for env in self._envs:
-                env.close()
-        self._envs = []
-        self._img_txn = self._lbl_txn = None
-        self._pid = None
+        self._unmap()
         self._keys = self._num_labels = None  # a reopen reads what is there then
