@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile, ImageOps
 
+import mtldata.storage.image as image_module
 from mtldata.caffe.datum import parse_datum
 from mtldata.storage.image import (
     ImageDecodeError,
@@ -485,6 +486,27 @@ def test_caffe_resize_equals_pixel_loop_transcription(sh, sw, dh, dw, channels, 
     shape = (sh, sw) if channels == 0 else (sh, sw, channels)
     img = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
     assert np.array_equal(caffe_resize(img, dw, dh), opencv_linear_loops(img, dw, dh))
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(
+    sh=st.integers(1, 30),
+    sw=st.integers(1, 9),
+    dh=st.integers(1, 30),
+    dw=st.integers(1, 9),
+    channels=st.sampled_from([0, 1, 3]),
+    block=st.integers(1, 40),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_caffe_resize_in_blocks_of_rows_equals_the_pixel_loop_transcription(
+    sh, sw, dh, dw, channels, block, seed
+):
+    # blocks of one output row and up: every block boundary the row taps can meet
+    shape = (sh, sw) if channels == 0 else (sh, sw, channels)
+    img = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(image_module, "_RESIZE_BLOCK", block)
+        assert np.array_equal(caffe_resize(img, dw, dh), opencv_linear_loops(img, dw, dh))
 
 
 def test_caffe_resize_exact_2x_is_area_average():
