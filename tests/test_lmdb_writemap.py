@@ -112,15 +112,21 @@ def test_the_converter_remaps_after_every_commit_written_through_the_map(
         assert db_items(tmp_path / "mapped" / db) == db_items(tmp_path / "plain" / db)
 
 
+def _two_parts(list_file: Path, where: Path) -> list[Path]:
+    """The list converted as two shards, ready to merge."""
+    parts = []
+    for i in range(2):
+        spec = ConvertSpec(list_file=list_file, output=where / f"p{i}", num_shards=2, shard_index=i)
+        convert(spec)
+        parts.append(spec.output)
+    return parts
+
+
 def test_merge_remaps_after_every_commit_written_through_the_map(
     image_set, tmp_path, monkeypatch, writemap_here
 ):
     list_file, _ = image_set
-    parts = []
-    for i in range(2):
-        spec = ConvertSpec(list_file=list_file, output=tmp_path / f"p{i}", num_shards=2, shard_index=i)
-        convert(spec)
-        parts.append(spec.output)
+    parts = _two_parts(list_file, tmp_path)
     remaps = count_calls(monkeypatch, LmdbWriter, "remap")
     merge(parts, tmp_path / "merged", commit_every=2)
     assert remaps["n"] == 6  # 12 samples, a commit every 2
@@ -147,11 +153,7 @@ def test_a_pass_over_a_reader_drops_its_maps_as_it_goes_and_reads_the_same(image
 
 def test_merge_commits_by_bytes_too(image_set, tmp_path, monkeypatch):
     list_file, _ = image_set
-    parts = []
-    for i in range(2):
-        spec = ConvertSpec(list_file=list_file, output=tmp_path / f"p{i}", num_shards=2, shard_index=i)
-        convert(spec)
-        parts.append(spec.output)
+    parts = _two_parts(list_file, tmp_path)
     monkeypatch.setattr(merge_module, "COMMIT_BYTES", 1)  # every sample's bytes fill a transaction
     commits = count_calls(monkeypatch, LmdbWriter, "commit")
     merge(parts, tmp_path / "merged")
