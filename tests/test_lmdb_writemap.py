@@ -27,7 +27,8 @@ from mtldata.storage.filesystems import filesystem_type
 def writemap_here(tmp_path, monkeypatch):
     """Make tmp_path's file system one that LMDB environments are written through the map on."""
     kind = filesystem_type(tmp_path)
-    assert kind is not None, "this test needs /proc/self/mountinfo"
+    if kind is None:
+        pytest.skip("no file system type for the test folder (/proc/self/mountinfo unreadable?)")
     monkeypatch.setattr(lmdb_backend, "WRITEMAP_FILESYSTEMS", frozenset({kind}))
 
 
