@@ -65,9 +65,9 @@ import io
 import math
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -304,13 +304,13 @@ def _load(im: Image.Image, may_rotate: bool = True) -> Image.Image:
 _PNG_FP_1 = 100000  # libpng's fixed-point 1.0
 
 
-def _png_gamma(source: str | os.PathLike | bytes) -> int | None:
-    """The file gamma libpng gives a colour PNG's gray conversion (see png16.png_file_gamma)."""
+def _read_png_chunks(source: str | os.PathLike | bytes, read: Callable[[BinaryIO], int | None]) -> int | None:
+    """What `read` (png16's png_file_gamma or png_sig_bit) finds in a PNG file's or buffer's chunks."""
     if not isinstance(source, (str, os.PathLike)):
-        return png_file_gamma(io.BytesIO(bytes(source)))
+        return read(io.BytesIO(bytes(source)))
     try:
         with open(source, "rb") as fh:
-            return png_file_gamma(fh)
+            return read(fh)
     except OSError as exc:
         raise _file_error(exc) from None
 
@@ -411,7 +411,8 @@ def _decode(
                 im.draft("L", req)
             elif draft_size is not None and im.mode in ("RGB", "L"):
                 im.draft(im.mode, req)
-        file_gamma = _png_gamma(source) if gray and is_png_colour else None  # gray only needs it
+        # the file gamma libpng converts to gray with (only gray needs it)
+        file_gamma = _read_png_chunks(source, png_file_gamma) if gray and is_png_colour else None
         may_rotate = not (fmt == "PNG" and isinstance(source, bytes) and not _png_may_rotate(source))
         if gray and is_png_colour and _rawmode(im) in ("RGB;16B", "RGBA;16B") and _orientation(im) == 1:
             return _png16_gray(source, _load(im, may_rotate), file_gamma, max_pixels)
@@ -438,14 +439,7 @@ def _png16_gray(
         low.tile = [tile._replace(args=rawmode) if hasattr(tile, "_replace") else (*tile[:3], rawmode)]
         lo = np.asarray(_load(low))[..., :3].astype(np.uint16)
     rgb = (np.asarray(high)[..., :3].astype(np.uint16) << 8) | lo
-    if isinstance(source, (str, os.PathLike)):
-        try:
-            with open(source, "rb") as fh:
-                sig_bit = png_sig_bit(fh)
-        except OSError as exc:
-            raise _file_error(exc) from None
-    else:
-        sig_bit = png_sig_bit(io.BytesIO(bytes(source)))
+    sig_bit = _read_png_chunks(source, png_sig_bit) or 0
     return np.ascontiguousarray(libpng_gray16(rgb, file_gamma, sig_bit))
 
 
