@@ -70,7 +70,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from mtldata.errors import MtlDataError
 from mtldata.storage.planes import DecodeBuffer, planar_shape, planes_into
@@ -168,8 +168,31 @@ def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
         )
 
 
+def _open_png_bytes(data: bytes, max_pixels: int | None) -> Image.Image | None:
+    """A PNG buffer opened with Pillow's PNG plugin directly; None when that fails or the image is
+    over a pixel limit, for Image.open to do it again and word the outcome.
+
+    Image.open would pick the same plugin from the signature, after its plugin set-up and format
+    probing: 9 of the 37 us it takes for a 28 px digit, where a whole ds[i] takes about 240 us.
+    """
+    try:
+        im = PngImagePlugin.PngImageFile(io.BytesIO(data))
+    except Exception:  # noqa: BLE001 - Image.open's path reports it
+        return None
+    pixels = im.size[0] * im.size[1]
+    limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
+    if limit is not None and pixels > limit:  # Image.open's warning, error or our own refusal
+        im.close()
+        return None
+    return im
+
+
 def _open(source: str | os.PathLike | bytes, max_pixels: int | None = None) -> Image.Image:
     """Open (parse the header of) a file or buffer, mapping failures to ImageDecodeError."""
+    if isinstance(source, bytes) and source[:8] == _PNG_SIGNATURE:
+        im = _open_png_bytes(source, max_pixels)
+        if im is not None:
+            return im
     try:
         with _own_pixel_limit(max_pixels):
             if isinstance(source, (bytes, bytearray, memoryview)):
@@ -359,7 +382,10 @@ def _to_8bit_array(im: Image.Image) -> np.ndarray:
     """Pixels of a loaded image as HxW (gray) or HxWx3 (RGB) uint8, per the module's rules."""
     mode = im.mode
     if mode in ("L", "RGB"):
-        return np.asarray(im)
+        # read-only, as np.asarray(im) gives, which goes through the same tobytes (4 us slower)
+        width, height = im.size
+        shape = (height, width) if mode == "L" else (height, width, 3)
+        return np.frombuffer(im.tobytes(), np.uint8).reshape(shape)
     if mode.startswith("I;16") or mode == "I":
         a = np.asarray(im).astype(np.int64)  # any byte order -> native integers
         return (np.clip(a, 0, 65535) >> 8).astype(np.uint8)
