@@ -100,7 +100,8 @@ from mtldata.storage.read_limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXE
     help="How --encoded checks a JPEG or PNG it stores as it is: decode (all of the compressed data; a JPEG "
     "at 1/8 scale, which finds the same damage) or header "
     "(trusted files only: reads the header and checks the end marker; catches a file that is not an "
-    "image, a broken header and a truncated file, but MISSES damage in the middle of the data).",
+    "image, a broken header and a truncated file, and in a PNG any damage (every chunk's CRC is "
+    "checked), but MISSES damage in the middle of a JPEG's data).",
 )
 @click.option("--shuffle", is_flag=True, help="Shuffle the samples; keys are numbered after shuffling.")
 @click.option(

@@ -75,6 +75,7 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 from mtldata.errors import MtlDataError
 from mtldata.storage.planes import DecodeBuffer, planar_shape, planes_into
 from mtldata.storage.png16 import libpng_gray16, png_file_gamma, png_sig_bit
+from mtldata.storage.png_chunks import PngChunkError, libpng_chunks
 from mtldata.storage.read_limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 from mtldata.storage.records import ImagePayload
 
@@ -420,6 +421,11 @@ def _decode(
 
     ``draft_size`` (antialias mode only) lets libjpeg downscale in the DCT domain to at least that size.
     """
+    if isinstance(source, bytes) and source[:8] == _PNG_SIGNATURE:
+        try:
+            source = libpng_chunks(source)  # decodes only what OpenCV's libpng decodes
+        except PngChunkError as exc:
+            raise ImageDecodeError(str(exc)) from None
     im = _open(source, max_pixels)
     with im:
         fmt = im.format
@@ -640,9 +646,9 @@ def header_shape(data: bytes, gray: bool, max_pixels: int | None = None) -> tupl
     """(C, H, W) a JPEG or PNG decodes to, read from its header, after checking its end marker.
 
     The `--validate header` check for trusted files: it catches a file that is not a JPEG or PNG,
-    a broken header and a truncated file (no end-of-image marker / IEND chunk at the end), but NOT
-    damage between the header and the end (corrupt entropy-coded or deflate data), which only a
-    decode finds. Raises ImageDecodeError; None for what it cannot judge this way (another format,
+    a broken header and a truncated file (no end-of-image marker / IEND chunk at the end). In a PNG
+    it also checks every chunk's CRC as libpng does, which finds damage anywhere; in a JPEG it does
+    NOT find damage between the header and the end (corrupt entropy-coded data): only a decode does. Raises ImageDecodeError; None for what it cannot judge this way (another format,
     a rotating EXIF orientation or an eXIf chunk): decode those.
     """
     limit = 2 * (Image.MAX_IMAGE_PIXELS or 1 << 62)  # where Pillow's decode refuses a "bomb"
@@ -664,6 +670,10 @@ def header_shape(data: bytes, gray: bool, max_pixels: int | None = None) -> tupl
             raise ImageDecodeError("corrupt image data: PNG without an IHDR header")
         if not data.endswith(_PNG_IEND):
             raise ImageDecodeError("truncated image data (no PNG IEND chunk at the end)")
+        try:  # every chunk's CRC: damage anywhere in a PNG shows there, for a fraction of a decode
+            libpng_chunks(data)
+        except PngChunkError as exc:
+            raise ImageDecodeError(str(exc)) from None
         if data.find(b"eXIf") >= 0:
             return None  # an EXIF orientation may rotate it
         width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
