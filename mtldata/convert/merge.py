@@ -27,7 +27,6 @@ from mtldata.convert.pipeline import (
 from mtldata.durable import fsync_path
 from mtldata.errors import DatasetFormatError, DatasetStateError, MtlDataError, OutputError
 from mtldata.storage.backends import WriterOptions, make_writer, open_reader, read_manifest
-from mtldata.storage.heap import trim_heap
 from mtldata.storage.manifest import LabelStats, Manifest, dataset_checksums, write_manifest
 from mtldata.storage.output_guard import (
     check_output_path,
@@ -222,7 +221,6 @@ def _merge_locked(
                     # as the converter: what a transaction holds stays in memory until it commits
                     if done % commit_every == 0 or pending >= COMMIT_BYTES:
                         writer.commit()
-                        trim_heap()
                         commits, pending = commits + 1, 0
                         if remap is not None and remap_every and commits % remap_every == 0:
                             remap()

@@ -44,7 +44,6 @@ from mtldata.errors import (
 )
 from mtldata.storage import record_digests
 from mtldata.storage.backends import WriterOptions, check_writer_options, make_writer
-from mtldata.storage.heap import trim_heap
 from mtldata.storage.image import ImageDecodeError, ImageOptions, chw_bytes, prepare_image
 from mtldata.storage.label_sources import LabelInput, open_labels
 from mtldata.storage.listfile import ListEntry, ListLineError
@@ -749,7 +748,6 @@ def _convert_locked(
 
     def commit_and_save(snapshot: dict[str, Any]) -> None:
         writer.commit()
-        trim_heap()  # what the transaction held is free now (see storage/heap.py)
         if sync is None:
             sync_and_save(snapshot)
             return
