@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import write_image, write_list
 
+import mtldata.inspect.verify as verify_module
 from mtldata.caffe.caffe_pb2 import Datum
 from mtldata.caffe.datum import image_datum, label_datum
 from mtldata.cli import main
@@ -244,6 +245,28 @@ def test_encoded_records_are_decoded_and_a_corrupt_one_is_named(image_set, tmp_p
     report = verify_dataset(out)
     assert report.bad_keys == [key.decode()]
     assert record_problems(report)[0].reason.startswith("encoded image does not decode")
+
+
+def test_encoded_jpegs_are_checked_at_one_eighth_scale_and_a_damaged_scan_is_still_named(
+    tmp_path, monkeypatch
+):
+    # A file damaged in its scan passes --validate header and is stored; verify must name it.
+    names = [write_image(tmp_path / f"{i}.jpg", size=(64, 48), seed=i).name for i in range(3)]
+    damaged = bytearray((tmp_path / "1.jpg").read_bytes())
+    middle = len(damaged) // 2
+    damaged[middle : middle + 40] = b"\xff" * 40
+    (tmp_path / "1.jpg").write_bytes(bytes(damaged))
+    list_file = write_list(tmp_path / "list.txt", [f"{name} {i}" for i, name in enumerate(names)])
+    out = tmp_path / "enc"
+    options = ImageOptions(encoded=True, validate="header")
+    convert(ConvertSpec(list_file=list_file, output=out, workers=1, image=options))
+    scaled = []
+    real = verify_module.jpeg_decodes
+    monkeypatch.setattr(verify_module, "jpeg_decodes", lambda *a: scaled.append(real(*a)) or scaled[-1])
+    report = verify_dataset(out)
+    assert report.bad_keys == ["00000001_1.jpg"]
+    assert record_problems(report)[0].reason.startswith("encoded image does not decode")
+    assert scaled[0] == scaled[2] == (3, 48, 64) and scaled[1] is None  # the damaged one decoded whole
 
 
 def test_a_count_disagreeing_with_errors_tsv_is_reported(tmp_path):
