@@ -648,8 +648,9 @@ def header_shape(data: bytes, gray: bool, max_pixels: int | None = None) -> tupl
     The `--validate header` check for trusted files: it catches a file that is not a JPEG or PNG,
     a broken header and a truncated file (no end-of-image marker / IEND chunk at the end). In a PNG
     it also checks every chunk's CRC as libpng does, which finds damage anywhere; in a JPEG it does
-    NOT find damage between the header and the end (corrupt entropy-coded data): only a decode does. Raises ImageDecodeError; None for what it cannot judge this way (another format,
-    a rotating EXIF orientation or an eXIf chunk): decode those.
+    NOT find damage between the header and the end (corrupt entropy-coded data): only a decode does.
+    Raises ImageDecodeError; None for what it cannot judge this way (another format, a rotating
+    EXIF orientation or an eXIf chunk): decode those.
     """
     limit = 2 * (Image.MAX_IMAGE_PIXELS or 1 << 62)  # where Pillow's decode refuses a "bomb"
     channels = 1 if gray else 3

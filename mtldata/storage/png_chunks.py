@@ -17,14 +17,12 @@ import zlib
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CRITICAL = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND"})
 _MAX_LENGTH = 2**31 - 1  # PNG_UINT_31_MAX: a larger chunk length is an error
+_HEADER = struct.Struct(">I4s")  # a chunk's length and type
+_CRC = struct.Struct(">I")
 
 
 class PngChunkError(ValueError):
     """libpng would stop reading this PNG; the message says why."""
-
-
-_HEADER = struct.Struct(">I4s")  # a chunk's length and type
-_CRC = struct.Struct(">I")
 
 
 def libpng_chunks(data: bytes) -> bytes:
