@@ -1,6 +1,9 @@
-"""`--validate header`: the light check of files stored verbatim (header and end marker only)."""
+"""`--validate header`: the light check of files stored verbatim (header and end marker, and a
+PNG's chunk CRCs)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from conftest import db_items, write_image, write_list
@@ -44,29 +47,31 @@ def test_a_file_that_is_not_an_image_or_has_a_broken_header_is_rejected(tmp_path
         prepare_image(png, HEADER)
 
 
-def test_a_corrupt_middle_passes_the_header_check_of_a_jpeg_but_not_a_decode(tmp_path):
-    # The documented limit of --validate header: in a JPEG, damage between header and end goes unseen.
-    path = write_image(tmp_path / "a.jpg", size=(64, 48))
+def _damaged_in_the_middle(path: Path, fill: bytes) -> bytes:
+    """A 64x48 image written to `path`, then 40 bytes in the middle of the file overwritten."""
+    write_image(path, size=(64, 48))
     data = bytearray(path.read_bytes())
     middle = len(data) // 2
-    data[middle : middle + 40] = b"\xff" * 40
+    data[middle : middle + 40] = fill * 40
     path.write_bytes(bytes(data))
-    assert header_shape(bytes(data), gray=False) == (3, 48, 64)
-    assert prepare_image(path, HEADER).data == bytes(data)
+    return bytes(data)
+
+
+def test_a_corrupt_middle_passes_the_header_check_of_a_jpeg_but_not_a_decode(tmp_path):
+    # The documented limit of --validate header: in a JPEG, damage between header and end goes unseen.
+    data = _damaged_in_the_middle(tmp_path / "a.jpg", b"\xff")
+    assert header_shape(data, gray=False) == (3, 48, 64)
+    assert prepare_image(tmp_path / "a.jpg", HEADER).data == data
     with pytest.raises(ImageDecodeError):
-        prepare_image(path, DECODE)
+        prepare_image(tmp_path / "a.jpg", DECODE)
 
 
 def test_a_corrupt_middle_of_a_png_fails_the_header_check_by_its_crc(tmp_path):
-    path = write_image(tmp_path / "b.png", size=(64, 48))
-    data = bytearray(path.read_bytes())
-    middle = len(data) // 2
-    data[middle : middle + 40] = b"\x00" * 40
-    path.write_bytes(bytes(data))
+    _damaged_in_the_middle(tmp_path / "b.png", b"\x00")
     with pytest.raises(ImageDecodeError, match="corrupt PNG: the IDAT chunk's CRC does not match its data"):
-        prepare_image(path, HEADER)
+        prepare_image(tmp_path / "b.png", HEADER)
     with pytest.raises(ImageDecodeError):
-        prepare_image(path, DECODE)
+        prepare_image(tmp_path / "b.png", DECODE)
 
 
 def test_an_exif_rotated_jpeg_falls_back_to_a_decode(tmp_path):
