@@ -74,6 +74,16 @@ def test_a_corrupt_middle_of_a_png_fails_the_header_check_by_its_crc(tmp_path):
         prepare_image(tmp_path / "b.png", DECODE)
 
 
+def test_a_png_is_read_up_to_its_iend_as_libpng_reads_it(tmp_path):
+    png = write_image(tmp_path / "c.png", size=(16, 8)).read_bytes()
+    (tmp_path / "c.png").write_bytes(png + b"bytes after IEND, which libpng never reads")
+    assert prepare_image(tmp_path / "c.png", HEADER).shape == prepare_image(tmp_path / "c.png", DECODE).shape
+    (tmp_path / "c.png").write_bytes(png[:-12])  # no IEND
+    for options in (HEADER, DECODE):
+        with pytest.raises(ImageDecodeError, match="truncated PNG: the data ends before its IEND chunk"):
+            prepare_image(tmp_path / "c.png", options)
+
+
 def test_an_exif_rotated_jpeg_falls_back_to_a_decode(tmp_path):
     from PIL import Image
 

@@ -639,15 +639,15 @@ def chw_bytes(img: np.ndarray) -> bytearray:
 # The light check: header and end marker only
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
 def header_shape(data: bytes, gray: bool, max_pixels: int | None = None) -> tuple[int, int, int] | None:
     """(C, H, W) a JPEG or PNG decodes to, read from its header, after checking its end marker.
 
     The `--validate header` check for trusted files: it catches a file that is not a JPEG or PNG,
-    a broken header and a truncated file (no end-of-image marker / IEND chunk at the end). In a PNG
-    it also checks every chunk's CRC as libpng does, which finds damage anywhere; in a JPEG it does
+    a broken header and a truncated file (no end-of-image marker at the end of a JPEG, no IEND chunk
+    in a PNG). In a PNG it also checks every chunk's CRC as libpng does, which finds damage anywhere,
+    and accepts bytes after IEND as libpng does (it never reads them); in a JPEG it does
     NOT find damage between the header and the end (corrupt entropy-coded data): only a decode does.
     Raises ImageDecodeError; None for what it cannot judge this way (another format, a rotating
     EXIF orientation or an eXIf chunk): decode those.
@@ -669,9 +669,9 @@ def header_shape(data: bytes, gray: bool, max_pixels: int | None = None) -> tupl
     elif data[:8] == _PNG_SIGNATURE:
         if data[12:16] != b"IHDR" or len(data) < 33:
             raise ImageDecodeError("corrupt image data: PNG without an IHDR header")
-        if not data.endswith(_PNG_IEND):
-            raise ImageDecodeError("truncated image data (no PNG IEND chunk at the end)")
-        try:  # every chunk's CRC: damage anywhere in a PNG shows there, for a fraction of a decode
+        # Every chunk up to IEND, as libpng reads them: a PNG cut short has no IEND, and a CRC shows
+        # damage anywhere in it, for a fraction of a decode (bytes after IEND are never read).
+        try:
             libpng_chunks(data)
         except PngChunkError as exc:
             raise ImageDecodeError(str(exc)) from None
