@@ -656,7 +656,11 @@ def header_shape(data: bytes, gray: bool, max_pixels: int | None = None) -> tupl
     channels = 1 if gray else 3
     if data[:3] == b"\xff\xd8\xff":
         if data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
-            raise ImageDecodeError("truncated image data (no JPEG end-of-image marker)")
+            # An EOI inside the file may be an EXIF thumbnail's, so only the last bytes can tell.
+            raise ImageDecodeError(
+                "truncated image data (no JPEG end-of-image marker at the end; a file with bytes "
+                "after its marker passes --validate decode)"
+            )
         height, width = _jpeg_size(data)
         if _has_app1(data):
             try:
