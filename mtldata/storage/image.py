@@ -75,7 +75,7 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 from mtldata.errors import MtlDataError
 from mtldata.storage.planes import DecodeBuffer, planar_shape, planes_into
 from mtldata.storage.png16 import libpng_gray16, png_file_gamma, png_sig_bit
-from mtldata.storage.png_chunks import PngChunkError, libpng_chunks
+from mtldata.storage.png_chunks import PNG_SIGNATURE, PngChunkError, libpng_chunks
 from mtldata.storage.read_limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 from mtldata.storage.records import ImagePayload
 
@@ -190,7 +190,7 @@ def _open_png_bytes(data: bytes, max_pixels: int | None) -> Image.Image | None:
 
 def _open(source: str | os.PathLike | bytes, max_pixels: int | None = None) -> Image.Image:
     """Open (parse the header of) a file or buffer, mapping failures to ImageDecodeError."""
-    if isinstance(source, bytes) and source[:8] == _PNG_SIGNATURE:
+    if isinstance(source, bytes) and source[:8] == PNG_SIGNATURE:
         im = _open_png_bytes(source, max_pixels)
         if im is not None:
             return im
@@ -421,7 +421,7 @@ def _decode(
 
     ``draft_size`` (antialias mode only) lets libjpeg downscale in the DCT domain to at least that size.
     """
-    if isinstance(source, bytes) and source[:8] == _PNG_SIGNATURE:
+    if isinstance(source, bytes) and source[:8] == PNG_SIGNATURE:
         try:
             source = libpng_chunks(source)  # decodes only what OpenCV's libpng decodes
         except PngChunkError as exc:
@@ -638,8 +638,6 @@ def chw_bytes(img: np.ndarray) -> bytearray:
 # --------------------------------------------------------------------------------------------------
 # The light check: header and end marker only
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
 
 def header_shape(data: bytes, gray: bool, max_pixels: int | None = None) -> tuple[int, int, int] | None:
     """(C, H, W) a JPEG or PNG decodes to, read from its header, after checking its end marker.
@@ -670,7 +668,7 @@ def header_shape(data: bytes, gray: bool, max_pixels: int | None = None) -> tupl
             with im:
                 if _orientation(im) != 1:
                     return None
-    elif data[:8] == _PNG_SIGNATURE:
+    elif data[:8] == PNG_SIGNATURE:
         if data[12:16] != b"IHDR" or len(data) < 33:
             raise ImageDecodeError("corrupt image data: PNG without an IHDR header")
         # Every chunk up to IEND, as libpng reads them: a PNG cut short has no IEND, and a CRC shows
@@ -900,7 +898,7 @@ def _match_ext(ext: str, encoding: str) -> bool:
 def _sniff_format(data: bytes, fallback: str) -> str:
     if data[:3] == b"\xff\xd8\xff":
         return "jpeg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
+    if data[:8] == PNG_SIGNATURE:
         return "png"
     return _FORMAT_NAMES.get(fallback, fallback or "unknown")
 

@@ -15,7 +15,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from mtldata.storage.png_chunks import PNG_SIGNATURE
+
 _RC, _GC = 9797, 19234  # OpenCV's png_set_rgb_to_gray(0.299, 0.587), as libpng stores them
 _BC = 32768 - _RC - _GC
 _FP_1 = 100000
@@ -36,7 +37,7 @@ def png_file_gamma(stream: BinaryIO) -> int | None:
     iCCP profiles are not modelled. Only chunk headers and the 4- or 1-byte bodies of gAMA and sRGB
     are read.
     """
-    if stream.read(8) != _SIGNATURE:
+    if stream.read(8) != PNG_SIGNATURE:
         return None
     gamma: int | None = None
     from_srgb = from_gama = invalid = False
@@ -77,7 +78,7 @@ def png_sig_bit(stream: BinaryIO) -> int:
 
     Only chunk headers are read up to the first IDAT (sBIT must come before it); bodies are skipped.
     """
-    if stream.read(8) != _SIGNATURE:
+    if stream.read(8) != PNG_SIGNATURE:
         return 0
     while True:
         header = stream.read(8)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 import zlib
 
-_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # the 8 bytes every PNG starts with
 _CRITICAL = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND"})
 _MAX_LENGTH = 2**31 - 1  # PNG_UINT_31_MAX: a larger chunk length is an error
 _HEADER = struct.Struct(">I4s")  # a chunk's length and type
@@ -32,7 +32,7 @@ def libpng_chunks(data: bytes) -> bytes:
     Reads only within `data`: every length is checked against what is left before it is used.
     Runs on every PNG decode, so it is kept to a few calls a chunk (7 us for a 28 px digit).
     """
-    if data[:8] != _SIGNATURE:
+    if data[:8] != PNG_SIGNATURE:
         raise PngChunkError("not a PNG file (no PNG signature)")
     view = memoryview(data)
     kept: list[memoryview] = []

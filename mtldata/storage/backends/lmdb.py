@@ -26,6 +26,7 @@ from mtldata.storage import record_digests
 from mtldata.storage.backends import DatasetReader, WriterOptions, register_writer
 from mtldata.storage.filesystems import filesystem_type
 from mtldata.storage.planes import planar_shape, planes_into
+from mtldata.storage.png_chunks import PNG_SIGNATURE
 from mtldata.storage.processes import current_pid
 from mtldata.storage.records import ImagePayload, Sample, missing_stored_as, restore_missing
 
@@ -134,7 +135,7 @@ def sniff_format(data: bytes) -> str:
     """The encoded image format of `data` from its magic bytes ("jpeg", "png", ... or "unknown")."""
     if data[:3] == b"\xff\xd8\xff":
         return "jpeg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
+    if data[:8] == PNG_SIGNATURE:
         return "png"
     if data[:2] == b"BM":
         return "bmp"
