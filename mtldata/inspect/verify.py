@@ -272,10 +272,8 @@ def _image_problem(value: bytes, gray: bool, shapes: set[str]) -> str | None:
     if datum.encoded:
         # A plain JPEG at 1/8 scale: it passes exactly when a full decode does (the converter's
         # check, see jpeg_decodes), in under half the time; anything else, or a failure, decodes whole.
-        found = jpeg_decodes(datum.data, gray)
-        if found is not None:
-            shape = found
-        else:
+        shape = jpeg_decodes(datum.data, gray)
+        if shape is None:
             try:
                 pixels = decode_bytes(datum.data, gray)
             except ImageDecodeError as exc:
