@@ -81,3 +81,29 @@ def assert_blob_close(mine: np.ndarray, golden: np.ndarray, what: str) -> None:
         return
     error = float(np.abs(mine - golden).max())
     assert error <= 1e-4 * scale, f"{what}: max error {error:.3g} > 1e-4 * {scale:.3g}"
+
+
+def damage(data: bytes, how: int, where: float, value: int, count: int, keep: int = 0) -> bytes:
+    """`data` damaged as files get damaged, for property tests of decoders: cut short (how 0),
+    `count` bytes overwritten (1), inserted (2) or removed (3) at the fraction `where` of it. The
+    first `keep` bytes stay as they are (a format's signature, to reach the decoder behind it)."""
+    out = bytearray(data)
+    at = keep + int(where * (len(out) - 1 - keep))
+    if how == 0:  # truncated
+        del out[max(at, 1) :]
+    elif how == 1:  # bytes overwritten
+        for i in range(count):
+            out[keep + (at - keep + 7 * i) % (len(out) - keep)] = (value + 31 * i) % 256
+    elif how == 2:  # bytes inserted
+        out[at:at] = bytes((value + i) % 256 for i in range(count))
+    else:  # bytes removed
+        del out[at : at + count]
+    return bytes(out)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    """A monkeypatch for hypothesis tests (function-scoped fixtures are not reset between examples):
+    each use undoes its patches itself."""
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch

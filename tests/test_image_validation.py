@@ -7,6 +7,7 @@ import io
 
 import numpy as np
 import pytest
+from conftest import damage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -51,21 +52,6 @@ def _outcome(path, gray: bool, fast: bool, monkeypatch) -> tuple:
     return ("stored", bytes(payload.data), payload.shape, payload.format, payload.encoded)
 
 
-def _mutate(data: bytes, how: int, where: float, value: int, count: int) -> bytes:
-    out = bytearray(data)
-    at = int(where * (len(out) - 1))
-    if how == 0:  # truncated
-        del out[max(at, 1) :]
-    elif how == 1:  # bytes overwritten
-        for i in range(count):
-            out[(at + 7 * i) % len(out)] = (value + 31 * i) % 256
-    elif how == 2:  # bytes inserted
-        out[at:at] = bytes((value + i) % 256 for i in range(count))
-    else:  # bytes removed
-        del out[at : at + count]
-    return bytes(out)
-
-
 @settings(max_examples=300, deadline=None, database=None)
 @given(
     kind=st.sampled_from(KINDS),
@@ -78,18 +64,12 @@ def _mutate(data: bytes, how: int, where: float, value: int, count: int) -> byte
 def test_scaled_check_accepts_exactly_what_a_full_decode_accepts(
     tmp_path_factory, monkeypatch_module, kind, how, where, value, count, gray
 ):
-    data = _mutate(CORPUS[kind], how, where, value, count)
+    data = damage(CORPUS[kind], how, where, value, count)
     path = tmp_path_factory.mktemp("v") / "damaged.jpg"
     path.write_bytes(data)
     fast = _outcome(path, gray, True, monkeypatch_module)
     full = _outcome(path, gray, False, monkeypatch_module)
     assert fast == full
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as patch:
-        yield patch
 
 
 @pytest.mark.parametrize("kind", KINDS)

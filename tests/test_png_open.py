@@ -9,6 +9,7 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import damage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
@@ -66,27 +67,6 @@ def _outcome(data: bytes, gray: bool, direct: bool, monkeypatch, max_pixels: int
     return ("decoded", pixels.tobytes(), pixels.shape, [str(w.message) for w in caught])
 
 
-def _mutate(data: bytes, how: int, where: float, value: int, count: int) -> bytes:
-    out = bytearray(data)
-    at = 8 + int(where * (len(out) - 9))  # keep the signature: the direct open only sees PNGs
-    if how == 0:  # truncated
-        del out[at:]
-    elif how == 1:  # bytes overwritten
-        for i in range(count):
-            out[8 + (at - 8 + 7 * i) % (len(out) - 8)] = (value + 31 * i) % 256
-    elif how == 2:  # bytes inserted
-        out[at:at] = bytes((value + i) % 256 for i in range(count))
-    else:  # bytes removed
-        del out[at : at + count]
-    return bytes(out)
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as patch:
-        yield patch
-
-
 @settings(max_examples=300, deadline=None, database=None)
 @given(
     index=st.integers(0, len(CORPUS) - 1),
@@ -97,7 +77,7 @@ def monkeypatch_module():
     gray=st.booleans(),
 )
 def test_damaged_pngs_give_what_image_open_gives(monkeypatch_module, index, how, where, value, count, gray):
-    data = _mutate(CORPUS[index], how, where, value, count)
+    data = damage(CORPUS[index], how, where, value, count, keep=8)  # keep the PNG signature
     direct = _outcome(data, gray, True, monkeypatch_module)
     assert direct == _outcome(data, gray, False, monkeypatch_module)
 
