@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import lmdb
@@ -107,3 +109,20 @@ def monkeypatch_module():
     each use undoes its patches itself."""
     with pytest.MonkeyPatch.context() as patch:
         yield patch
+
+
+def png_chunk(kind: bytes, body: bytes, crc: bytes | None = None) -> bytes:
+    """One PNG chunk: length, type, body and CRC (`crc`: the 4 bytes to write instead, e.g. a bad one)."""
+    crc = struct.pack(">I", zlib.crc32(kind + body)) if crc is None else crc
+    return struct.pack(">I", len(body)) + kind + body + crc
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares width x height (a decompression bomb's signature)."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + png_chunk(b"IEND", b"")
+    )

@@ -8,31 +8,15 @@ import socket
 import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import pytest
 from cli_errors import assert_one_line_error, run
-from conftest import write_image, write_list
+from conftest import png_claiming, write_image, write_list
 from PIL import Image
 
 from mtldata.cli.report import EXIT_SKIPPED
 from mtldata.storage.backends import open_reader
-
-
-def _png_claiming(width: int, height: int) -> bytes:
-    """A tiny PNG whose header declares width x height (a decompression bomb's signature)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
 
 
 def _jpeg_claiming(width: int, height: int) -> bytes:
@@ -109,7 +93,7 @@ def test_files_past_the_size_limit_are_bad_samples_until_the_limit_is_raised(tmp
 
 @pytest.mark.parametrize("kind", ["png", "jpeg"])
 def test_images_past_the_pixel_limit_are_refused_from_their_header(tmp_path, kind):
-    bomb = _png_claiming(100_000, 100_000) if kind == "png" else _jpeg_claiming(60_000, 60_000)
+    bomb = png_claiming(100_000, 100_000) if kind == "png" else _jpeg_claiming(60_000, 60_000)
     (tmp_path / f"bomb.{kind}").write_bytes(bomb)
     write_image(tmp_path / "ok.png", size=(8, 8))
     list_file = write_list(tmp_path / "list.txt", ["ok.png 0", f"bomb.{kind} 1"])

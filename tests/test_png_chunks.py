@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import png_chunk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from libpng_oracle import load_libpng
@@ -32,8 +33,7 @@ SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def chunk(kind: bytes, body: bytes, bad_crc: bool = False) -> bytes:
-    crc = zlib.crc32(kind + body) ^ (0x5A if bad_crc else 0)
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+    return png_chunk(kind, body, struct.pack(">I", zlib.crc32(kind + body) ^ 0x5A) if bad_crc else None)
 
 
 def pixels() -> np.ndarray:

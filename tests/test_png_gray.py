@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import png_chunk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -181,15 +182,11 @@ def write_png16(
         pred = [0, left, prior, (left + prior) >> 1, _paeth(left, prior, up_left)][kind]
         body.append(bytes([kind]) + ((raw - pred) & 0xFF).astype(np.uint8).tobytes())
 
-    def chunk(kind: bytes, data: bytes, crc: bytes | None = None) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + data)) if crc is None else crc
-        return struct.pack(">I", len(data)) + kind + data + crc
-
     colour = 2 if channels == 3 else 6
     ihdr = struct.pack(">IIBBBBB", width, height, 16, colour, 0, 0, 0)
-    extra = b"".join(chunk(*c) for c in chunks)
-    idat = chunk(b"IDAT", zlib.compress(b"".join(body)))
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + extra + idat + chunk(b"IEND", b"")
+    extra = b"".join(png_chunk(*c) for c in chunks)
+    idat = png_chunk(b"IDAT", zlib.compress(b"".join(body)))
+    png = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + extra + idat + png_chunk(b"IEND", b"")
     if not write:
         return png
     path.write_bytes(png)

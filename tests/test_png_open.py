@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import io
 import warnings
-import zlib
 
 import numpy as np
 import pytest
-from conftest import damage
+from conftest import damage, png_claiming
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
@@ -100,17 +99,6 @@ def test_intact_pngs_are_opened_directly_with_the_same_pixels(monkeypatch, data,
     assert direct[0] == "decoded"
 
 
-def _png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header declares width x height, with one row of data (a bomb's signature)."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
-
-    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
-    idat = zlib.compress(b"\x00" * (width + 1))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
 def test_pillows_pixel_limits_still_warn_and_refuse(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     warned = _outcome(_png("L", size=(40, 40)), False, True, monkeypatch)  # 1,600 pixels: a warning
@@ -118,10 +106,10 @@ def test_pillows_pixel_limits_still_warn_and_refuse(monkeypatch):
     assert warned == _outcome(_png("L", size=(40, 40)), False, False, monkeypatch)
     assert warned[0] == "decoded" and any("decompression bomb" in w for w in warned[3])
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    refused = _outcome(_png_claiming(50, 50), False, True, monkeypatch)  # 2,500 > 2 x 1,000
+    refused = _outcome(png_claiming(50, 50), False, True, monkeypatch)  # 2,500 > 2 x 1,000
     assert refused[0] == "refused" and "image too large" in refused[1]
 
 
 def test_our_pixel_limit_refuses_from_the_header():
     with pytest.raises(ImageDecodeError, match="over the limit of 1,000"):
-        decode_bytes(_png_claiming(100_000, 100_000), max_pixels=1000)
+        decode_bytes(png_claiming(100_000, 100_000), max_pixels=1000)
