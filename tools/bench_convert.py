@@ -14,6 +14,9 @@ that run's own), alternating them `--runs` times and keeping the median:
                the CPU-bound figures)
   mtldata      raw, --encoded (validates by decoding), --encoded --validate header, and HDF5 raw,
                with --workers (default 2)
+  gzip         a smaller list (--compressed-lines): a one-process h5py script writing float32 pixels
+               with compression="gzip" (what a user's script does; HDF5 deflates in the calling
+               thread) beside mtldata hdf5 --compression gzip; no target
   resized      the baseline with Pillow's bilinear resize to --resize px (C; shrinking, it weighs
                more source pixels than OpenCV's INTER_LINEAR, 1.1 ms at 256 -> 224 px, so Caffe's own
                resize is faster) beside mtldata raw with --resize-width/--resize-height (OpenCV's
@@ -53,7 +56,7 @@ TARGETS = {  # row -> (baseline row, minimum ratio)
     "mtldata hdf5 raw": [("baseline", 2.0)],
 }
 # Rows printed with a ratio but no target: resized conversions (no slow path where users resize)
-COMPARED = {"mtldata raw, resized to": "baseline, resized to"}
+COMPARED = {"mtldata raw, resized to": "baseline, resized to", "mtldata hdf5 gzip": "h5py gzip"}
 
 
 def make_corpus(directory: Path, count: int, size: int = 256, seed: int = 0) -> list[str]:
@@ -127,14 +130,16 @@ MTLDATA_RUN = REPORT + textwrap.dedent(
     side = int(sys.argv[5]) if len(sys.argv) > 5 else 0
     options = {"raw": ImageOptions(), "encoded": ImageOptions(encoded=True),
                "header": ImageOptions(encoded=True, validate="header"), "hdf5": ImageOptions(),
-               "resize": ImageOptions(resize_width=side, resize_height=side)}[mode]
+               "hdf5-gzip": ImageOptions(), "resize": ImageOptions(resize_width=side, resize_height=side)}[mode]
     first = []  # when the first image reached the writer: the start-up (workers forked, one chunk decoded)
     def progress(done, total):
         if not first:
             first.append(time.perf_counter() - start)
     start = start_clock()
     result = convert(ConvertSpec(list_file=Path(list_file), output=Path(out), workers=workers, image=options,
-                                 backend="hdf5" if mode == "hdf5" else "lmdb"), progress=progress)
+                                 backend="hdf5" if mode.startswith("hdf5") else "lmdb",
+                                 backend_options={"compression": "gzip"} if mode == "hdf5-gzip" else {}),
+                     progress=progress)
     report(result.count, time.perf_counter() - start, first=first[0] if first else 0.0)
     """
 )
@@ -182,6 +187,36 @@ BASELINE_RUN = REPORT + textwrap.dedent(
             ti, tl = images.begin(write=True), labels.begin(write=True)
     ti.commit(); tl.commit()
     report(n, time.perf_counter() - start)
+    """
+)
+
+# The gzip baseline: a one-process h5py script, float32 CHW pixels in chunks of whole samples
+# (mtldata's layout), compression="gzip" at h5py's default level; HDF5 deflates each chunk in turn.
+H5_GZIP_RUN = REPORT + textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    import h5py, numpy as np
+    from PIL import Image
+    list_file, out = sys.argv[1], Path(sys.argv[2])
+    root = Path(list_file).parent
+    lines = [line.split() for line in open(list_file)]
+    start = start_clock()
+    out.mkdir(parents=True)
+    with h5py.File(out / "part-00000.h5", "w") as f:
+        data = labels = None
+        for i, parts in enumerate(lines):
+            with Image.open(root / parts[0]) as im:
+                chw = np.asarray(im.convert("RGB"))[:, :, ::-1].transpose(2, 0, 1).astype(np.float32)
+            if data is None:
+                rows = max(1, (1 << 20) // chw.nbytes)
+                data = f.create_dataset("data", (len(lines), *chw.shape), np.float32,
+                                        chunks=(rows, *chw.shape), compression="gzip")
+                labels = np.empty((len(lines), len(parts) - 1), np.float32)
+            data[i] = chw
+            labels[i] = [float(v) for v in parts[1:]]
+        f.create_dataset("label", data=labels)
+    report(len(lines), time.perf_counter() - start)
     """
 )
 
@@ -275,6 +310,18 @@ def measure(
     if resize:
         rows[f"baseline, resized to {resize}"] = (BASELINE_RUN, ("resize", resize))
         rows[f"mtldata raw, resized to {resize}"] = (MTLDATA_RUN, ("resize", workers, resize))
+    return measure_rows(work, list_file, runs, rows)
+
+
+def measure_gzip(work: Path, list_file: Path, workers: int, runs: int) -> dict[str, dict]:
+    """The compressed rows' median runs over `list_file` (a shorter list: deflate is slow)."""
+    rows = {"h5py gzip": (H5_GZIP_RUN, ()), "mtldata hdf5 gzip": (MTLDATA_RUN, ("hdf5-gzip", workers))}
+    return measure_rows(work, list_file, runs, rows)
+
+
+def measure_rows(
+    work: Path, list_file: Path, runs: int, rows: dict[str, tuple[str, tuple]]
+) -> dict[str, dict]:
     results: dict[str, list[dict]] = {name: [] for name in rows}
     for r in range(runs):
         for j, (name, (script, extra)) in enumerate(rows.items()):
@@ -386,7 +433,13 @@ def main() -> int:
         default=10000,
         help="a second list this long, every mtldata row: throughput and peak RSS should stay flat (0: skip)",
     )
-    parser.add_argument("--no-hdf5", action="store_true", help="skip the HDF5 row")
+    parser.add_argument("--no-hdf5", action="store_true", help="skip the HDF5 rows")
+    parser.add_argument(
+        "--compressed-lines",
+        type=int,
+        default=300,
+        help="lines of the list for the gzip rows, h5py against mtldata (0: skip)",
+    )
     parser.add_argument(
         "--resize", type=int, default=224, help="also convert resized to this side, both sides (0: skip)"
     )
@@ -395,6 +448,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.lines, args.images, args.size, args.runs, args.scale_lines = 48, 24, 64, 1, 96
+        args.compressed_lines = min(args.compressed_lines, 24)
         args.resize = min(args.resize, 32)
     work = args.dir or Path(tempfile.mkdtemp(prefix="mtldata-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -421,6 +475,12 @@ def main() -> int:
         )
         print()
         all_met = print_table(rows, args.lines)
+        if args.compressed_lines and not args.no_hdf5:
+            gzip_list = work / "list_gzip.txt"
+            write_list(gzip_list, names, args.compressed_lines)
+            print()
+            print(f"{args.compressed_lines} lines, compressed (median of {args.runs}):")
+            print_table(measure_gzip(work, gzip_list, args.workers, args.runs), args.compressed_lines)
         if args.scale_lines:
             print()
             all_met &= scale_check(work, names, args, rows)

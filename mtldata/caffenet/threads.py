@@ -16,15 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mtldata.storage.processes import available_cores
+
 __all__ = ["ThreadChooser", "available_cores"]
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 @dataclass

@@ -33,10 +33,11 @@ from mtldata.durable import fsync_path
 from mtldata.errors import DatasetFormatError, MtlDataError, SampleRejectedError
 from mtldata.storage import record_digests
 from mtldata.storage.backends import READERS, DatasetReader, WriterOptions, register_writer
+from mtldata.storage.backends.hdf5_chunks import ChunkWriter, dataset_filters
 from mtldata.storage.backends.hdf5_rows import RowFile, allocate_contiguous, copy_range, lay_around
 from mtldata.storage.manifest import FILE_DIGEST, file_digest, region_digests
 from mtldata.storage.planes import planes_into
-from mtldata.storage.processes import current_pid
+from mtldata.storage.processes import available_cores, current_pid
 from mtldata.storage.read_limits import SAMPLE_LIMIT_ENV, SAMPLE_LIMIT_FLAG, max_sample_bytes
 from mtldata.storage.records import ImagePayload, Sample, missing_stored_as, restore_missing
 
@@ -47,7 +48,6 @@ RESERVED_NAMES = ("data", "label", "key")
 INT_MAX = 2**31 - 1  # Caffe loads a whole dataset into one blob, whose element count is an int
 DEFAULT_SHARD_BYTES = 512 << 20  # of `data`: well under the ~2 GB files older Caffe builds crashed on
 CHUNK_BYTES = 1 << 20
-WRITE_BYTES = 8 << 20  # a compressed shard's pixels go to h5py this many bytes at a time
 PIXELS_ATTR = "mtldata_data"  # value "pixels": `data` holds integral pixel values 0..255, any dtype
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _FRAME = struct.Struct("<qIIII")  # index, key length, C, H, W; then key, K float32 labels, pixels
@@ -221,37 +221,6 @@ def _write_all(fd: int, parts: list[Any]) -> None:
             left.pop(0)
         if left:
             left[0] = left[0][n:]
-
-
-class _ChunkedRows:
-    """Rows of a chunked (compressed) dataset, gathered in one reused block and written through
-    h5py in whole chunks."""
-
-    def __init__(self, data: Any, rows: int) -> None:
-        n, *sample = data.shape
-        itemsize = data.dtype.itemsize * math.prod(sample)
-        self.data = data
-        self.block = np.empty((min(n, rows * max(1, WRITE_BYTES // (rows * itemsize))), *sample), data.dtype)
-        self.first = self.filled = 0
-
-    def write(self, pixels: np.ndarray) -> None:
-        self.block[self.filled] = pixels
-        self.filled += 1
-        if self.filled == len(self.block):
-            self.flush()
-
-    def flush(self) -> None:
-        if self.filled:
-            end = self.first + self.filled
-            self.data.write_direct(self.block, np.s_[: self.filled], np.s_[self.first : end])
-            self.first, self.filled = end, 0
-
-    def __enter__(self) -> _ChunkedRows:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if exc[0] is None:
-            self.flush()
 
 
 @register_writer("hdf5")
@@ -593,13 +562,13 @@ class Hdf5Writer:
         with h5py.File(tmp, "w", libver=("earliest", "v108")) as f:  # readable by HDF5 1.8 (Caffe)
             f.attrs[PIXELS_ATTR] = "pixels"
             data = f.create_dataset(
-                "data", (n, c, h, w), dtype, chunks=(rows, c, h, w), compression=compression
+                "data", (n, c, h, w), dtype, chunks=(rows, c, h, w), **dataset_filters(compression)
             )
             label_rows = np.empty((n, k), np.float32)
             key_list: list[str] = []
             digests = bytearray()
             row = 0
-            with _ChunkedRows(data, rows) as out:
+            with ChunkWriter(data, rows, available_cores()) as out:
                 for _, _, _, key, labels, pixels, _ in _frames(pending, k):
                     if row == n:
                         break
