@@ -395,3 +395,20 @@ def test_an_error_after_the_last_commit_is_still_committed(image_set, tmp_path, 
     result = convert(spec_for(list_file, tmp_path / "out", commit_every=6))
     assert result.count == 12 and result.skipped == 1
     assert [(s["next_position"], s["error_count"]) for s in saves] == [(0, 0), (6, 0), (12, 0), (13, 1)]
+
+
+def test_workers_default_to_the_cores_this_process_may_run_on(image_set, tmp_path, monkeypatch):
+    list_file, _ = image_set
+    started: list[int] = []
+    pool = convert_module._DecodePool
+
+    class Spy(pool):
+        def __init__(self, options, workers, *args, **kwargs):
+            started.append(workers)
+            super().__init__(options, workers, *args, **kwargs)
+
+    monkeypatch.setattr(convert_module, "_DecodePool", Spy)
+    monkeypatch.setattr(convert_module, "available_cores", lambda: 3)
+    monkeypatch.setattr(convert_module.os, "cpu_count", lambda: 64)
+    convert(ConvertSpec(list_file=list_file, output=tmp_path / "out"))
+    assert started == [3]

@@ -116,7 +116,7 @@ from mtldata.storage.read_limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXE
     "-j",
     type=click.IntRange(min=0),
     default=0,
-    help="Decoding processes. [default: one per core]",
+    help="Decoding processes. [default: one per core this process may run on (its CPU affinity)]",
 )
 @click.option("--strict", is_flag=True, help="Stop at the first bad sample and leave no dataset behind.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted conversion from its last commit.")

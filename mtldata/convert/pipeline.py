@@ -56,6 +56,7 @@ from mtldata.storage.output_guard import (
     staging_owner,
 )
 from mtldata.storage.planes import DecodeBuffer
+from mtldata.storage.processes import available_cores
 from mtldata.storage.records import ImagePayload, Sample
 from mtldata.version import __version__
 
@@ -94,7 +95,7 @@ class ConvertSpec:
     check_size: bool = False
     shuffle: bool = False
     seed: int = 0
-    workers: int = 0  # 0: one per core
+    workers: int = 0  # 0: one per core this process may run on
     strict: bool = False
     resume: bool = False
     overwrite: bool = False
@@ -665,7 +666,7 @@ def _convert_locked(
     errors_file = open(errors_path, "ab")  # noqa: SIM115 - kept open across the whole loop
     root = spec.resolved_root()
     root_name = str(root)  # os.path.join: a twentieth of pathlib's cost per line
-    workers = spec.workers or os.cpu_count() or 1
+    workers = spec.workers or available_cores()
     since_commit = since_commit_bytes = 0
 
     def save_state() -> None:
