@@ -1,5 +1,5 @@
 """`--validate header`: the light check of files stored verbatim (header and end marker, and a
-PNG's chunk CRCs)."""
+PNG's chunk CRCs; a JPEG's end marker: test_jpeg_markers.py)."""
 
 from __future__ import annotations
 
@@ -82,17 +82,6 @@ def test_a_png_is_read_up_to_its_iend_as_libpng_reads_it(tmp_path):
     for options in (HEADER, DECODE):
         with pytest.raises(ImageDecodeError, match="truncated PNG: the data ends before its IEND chunk"):
             prepare_image(tmp_path / "c.png", options)
-
-
-def test_a_jpeg_not_ending_with_its_marker_is_refused_saying_what_a_decode_accepts(tmp_path):
-    jpeg = write_image(tmp_path / "d.jpg", size=(16, 8)).read_bytes()
-    for data in (jpeg[:-40], jpeg + b"bytes after EOI"):
-        (tmp_path / "d.jpg").write_bytes(data)
-        with pytest.raises(
-            ImageDecodeError, match="truncated .* bytes after its marker passes --validate decode"
-        ):
-            prepare_image(tmp_path / "d.jpg", HEADER)
-    assert prepare_image(tmp_path / "d.jpg", DECODE).data == jpeg + b"bytes after EOI"
 
 
 def test_an_exif_rotated_jpeg_falls_back_to_a_decode(tmp_path):

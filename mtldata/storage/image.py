@@ -73,6 +73,7 @@ import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from mtldata.errors import MtlDataError
+from mtldata.storage.jpeg_markers import has_end_marker
 from mtldata.storage.planes import DecodeBuffer, planar_shape, planes_into
 from mtldata.storage.png16 import libpng_gray16, png_file_gamma, png_sig_bit
 from mtldata.storage.png_chunks import PNG_SIGNATURE, PngChunkError, libpng_chunks
@@ -643,22 +644,21 @@ def header_shape(data: bytes, gray: bool, max_pixels: int | None = None) -> tupl
     """(C, H, W) a JPEG or PNG decodes to, read from its header, after checking its end marker.
 
     The `--validate header` check for trusted files: it catches a file that is not a JPEG or PNG,
-    a broken header and a truncated file (no end-of-image marker at the end of a JPEG, no IEND chunk
-    in a PNG). In a PNG it also checks every chunk's CRC as libpng does, which finds damage anywhere,
-    and accepts bytes after IEND as libpng does (it never reads them); in a JPEG it does
-    NOT find damage between the header and the end (corrupt entropy-coded data): only a decode does.
+    a broken header and a truncated file (no end-of-image marker in a JPEG, no IEND chunk in a PNG).
+    Bytes after either marker are accepted, as libjpeg and libpng accept them (they never read
+    them). In a PNG it also checks every chunk's CRC as libpng does, which finds damage anywhere; in
+    a JPEG it does NOT find damage between the header and the end (corrupt entropy-coded data):
+    only a decode does.
     Raises ImageDecodeError; None for what it cannot judge this way (another format, a rotating
     EXIF orientation or an eXIf chunk): decode those.
     """
     limit = 2 * (Image.MAX_IMAGE_PIXELS or 1 << 62)  # where Pillow's decode refuses a "bomb"
     channels = 1 if gray else 3
     if data[:3] == b"\xff\xd8\xff":
-        if data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
-            # An EOI inside the file may be an EXIF thumbnail's, so only the last bytes can tell.
-            raise ImageDecodeError(
-                "truncated image data (no JPEG end-of-image marker at the end; a file with bytes "
-                "after its marker passes --validate decode)"
-            )
+        # An EOI after the first scan, not in the last bytes: data may follow it, and an EXIF
+        # thumbnail's EOI may end a cut file (see jpeg_markers).
+        if not has_end_marker(data):
+            raise ImageDecodeError("truncated image data (no JPEG end-of-image marker after its scan)")
         height, width = _jpeg_size(data)
         if _has_app1(data):
             try:
