@@ -17,6 +17,7 @@ from mtldata.caffe.datum import image_datum, label_datum
 from mtldata.cli import main
 from mtldata.convert.pipeline import ConvertSpec, convert
 from mtldata.errors import DatasetFormatError
+from mtldata.inspect import lookahead
 from mtldata.inspect.verify import format_report, verify_dataset
 from mtldata.storage import record_digests
 from mtldata.storage.backends.lmdb import database_digest
@@ -367,3 +368,32 @@ def test_a_flipped_pixel_byte_in_an_hdf5_shard_is_named_by_its_key(image_set, tm
     else:  # the reader refuses it first
         assert "not integral pixels" in report.problems[0].reason
     assert any(p.key is None and "checksum mismatch" in p.reason for p in report.problems)
+
+
+def test_threads_find_the_same_problems_in_the_same_order_as_a_plain_walk(tmp_path, monkeypatch):
+    names = [f"img/{i:03d}.jpg" for i in range(90)]
+    for i, name in enumerate(names):
+        write_image(tmp_path / name, size=(20 + i % 3, 16), seed=i)
+    list_file = write_list(tmp_path / "list.txt", [f"{name} {i % 4}" for i, name in enumerate(names)])
+    out = tmp_path / "ds"
+    convert(ConvertSpec(list_file=list_file, output=out, workers=1, image=ImageOptions(encoded=True)))
+    images, labels = out / "images.lmdb", out / "labels.lmdb"
+    keys = keys_of(images)
+    broken = {}
+    for key in keys[5:80:9]:  # JPEGs cut short inside their Datum: decode and digest fail
+        datum = Datum.FromString(get(images, key))
+        datum.data = datum.data[: len(datum.data) // 2]
+        broken[key] = datum.SerializeToString()
+    edit(images, put=broken)
+    edit(labels, delete=[keys[40], keys[70]])
+    reports = {}
+    monkeypatch.setattr(lookahead, "BATCH_ITEMS", 2)  # 45 batches: the read-ahead window fills
+    for cores in (1, 4):
+        monkeypatch.setattr(verify_module, "available_cores", lambda cores=cores: cores)
+        reports[cores] = verify_dataset(out)
+    assert [(p.key, p.reason) for p in reports[4].problems] == [
+        (p.key, p.reason) for p in reports[1].problems
+    ]
+    found = {p.key for p in reports[4].problems if "does not decode" in p.reason}
+    assert found == {key.decode() for key in broken}
+    assert sum("no label record" in p.reason for p in reports[4].problems) == 2

@@ -19,12 +19,14 @@ from google.protobuf.message import DecodeError
 
 from mtldata.caffe.datum import parse_datum
 from mtldata.errors import MtlDataError
+from mtldata.inspect.lookahead import checked_ahead
 from mtldata.storage import record_digests
 from mtldata.storage.backends import open_reader, read_manifest
 from mtldata.storage.backends.hdf5 import Hdf5Reader
 from mtldata.storage.image import ImageDecodeError, decode_bytes, jpeg_decodes
 from mtldata.storage.manifest import FILE_DIGEST, checksum
 from mtldata.storage.manifest_check import inside_path
+from mtldata.storage.processes import available_cores
 
 DATASET = "(dataset)"  # how format_report names a problem that belongs to no single record
 
@@ -162,19 +164,21 @@ def _without_damaged_shards(
 
 
 def _records(
-    txn: Any, digest: Any, expected: dict[bytes, bytes] | None, report: VerifyReport, name: str
-) -> Iterator[tuple[bytes, bytes]]:
-    """The records of one DB in key order, each added to its digest and, when the conversion kept
-    per-record digests (`expected`), checked against its own."""
+    txn: Any, digest: Any, expected: dict[bytes, bytes] | None, name: str
+) -> Iterator[tuple[bytes, bytes, str | None]]:
+    """(key, value, why its digest is wrong or None) for the records of one DB in key order, each
+    added to `digest` and, when the conversion kept per-record digests (`expected`), checked
+    against its own."""
     for key, value in txn.cursor():
         got = digest.update(key, value)
+        problem = None
         if expected is not None:
             want = expected.pop(bytes(key), None)
             if want is None:
-                report.add(key, f"{name}: a record the conversion did not write (not in its digests)")
+                problem = f"{name}: a record the conversion did not write (not in its digests)"
             elif want != got:
-                report.add(key, f"{name}: record digest mismatch: its bytes changed since conversion")
-        yield key, value
+                problem = f"{name}: record digest mismatch: its bytes changed since conversion"
+        yield key, value, problem
 
 
 def _record_digest(manifest: dict[str, Any] | None, rel: str) -> str:
@@ -224,30 +228,51 @@ def _walk_lmdb(
                 env = stack.enter_context(open_readonly(db))  # a damaged data.mdb: DatasetFormatError
                 txns[name] = stack.enter_context(env.begin())
             total = txns["images"].stat()["entries"]
-            image_records = _records(
-                txns["images"], digests["images"], expected["images"], report, images.name
+            # Each image record's check (a decode, when encoded) runs in threads ahead of the walk;
+            # the walk reports in key order as before.
+            image_records = checked_ahead(
+                _records(txns["images"], digests["images"], expected["images"], images.name),
+                lambda record: _image_problem(record[1], gray, shapes),
+                lambda record: len(record[1]),
+                available_cores(),
             )
             label_records = (
-                _records(txns["labels"], digests["labels"], expected["labels"], report, labels.name)
+                _records(txns["labels"], digests["labels"], expected["labels"], labels.name)
                 if labels is not None
                 else iter(())
             )
-            image = next(image_records, None)
-            label = next(label_records, None)
+
+            def next_label() -> tuple[bytes, bytes, str | None] | None:
+                label = next(label_records, None)
+                if label is not None and label[2] is not None:
+                    report.add(label[0], label[2])
+                return label
+
+            def next_image() -> tuple[bytes, str | None] | None:
+                found = next(image_records, None)
+                if found is None:
+                    return None
+                (key, _, digest_problem), image_problem = found
+                if digest_problem is not None:
+                    report.add(key, digest_problem)
+                return key, image_problem
+
+            label = next_label()
+            image = next_image()
             while image is not None or label is not None:
                 if label is not None and (image is None or label[0] < image[0]):
                     report.add(label[0], f"label record without an image record in {images.name}")
-                    label = next(label_records, None)
+                    label = next_label()
                     continue
-                if (reason := _image_problem(image[1], gray, shapes)) is not None:
-                    report.add(image[0], reason)
+                if image[1] is not None:
+                    report.add(image[0], image[1])
                 if label is not None and label[0] == image[0]:
                     if (reason := _label_problem(label[1], num_labels)) is not None:
                         report.add(label[0], f"label record: {reason}")
-                    label = next(label_records, None)
+                    label = next_label()
                 elif labels is not None:
                     report.add(image[0], f"no label record in {labels.name}")
-                image = next(image_records, None)
+                image = next_image()
                 done += 1
                 if progress is not None:
                     progress(done, total)
