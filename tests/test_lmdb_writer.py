@@ -81,3 +81,38 @@ def test_the_journal_digest_equals_the_record_digest_across_read_blocks(tmp_path
         expected.update_hashed(key, digest)
     assert env.digest() == expected.result()
     env.abandon()
+
+
+def test_a_new_journal_s_digest_is_kept_as_it_grows_and_a_resumed_one_is_read_back(tmp_path, monkeypatch):
+    from mtldata.storage.backends import lmdb as lmdb_backend
+    from mtldata.storage.backends.lmdb import RecordDigest, _GrowingEnv
+
+    records = [(f"{i:08d}_img/{i}.jpg".encode(), bytes([i % 251]) * (100 + i), bytes(16)) for i in range(300)]
+    expected = RecordDigest()
+    for key, _, digest in records:
+        expected.update_hashed(key, digest)
+    reads = []
+    whole_entries = record_digests.whole_entries
+    monkeypatch.setattr(
+        lmdb_backend.record_digests, "whole_entries", lambda data: reads.append(1) or whole_entries(data)
+    )
+    env = _GrowingEnv(tmp_path / "images.lmdb", 1 << 20)
+    for start in range(0, 200, 70):
+        env.put_many(records[start : min(start + 70, 200)])
+        env.commit()
+    assert env.digest() == {"records": 200, "sha256": _digest_of(records[:200])} and not reads
+    env.close()
+    resumed = _GrowingEnv(tmp_path / "images.lmdb", 1 << 20)  # the journal holds 200 entries already
+    resumed.put_many(records[200:])
+    resumed.commit()
+    assert resumed.digest() == expected.result() and reads
+    resumed.close()
+
+
+def _digest_of(records) -> str:
+    from mtldata.storage.backends.lmdb import RecordDigest
+
+    digest = RecordDigest()
+    for key, _, value_digest in records:
+        digest.update_hashed(key, value_digest)
+    return digest.result()["sha256"]
