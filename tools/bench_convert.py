@@ -55,7 +55,7 @@ TARGETS = {  # row -> (baseline row, minimum ratio)
     "mtldata encoded, --validate header": [("byte copy", 0.5)],
     "mtldata hdf5 raw": [("baseline", 2.0)],
 }
-# Rows printed with a ratio but no target: resized conversions (no slow path where users resize)
+# Rows printed with a ratio but no target: resized conversions and gzip-compressed HDF5 (their own baselines)
 COMPARED = {"mtldata raw, resized to": "baseline, resized to", "mtldata hdf5 gzip": "h5py gzip"}
 
 
