@@ -397,3 +397,21 @@ def test_threads_find_the_same_problems_in_the_same_order_as_a_plain_walk(tmp_pa
     found = {p.key for p in reports[4].problems if "does not decode" in p.reason}
     assert found == {key.decode() for key in broken}
     assert sum("no label record" in p.reason for p in reports[4].problems) == 2
+
+
+def test_an_image_db_failing_at_its_root_is_reported_before_any_label_is_read(dataset):
+    import struct
+
+    data = dataset / "images.lmdb" / "data.mdb"
+    raw = bytearray(data.read_bytes())
+    page = struct.unpack_from("=I", raw, 16 + 4 + 4 + 8 + 8)[0]  # the free DB's md_pad: the page size
+    # the newer of the two meta pages names the main DB's root page (MDB_db.md_root, its last field)
+    metas = [(struct.unpack_from("=Q", raw, p * page + 16 + 4 + 4 + 8 + 8 + 96 + 8)[0], p) for p in (0, 1)]
+    meta = max(metas)[1] * page
+    root = struct.unpack_from("=Q", raw, meta + 16 + 4 + 4 + 8 + 8 + 48 + 40)[0]
+    raw[root * page : root * page + 16] = bytes(16)  # its page header: "wrong type"
+    data.write_bytes(bytes(raw))
+    report = verify_dataset(dataset)
+    assert not report.ok
+    assert any("LMDB error after 0 image records" in p.reason for p in report.problems)
+    assert report.counts["images"] == 0 and report.counts["labels"] == 0

@@ -257,8 +257,8 @@ def _walk_lmdb(
                     report.add(key, digest_problem)
                 return key, image_problem
 
-            label = next_label()
             image = next_image()
+            label = next_label()
             while image is not None or label is not None:
                 if label is not None and (image is None or label[0] < image[0]):
                     report.add(label[0], f"label record without an image record in {images.name}")
