@@ -718,3 +718,32 @@ def test_app1_scan_sends_every_exif_or_xmp_jpeg_to_pillow(tmp_path):
     path.write_bytes(saved(exif=exif.tobytes()))
     np.testing.assert_array_equal(decode_bytes(path.read_bytes()), load_image(path))
     assert decode_bytes(path.read_bytes()).shape == (32, 24, 3)
+
+
+@pytest.mark.parametrize("gray", [False, True])
+@pytest.mark.parametrize(
+    ("size", "target", "reduces"),
+    [((320, 256), (100, 80), False), ((320, 256), (81, 65), False), ((320, 256), (80, 64), True)],
+)
+def test_antialias_decodes_with_simplejpeg_where_the_draft_cannot_shrink_with_the_same_pixels(
+    tmp_path, monkeypatch, gray, size, target, reduces
+):
+    from PIL import JpegImagePlugin
+
+    import mtldata.storage.image as image_module
+
+    path = tmp_path / "a.jpg"
+    path.write_bytes(jpeg_bytes(smooth_rgb(size[1], size[0], seed=3), quality=90))
+    opts = ImageOptions(gray=gray, resize_width=target[0], resize_height=target[1], resize_mode="antialias")
+    drafts = []
+    real_draft = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, req):
+        drafts.append(req)
+        return real_draft(self, mode, req)
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    fast = prepare_image(path, opts)
+    assert bool(drafts) == reduces  # Pillow (and its draft) only where the draft may shrink the image
+    monkeypatch.setattr(image_module, "_draft_may_reduce", lambda data, draft: True)
+    assert prepare_image(path, opts) == fast  # the Pillow-with-draft path: the same bytes
