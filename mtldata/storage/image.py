@@ -893,7 +893,8 @@ def _antialias_resize(data: bytes, opts: ImageOptions) -> np.ndarray:
 
 def _draft_may_reduce(data: bytes, draft: tuple[int, int]) -> bool:
     """Whether Pillow's draft to `draft` may shrink this image (a JPEG at least twice that size each
-    way, in either orientation); True for anything whose size the JPEG header does not give."""
+    way); True for anything whose size the JPEG header does not give. (An EXIF-rotated JPEG, whose
+    draft request is transposed, never takes the simplejpeg path this guards.)"""
     try:
         header = _plain_jpeg_header(data, None)
     except ImageDecodeError:
@@ -902,7 +903,7 @@ def _draft_may_reduce(data: bytes, draft: tuple[int, int]) -> bool:
         return True
     _, height, width = header
     dw, dh = draft
-    return min(width // dw, height // dh) >= 2 or min(width // dh, height // dw) >= 2
+    return min(width // dw, height // dh) >= 2
 
 
 def _caffe_ext(path) -> str:
