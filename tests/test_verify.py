@@ -402,13 +402,15 @@ def test_threads_find_the_same_problems_in_the_same_order_as_a_plain_walk(tmp_pa
 def test_an_image_db_failing_at_its_root_is_reported_before_any_label_is_read(dataset):
     import struct
 
+    from mtldata.storage.backends.lmdb import _META, _meta
+
     data = dataset / "images.lmdb" / "data.mdb"
     raw = bytearray(data.read_bytes())
-    page = struct.unpack_from("=I", raw, 16 + 4 + 4 + 8 + 8)[0]  # the free DB's md_pad: the page size
-    # the newer of the two meta pages names the main DB's root page (MDB_db.md_root, its last field)
-    metas = [(struct.unpack_from("=Q", raw, p * page + 16 + 4 + 4 + 8 + 8 + 96 + 8)[0], p) for p in (0, 1)]
-    meta = max(metas)[1] * page
-    root = struct.unpack_from("=Q", raw, meta + 16 + 4 + 4 + 8 + 8 + 48 + 40)[0]
+    page = _meta(raw[: _META.size])["page_size"]
+    # the newer of the two meta pages names the main DB's root page (MDB_db.md_root: the last field
+    # of the main DB's record, which _meta skips, 8 bytes before the last page number)
+    newer = max((0, 1), key=lambda p: _meta(raw[p * page : p * page + _META.size])["txnid"])
+    root = struct.unpack_from("=Q", raw, newer * page + _META.size - 24)[0]
     raw[root * page : root * page + 16] = bytes(16)  # its page header: "wrong type"
     data.write_bytes(bytes(raw))
     report = verify_dataset(dataset)
