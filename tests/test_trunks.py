@@ -116,7 +116,7 @@ def test_caffe_trunk_under_ddp_with_resume_ends_identical_on_both_ranks(data32, 
     assert torch.equal(a["trunk.net.layer_list.0.weight"], start["trunk.net.layer_list.0.weight"])  # frozen
 
 
-def test_ddp_runs_stopped_by_max_steps_or_resumed_exit_cleanly_every_time(tmp_path):
+def test_ddp_runs_stopped_by_max_steps_or_resumed_exit_cleanly_and_leave_no_group_thread(tmp_path):
     dataset, tasks = make_dataset(tmp_path / "data", count=16)
     base = TrainConfig(
         dataset=str(dataset), tasks=str(tasks), epochs=2, batch_size=4, width=4, num_workers=0, device="cpu"
@@ -125,8 +125,17 @@ def test_ddp_runs_stopped_by_max_steps_or_resumed_exit_cleanly_every_time(tmp_pa
         dump = tmp_path / f"dump{i}"
         dump.mkdir()
         cfg = base.replace(out_dir=str(tmp_path / f"run{i}"))
-        ddp_train(dataclasses.asdict(cfg), dump, [{"max_steps": 1}])
-        ddp_train(dataclasses.asdict(cfg), dump, [{"resume": True}])
+        runs = ddp_train(dataclasses.asdict(cfg), dump, [{"max_steps": 1}])
+        runs += ddp_train(dataclasses.asdict(cfg), dump, [{"resume": True}])
+        # The process group is gone when train returns: gloo's threads (gloo_tcp_loop,
+        # pt_gloo_runloop) and rank 0's store thread (pt_tcpstore_uv) do not live on into the
+        # interpreter's shutdown, where a rank could abort.
+        for run in runs:
+            for rank in run:
+                if rank["threads"] is None:
+                    pytest.skip("thread names are read from /proc (Linux)")
+                assert len(rank["threads"]) >= 1
+                assert [t for t in rank["threads"] if t.startswith(("gloo", "pt_gloo", "pt_tcpstore"))] == []
 
 
 def test_factory_trunk_with_hidden_heads_and_dropout(tmp_path):

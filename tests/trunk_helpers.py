@@ -106,13 +106,33 @@ def _ddp_rank(rank: int, world: int, ports: list[int], cfg_dict: dict, dump: str
         os.environ["MASTER_PORT"] = str(ports[i])
         result = train(TrainConfig(**{**cfg_dict, **changes}))
         torch.save(
-            {"model": result.model.state_dict(), "step": result.step}, Path(dump) / f"run{i}-rank{rank}.pt"
+            {"model": result.model.state_dict(), "step": result.step, "threads": _thread_names()},
+            Path(dump) / f"run{i}-rank{rank}.pt",
         )
+
+
+def _thread_names() -> list[str] | None:
+    """The names of this process's threads (Linux: /proc), None where they cannot be listed."""
+    import os
+
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    names = []
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/comm") as fh:
+                names.append(fh.read().strip())
+        except OSError:  # the thread ended meanwhile
+            continue
+    return names
 
 
 def ddp_train(cfg_dict: dict, dump, runs: list[dict], world: int = 2) -> list[list[dict]]:
     """Train with `world` gloo processes, once per entry of `runs` (config changes, e.g. resume=True),
-    each run a fresh process group; returns [run][rank] -> {"model", "step"}. A rank that dies (a
+    each run a fresh process group; returns [run][rank] -> {"model", "step", "threads"} (the rank's
+    thread names once train returned, None off Linux). A rank that dies (a
     signal at exit included) fails mp.spawn."""
     import torch
     import torch.multiprocessing as mp

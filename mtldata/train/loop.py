@@ -283,12 +283,16 @@ def _score(record: dict[str, Any], tasks: TaskSet, metric: str = "loss") -> floa
 
 
 def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
-    """Train as `cfg` says. Under torchrun (WORLD_SIZE > 1) every process calls this and DDP is used."""
+    """Train as `cfg` says. Under torchrun (WORLD_SIZE > 1) every process calls this and DDP is used.
+
+    A caller that sets up the process group itself should import torch._dynamo before it does (see
+    _import_dynamo_before_group), or the group outlives its destroy_process_group."""
     # -- processes: DDP when launched by torchrun (or when the caller set up the process group)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     created_group = False
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if cfg.device != "cpu" and torch.cuda.is_available() else "gloo"
+        _import_dynamo_before_group()
         dist.init_process_group(backend)
         created_group = True
     try:
@@ -296,6 +300,21 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     finally:
         if created_group:
             _shut_down_group()
+
+
+def _import_dynamo_before_group() -> None:
+    """Import torch._dynamo while no process group exists, so that the group dies with
+    destroy_process_group.
+
+    DDP imports torch._dynamo when it is built. Imported while a group exists, it keeps references
+    to that group that Python's GC cannot see (torch 2.13), so destroy_process_group cannot free it:
+    gloo's threads and rank 0's store thread then run on into interpreter shutdown. That is the
+    state in which a rank was seen to abort at exit ("terminate called without an active
+    exception", SIGABRT, rarely). Imported first, it holds none, and the group's threads are
+    joined inside _shut_down_group.
+    """
+    with contextlib.suppress(ImportError):
+        import torch._dynamo  # noqa: F401
 
 
 def _shut_down_group() -> None:
