@@ -132,10 +132,38 @@ def test_ddp_runs_stopped_by_max_steps_or_resumed_exit_cleanly_and_leave_no_grou
         # interpreter's shutdown, where a rank could abort.
         for run in runs:
             for rank in run:
-                if rank["threads"] is None:
-                    pytest.skip("thread names are read from /proc (Linux)")
-                assert len(rank["threads"]) >= 1
-                assert [t for t in rank["threads"] if t.startswith(("gloo", "pt_gloo", "pt_tcpstore"))] == []
+                assert rank["error"] is None
+                assert _group_threads(rank) == []
+
+
+def _group_threads(rank: dict) -> list[str]:
+    if rank["threads"] is None:
+        pytest.skip("thread names are read from /proc (Linux)")
+    assert len(rank["threads"]) >= 1
+    return [t for t in rank["threads"] if t.startswith(("gloo", "pt_gloo", "pt_tcpstore"))]
+
+
+def test_ddp_run_that_fails_raises_on_every_rank_and_leaves_no_group_thread(tmp_path):
+    # A learning rate that makes the loss NaN at step 2: train raises on both ranks, and the
+    # traceback must not keep the DDP model, and with it the group, past _shut_down_group.
+    dataset, tasks = make_dataset(tmp_path / "data", count=16)
+    cfg = TrainConfig(
+        dataset=str(dataset),
+        tasks=str(tasks),
+        epochs=2,
+        batch_size=4,
+        width=4,
+        num_workers=0,
+        device="cpu",
+        lr=1e38,
+        out_dir=str(tmp_path / "run"),
+    )
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    [run] = ddp_train(dataclasses.asdict(cfg), dump, [{"_expect": "NonFiniteLossError"}])
+    for rank in run:
+        assert rank["error"] is not None and rank["error"].startswith("NonFiniteLossError: step ")
+        assert _group_threads(rank) == []
 
 
 def test_factory_trunk_with_hidden_heads_and_dropout(tmp_path):

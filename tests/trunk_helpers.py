@@ -97,6 +97,7 @@ def _ddp_rank(rank: int, world: int, ports: list[int], cfg_dict: dict, dump: str
 
     os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
+    from mtldata.errors import MtlDataError
     from mtldata.train import TrainConfig, train
 
     for i, changes in enumerate(runs):
@@ -104,11 +105,19 @@ def _ddp_rank(rank: int, world: int, ports: list[int], cfg_dict: dict, dump: str
         # rank 0's store of run i before rank 0 has torn it down, and the two ranks would then wait
         # for each other in different groups.
         os.environ["MASTER_PORT"] = str(ports[i])
-        result = train(TrainConfig(**{**cfg_dict, **changes}))
-        torch.save(
-            {"model": result.model.state_dict(), "step": result.step, "threads": _thread_names()},
-            Path(dump) / f"run{i}-rank{rank}.pt",
-        )
+        changes = dict(changes)
+        expect = changes.pop("_expect", None)  # the name of an MtlDataError this run should raise
+        try:
+            result = train(TrainConfig(**{**cfg_dict, **changes}))
+        except MtlDataError as exc:
+            if type(exc).__name__ != expect:
+                raise
+            # read while the exception and its traceback are alive: train's teardown is done by now
+            saved = {"error": f"{type(exc).__name__}: {exc}", "threads": _thread_names()}
+        else:
+            saved = {"error": None, "threads": _thread_names()}
+            saved.update(model=result.model.state_dict(), step=result.step)
+        torch.save(saved, Path(dump) / f"run{i}-rank{rank}.pt")
 
 
 def _thread_names() -> list[str] | None:
@@ -131,9 +140,10 @@ def _thread_names() -> list[str] | None:
 
 def ddp_train(cfg_dict: dict, dump, runs: list[dict], world: int = 2) -> list[list[dict]]:
     """Train with `world` gloo processes, once per entry of `runs` (config changes, e.g. resume=True),
-    each run a fresh process group; returns [run][rank] -> {"model", "step", "threads"} (the rank's
-    thread names once train returned, None off Linux). A rank that dies (a
-    signal at exit included) fails mp.spawn."""
+    each run a fresh process group; returns [run][rank] -> {"model", "step", "error", "threads"} (the
+    rank's thread names once train returned, None off Linux). A run whose changes hold "_expect": the
+    name of an MtlDataError, may raise it: "error" is then its text, and there is no model. A rank
+    that dies (a signal at exit included) fails mp.spawn."""
     import torch
     import torch.multiprocessing as mp
 

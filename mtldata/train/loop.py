@@ -13,6 +13,7 @@ import json
 import math
 import os
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -297,6 +298,12 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
         created_group = True
     try:
         return _train(cfg, reporter or Reporter())
+    except BaseException as exc:
+        if created_group:
+            # The traceback keeps _train's frame, whose DDP model holds the group: without its
+            # locals the group dies in _shut_down_group, as on a normal return. The message stays.
+            traceback.clear_frames(exc.__traceback__)
+        raise
     finally:
         if created_group:
             _shut_down_group()
