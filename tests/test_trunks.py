@@ -116,11 +116,16 @@ def test_caffe_trunk_under_ddp_with_resume_ends_identical_on_both_ranks(data32, 
     assert torch.equal(a["trunk.net.layer_list.0.weight"], start["trunk.net.layer_list.0.weight"])  # frozen
 
 
-def test_ddp_runs_stopped_by_max_steps_or_resumed_exit_cleanly_and_leave_no_group_thread(tmp_path):
+def _small_ddp_config(tmp_path, **changes) -> TrainConfig:
+    """A 16-image dataset and a 4-wide model: DDP runs of a few steps."""
     dataset, tasks = make_dataset(tmp_path / "data", count=16)
-    base = TrainConfig(
+    return TrainConfig(
         dataset=str(dataset), tasks=str(tasks), epochs=2, batch_size=4, width=4, num_workers=0, device="cpu"
-    )
+    ).replace(**changes)
+
+
+def test_ddp_runs_stopped_by_max_steps_or_resumed_exit_cleanly_and_leave_no_group_thread(tmp_path):
+    base = _small_ddp_config(tmp_path)
     for i in range(2):  # the abort at exit came in about 1 run in 5; mp.spawn fails if a rank dies
         dump = tmp_path / f"dump{i}"
         dump.mkdir()
@@ -146,18 +151,7 @@ def _group_threads(rank: dict) -> list[str]:
 def test_ddp_run_that_fails_raises_on_every_rank_and_leaves_no_group_thread(tmp_path):
     # A learning rate that makes the loss NaN at step 2: train raises on both ranks, and the
     # traceback must not keep the DDP model, and with it the group, past _shut_down_group.
-    dataset, tasks = make_dataset(tmp_path / "data", count=16)
-    cfg = TrainConfig(
-        dataset=str(dataset),
-        tasks=str(tasks),
-        epochs=2,
-        batch_size=4,
-        width=4,
-        num_workers=0,
-        device="cpu",
-        lr=1e38,
-        out_dir=str(tmp_path / "run"),
-    )
+    cfg = _small_ddp_config(tmp_path, lr=1e38, out_dir=str(tmp_path / "run"))
     dump = tmp_path / "dump"
     dump.mkdir()
     [run] = ddp_train(dataclasses.asdict(cfg), dump, [{"_expect": "NonFiniteLossError"}])
