@@ -115,8 +115,12 @@ def _ddp_rank(rank: int, world: int, ports: list[int], cfg_dict: dict, dump: str
             # read while the exception and its traceback are alive: train's teardown is done by now
             saved = {"error": f"{type(exc).__name__}: {exc}", "threads": _thread_names()}
         else:
-            saved = {"error": None, "threads": _thread_names()}
-            saved.update(model=result.model.state_dict(), step=result.step)
+            saved = {
+                "error": None,
+                "threads": _thread_names(),
+                "model": result.model.state_dict(),
+                "step": result.step,
+            }
         torch.save(saved, Path(dump) / f"run{i}-rank{rank}.pt")
 
 
