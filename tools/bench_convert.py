@@ -12,6 +12,8 @@ that run's own), alternating them `--runs` times and keeping the median:
                pixels costs on the work folder's disk by itself. No target; where it is slow, raw
                conversion is bound by the disk, not by the CPU (run with --dir on a tmpfs to see
                the CPU-bound figures)
+  hdf5 write floor  one process: write float32 rows as large as mtldata's HDF5 rows to one file with
+               pwrite, as its writer fills a shard, nothing decoded. No target
   mtldata      raw, --encoded (validates by decoding), --encoded --validate header, and HDF5 raw,
                with --workers (default 2)
   gzip         a smaller list (--compressed-lines): a one-process h5py script writing float32 pixels
@@ -26,7 +28,10 @@ Targets (issue 15): raw >= 3x baseline and >= 0.6x decode limit; encoded >= 0.85
 encoded --validate header >= 0.5x byte copy; HDF5 raw >= 2x baseline. A second list of
 `--scale-lines` lines (every mtldata row) checks that throughput and peak RSS stay flat.
 Each run's CPU time (its process and its children) is printed too: on a shared machine wall
-clock is noisy, CPU seconds per image much less so.
+clock is noisy, CPU seconds per image much less so. Under the table, each raw row's bound: what the
+cores could convert if an image cost only the decode limit's CPU plus its write floor's.
+Each run starts right after the bench has touched and freed as much memory as the largest row
+writes (see warm_memory; --no-warm to skip), so that no row's figure depends on the rows before it.
 
     python tools/bench_convert.py                          # 2,000 lines of 256 px, a few minutes
     python tools/bench_convert.py --lines 100000 --size 64 --runs 1   # the long list
@@ -55,6 +60,7 @@ TARGETS = {  # row -> (baseline row, minimum ratio)
     "mtldata encoded, --validate header": [("byte copy", 0.5)],
     "mtldata hdf5 raw": [("baseline", 2.0)],
 }
+RAW_HEADER_BYTES = 20  # a raw Datum's fields around its pixels, about
 # Rows printed with a ratio but no target: resized conversions and gzip-compressed HDF5 (their own baselines)
 COMPARED = {"mtldata raw, resized to": "baseline, resized to", "mtldata hdf5 gzip": "h5py gzip"}
 
@@ -107,6 +113,9 @@ _CPU0 = None
 def start_clock():
     # CPU seconds count from here (imports and interpreter start-up excluded, as from the wall clock)
     global _CPU0
+    import sys
+    print("ready", flush=True)
+    sys.stdin.readline()  # the bench warms memory meanwhile (see warm_memory) and says go
     _CPU0 = _time.process_time()
     return _time.perf_counter()
 def report(count, seconds, **extra):
@@ -244,6 +253,26 @@ WRITE_FLOOR_RUN = REPORT + textwrap.dedent(
     """
 )
 
+# The HDF5 write floor: float32 rows the size of mtldata's, written in turn into one file with pwrite
+# (as mtldata's writer fills an uncompressed shard's row file), synced at the end.
+HDF5_WRITE_FLOOR_RUN = REPORT + textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    list_file, out, size = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+    count = sum(1 for _ in open(list_file))
+    row = os.urandom(size)
+    start = start_clock()
+    out.mkdir(parents=True)
+    fd = os.open(out / "rows.bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    for i in range(count):
+        os.pwrite(fd, row, i * size)
+    os.fsync(fd)
+    os.close(fd)
+    report(count, time.perf_counter() - start)
+    """
+)
+
 # The decode limit: 2 processes, each reading and decoding its half of the list, nothing else.
 DECODE_LIMIT_RUN = REPORT + textwrap.dedent(
     """
@@ -279,11 +308,64 @@ DECODE_LIMIT_RUN = REPORT + textwrap.dedent(
 )
 
 
-def run(script: str, *args: object) -> dict:
-    proc = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True)
+def warm_memory(nbytes: int) -> float:
+    """Touch `nbytes` of memory in a process of its own, let it free them, and return the seconds.
+
+    Some VMs' hosts take back the memory a guest has freed (free page reporting): the next first touch
+    of such a page costs the guest microseconds (here 7 to 12 us a 4 KiB page, against well under one
+    for a page the guest freed just now). A run that writes gigabytes to tmpfs or the page cache pays
+    that for what it writes, unless the run before it freed as much a moment earlier, so the row order
+    alone would decide which rows pay. Every run starts right after this instead, each alike: `run`
+    warms while the run waits, imports done, at its start_clock (the host starts taking freed memory
+    back about half a second after it is freed). Its own process: a child's peak RSS would otherwise
+    count the bench's."""
+    started = time.perf_counter()
+    if nbytes > 0:
+        subprocess.run([sys.executable, "-c", WARM_RUN, str(nbytes)], check=True)
+    return time.perf_counter() - started
+
+
+WARM_RUN = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    step = 64 << 20
+    chunks = []  # all held until the end, so that each touches pages of its own
+    for _ in range(int(sys.argv[1]) // step):
+        chunks.append(np.ones(step, np.uint8))
+    """
+)
+
+
+def warm_bytes(args: argparse.Namespace, lines: int) -> int:
+    """How much memory to warm before each run over `lines` lines: a little more than the largest
+    output a row writes (HDF5's float32 pixels), at most half of the memory available now."""
+    if args.no_warm:
+        return 0
+    largest = lines * (3 if args.no_hdf5 else 12) * args.size**2
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return min(int(1.1 * largest) + (128 << 20), available // 2)
+
+
+def run(script: str, *args: object, warm: int = 0) -> dict:
+    """Run a measured script; once it has imported what it needs and waits at start_clock, warm
+    `warm` bytes of memory, then let it start (so that the host has no time to take them back)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *map(str, args)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    if proc.stdout.readline().strip() == "ready":
+        warm_memory(warm)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    out, err = proc.communicate()
     if proc.returncode not in (0, 3):  # 3: mtldata skipped samples (it reports them; none expected)
-        raise SystemExit(f"benchmark run failed:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"benchmark run failed:\n{err}")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def median_run(runs: list[dict]) -> dict:
@@ -292,7 +374,7 @@ def median_run(runs: list[dict]) -> dict:
 
 
 def measure(
-    work: Path, list_file: Path, workers: int, runs: int, hdf5: bool, raw_record_bytes: int, resize: int = 0
+    work: Path, list_file: Path, workers: int, runs: int, hdf5: bool, side: int, warm: int, resize: int = 0
 ) -> dict[str, dict]:
     """Every row's median run over `list_file`; the runs alternate, so a burst of other load on the
     machine hits them alike. With `resize`, both sides of a conversion resized to that side too."""
@@ -300,27 +382,28 @@ def measure(
         "baseline": (BASELINE_RUN, ("decode",)),
         "decode limit": (DECODE_LIMIT_RUN, (workers,)),
         "byte copy": (BASELINE_RUN, ("copy",)),
-        "write floor": (WRITE_FLOOR_RUN, (raw_record_bytes,)),
+        "write floor": (WRITE_FLOOR_RUN, (3 * side * side + RAW_HEADER_BYTES,)),
         "mtldata raw": (MTLDATA_RUN, ("raw", workers)),
         "mtldata encoded": (MTLDATA_RUN, ("encoded", workers)),
         "mtldata encoded, --validate header": (MTLDATA_RUN, ("header", workers)),
     }
     if hdf5:
+        rows["hdf5 write floor"] = (HDF5_WRITE_FLOOR_RUN, (3 * side * side * 4,))
         rows["mtldata hdf5 raw"] = (MTLDATA_RUN, ("hdf5", workers))
     if resize:
         rows[f"baseline, resized to {resize}"] = (BASELINE_RUN, ("resize", resize))
         rows[f"mtldata raw, resized to {resize}"] = (MTLDATA_RUN, ("resize", workers, resize))
-    return measure_rows(work, list_file, runs, rows)
+    return measure_rows(work, list_file, runs, rows, warm)
 
 
-def measure_gzip(work: Path, list_file: Path, workers: int, runs: int) -> dict[str, dict]:
+def measure_gzip(work: Path, list_file: Path, workers: int, runs: int, warm: int) -> dict[str, dict]:
     """The compressed rows' median runs over `list_file` (a shorter list: deflate is slow)."""
     rows = {"h5py gzip": (H5_GZIP_RUN, ()), "mtldata hdf5 gzip": (MTLDATA_RUN, ("hdf5-gzip", workers))}
-    return measure_rows(work, list_file, runs, rows)
+    return measure_rows(work, list_file, runs, rows, warm)
 
 
 def measure_rows(
-    work: Path, list_file: Path, runs: int, rows: dict[str, tuple[str, tuple]]
+    work: Path, list_file: Path, runs: int, rows: dict[str, tuple[str, tuple]], warm: int
 ) -> dict[str, dict]:
     results: dict[str, list[dict]] = {name: [] for name in rows}
     for r in range(runs):
@@ -328,7 +411,7 @@ def measure_rows(
             out = work / f"out_{j}_{r}"
             shutil.rmtree(out, ignore_errors=True)  # left by an interrupted earlier run into --dir
             args = (list_file, *extra) if script is DECODE_LIMIT_RUN else (list_file, out, *extra)
-            results[name].append(run(script, *args))
+            results[name].append(run(script, *args, warm=warm))
             shutil.rmtree(out, ignore_errors=True)
     return {name: median_run(found) for name, found in results.items()}
 
@@ -355,6 +438,32 @@ def print_table(rows: dict[str, dict], lines: int) -> bool:
                 text += f" {rate[name] / rate[base]:.2f}x {base} (no target)"
         print(text.rstrip(";"))
     return all_met
+
+
+# mtldata row -> the row that writes what it stores, and nothing else
+WRITE_FLOORS = {"mtldata raw": "write floor", "mtldata hdf5 raw": "hdf5 write floor"}
+
+
+def print_bounds(rows: dict[str, dict], cores: int) -> None:
+    """For each raw row: what the cores could convert if an image cost only the decode limit's CPU
+    plus its write floor's (each as measured above, added), beside what the row and its targets ask.
+    A conversion also splits planes, hashes and stores labels; it passes this sum only where its own
+    writer stores more cheaply than the floor's plain one (LMDB through its map on tmpfs)."""
+    cpu = {name: 1000 * r["cpu"] / r["count"] for name, r in rows.items()}
+    rate = {name: r["count"] / r["seconds"] for name, r in rows.items()}
+    for name, floor in WRITE_FLOORS.items():
+        if name not in rows or floor not in rows or "decode limit" not in rows:
+            continue
+        bound = cores * 1000 / (cpu["decode limit"] + cpu[floor])
+        asks = "; ".join(
+            f"{target}x {base} asks {target * rate[base]:.0f} ({target * rate[base] / bound:.2f}x)"
+            for base, target in TARGETS.get(name, [])
+            if base in rate
+        )
+        print(
+            f"{name}: decode {cpu['decode limit']:.3f} + {floor} {cpu[floor]:.3f} CPU ms/img -> "
+            f"{bound:.0f} img/s on {cores} cores; ran {rate[name]:.0f} ({rate[name] / bound:.2f}x); {asks}"
+        )
 
 
 # mtldata's rows, by the mode MTLDATA_RUN takes, and the bytes each stores per image of `size` px
@@ -387,7 +496,9 @@ def scale_check(work: Path, names: list[str], args: argparse.Namespace, rows: di
             continue
         out = work / "out_long"
         shutil.rmtree(out, ignore_errors=True)
-        long_run = run(MTLDATA_RUN, long_list, out, mode, args.workers)
+        long_run = run(
+            MTLDATA_RUN, long_list, out, mode, args.workers, warm=warm_bytes(args, args.scale_lines)
+        )
         shutil.rmtree(out, ignore_errors=True)
         short_run = rows[name]
         speed = (long_run["count"] / long_run["seconds"]) / (short_run["count"] / short_run["seconds"])
@@ -445,6 +556,12 @@ def main() -> int:
     )
     parser.add_argument("--dir", type=Path, help="work folder (default: a temporary one, removed after)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    parser.add_argument(
+        "--no-warm",
+        action="store_true",
+        help="do not touch and free memory before each run (see warm_memory: then on a VM whose host "
+        "takes back freed memory, which rows pay for first touches depends on the rows before them)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.lines, args.images, args.size, args.runs, args.scale_lines = 48, 24, 64, 1, 96
@@ -470,17 +587,30 @@ def main() -> int:
             f"mtldata workers={args.workers}; median of {args.runs} run(s); work folder on "
             f"{filesystem_of(work)}"
         )
+        warm = warm_bytes(args, args.lines)
+        if warm:
+            seconds = warm_memory(warm)
+            print(
+                f"each run starts right after {warm / (1 << 30):.1f} GiB of memory is touched and freed "
+                f"(--no-warm: not); the first time, that took {seconds / (warm / (1 << 30)):.2f} s a GiB"
+            )
         rows = measure(
-            work, list_file, args.workers, args.runs, not args.no_hdf5, 3 * args.size**2 + 20, args.resize
+            work, list_file, args.workers, args.runs, not args.no_hdf5, args.size, warm, args.resize
         )
         print()
         all_met = print_table(rows, args.lines)
+        print()
+        print("Bounds: the decode and the writes alone, as their rows measured them")
+        print_bounds(rows, len(os.sched_getaffinity(0)))
         if args.compressed_lines and not args.no_hdf5:
             gzip_list = work / "list_gzip.txt"
             write_list(gzip_list, names, args.compressed_lines)
             print()
             print(f"{args.compressed_lines} lines, compressed (median of {args.runs}):")
-            print_table(measure_gzip(work, gzip_list, args.workers, args.runs), args.compressed_lines)
+            gzip_rows = measure_gzip(
+                work, gzip_list, args.workers, args.runs, warm_bytes(args, args.compressed_lines)
+            )
+            print_table(gzip_rows, args.compressed_lines)
         if args.scale_lines:
             print()
             all_met &= scale_check(work, names, args, rows)
