@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from conftest import write_image, write_list
 
@@ -14,6 +18,22 @@ from mtldata.cli.report import EXIT_SKIPPED
 
 def run(*args: str):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.mark.parametrize("chosen", [None, "2"], ids=["unset", "user's"])
+def test_cli_process_keeps_one_openblas_thread_unless_the_user_chose(chosen):
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("counts threads through /proc/self/task (Linux)")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if chosen:
+        env["OPENBLAS_NUM_THREADS"] = chosen
+    code = "import os, mtldata.cli, numpy; print(os.environ['OPENBLAS_NUM_THREADS'], len(os.listdir('/proc/self/task')))"
+    setting, threads = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert setting == (chosen or "1")
+    if chosen is None:
+        assert threads == "1"  # numpy imported, and no BLAS thread beside the main one
 
 
 def test_help_explains_every_convert_option():
