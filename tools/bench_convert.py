@@ -343,7 +343,10 @@ def warm_bytes(args: argparse.Namespace, lines: int) -> int:
     if args.no_warm:
         return 0
     largest = lines * (3 if args.no_hdf5 else 12) * args.size**2
-    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not on every platform (macOS): no warming there
+        return 0
     return min(int(1.1 * largest) + (128 << 20), available // 2)
 
 
@@ -601,7 +604,8 @@ def main() -> int:
         all_met = print_table(rows, args.lines)
         print()
         print("Bounds: the decode and the writes alone, as their rows measured them")
-        print_bounds(rows, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        print_bounds(rows, cores)
         if args.compressed_lines and not args.no_hdf5:
             gzip_list = work / "list_gzip.txt"
             write_list(gzip_list, names, args.compressed_lines)
