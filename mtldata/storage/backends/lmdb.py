@@ -305,7 +305,8 @@ class _GrowingEnv:
         # through the file system (about 0.3 ms of CPU for a 196 KB image on ext4, against 0.15 ms
         # for a copy to the heap and one write() at commit). On tmpfs the file's pages are memory
         # and a put writes them in place, which saves the kernel's copy at commit (4% of a raw
-        # conversion's throughput, measured for issue 15). A full file system inside a map would be
+        # conversion's throughput on one VM, measured for issue 15; no difference, within 1%, on a
+        # later one whose memory costs more to touch first). A full file system inside a map would be
         # SIGBUS, not an error: _reserve allocates every page a transaction can write before it
         # runs, so a full tmpfs is an ENOSPC there (tests/test_out_of_space.py mounts one).
         # sync=False (MDB_NOSYNC): a commit writes without waiting for the disk; `sync` then makes
