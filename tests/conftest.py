@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -83,6 +84,19 @@ def assert_blob_close(mine: np.ndarray, golden: np.ndarray, what: str) -> None:
         return
     error = float(np.abs(mine - golden).max())
     assert error <= 1e-4 * scale, f"{what}: max error {error:.3g} > 1e-4 * {scale:.3g}"
+
+
+# A number as Caffe's logs print it (%g: the exponent always signed)
+CAFFE_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]\d+)?")
+
+
+def same_caffe_line(mine: str, caffe: str, rel: float, abs: float = 0.0) -> bool:
+    """The same words as a line of Caffe's log, each number within `rel` (and `abs`) of Caffe's: Caffe
+    prints 6 significant digits, so a sum on a rounding boundary may print its last digit one off."""
+    if CAFFE_NUMBER.sub("#", mine) != CAFFE_NUMBER.sub("#", caffe):
+        return False
+    numbers = zip(CAFFE_NUMBER.findall(mine), CAFFE_NUMBER.findall(caffe), strict=True)
+    return all(float(a) == pytest.approx(float(b), rel=rel, abs=abs) for a, b in numbers)
 
 
 def damage(data: bytes, how: int, where: float, value: int, count: int, keep: int = 0) -> bytes:

@@ -7,13 +7,12 @@ losses rtol 1e-4, lr rtol 1e-5, every blob max error <= 1e-4 * max|golden| (zero
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_blob_close
+from conftest import assert_blob_close, same_caffe_line
 
 from mtldata.caffe import caffe_pb2
 from mtldata.caffe.prototxt import caffemodel_weights, read_caffemodel
@@ -76,19 +75,6 @@ def test_solverstate_matches_caffes(run, solver_expected, solvers_dir: Path) -> 
         assert_blob_close(np.asarray(blob.data, dtype=np.float32), arrays[key], f"{name} {key}")
 
 
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
-
-
-def _same_line(mine: str, caffe: str) -> bool:
-    """The same words and the same numbers within the fixtures' 1e-4: Caffe prints 6 significant
-    digits, and a sum that lands on a rounding boundary may print its last digit one off on another
-    CPU (an L2 norm of 6.82452 against Caffe's 6.82451 was seen on an AVX-512 machine)."""
-    if _NUMBER.sub("#", mine) != _NUMBER.sub("#", caffe):
-        return False
-    numbers = zip(_NUMBER.findall(mine), _NUMBER.findall(caffe), strict=True)
-    return all(float(a) == pytest.approx(float(b), rel=1e-4) for a, b in numbers)
-
-
 def test_caffe_log_lines(run, solvers_dir: Path) -> None:
     name, _, _, log = run
     caffe_log = (solvers_dir / "logs" / f"{name}_caffe_train.log").read_text()
@@ -100,7 +86,7 @@ def test_caffe_log_lines(run, solvers_dir: Path) -> None:
     assert len(wanted) >= 8
     rest = iter(log)  # in Caffe's order: each line is looked for after the one before it
     for line in wanted:
-        assert any(_same_line(mine, line) for mine in rest), f"{name}: Caffe logged {line!r}"
+        assert any(same_caffe_line(mine, line, rel=1e-4) for mine in rest), f"{name}: Caffe logged {line!r}"
 
 
 def test_resuming_from_caffes_solverstate_continues_its_run(solvers_dir: Path, tmp_path: Path) -> None:
