@@ -54,6 +54,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from mtldata.storage.processes import available_cores
+
 TARGETS = {  # row -> (baseline row, minimum ratio)
     "mtldata raw": [("baseline", 3.0), ("decode limit", 0.6)],
     "mtldata encoded": [("decode limit", 0.85)],
@@ -604,8 +606,7 @@ def main() -> int:
         all_met = print_table(rows, args.lines)
         print()
         print("Bounds: the decode and the writes alone, as their rows measured them")
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        print_bounds(rows, cores)
+        print_bounds(rows, available_cores())
         if args.compressed_lines and not args.no_hdf5:
             gzip_list = work / "list_gzip.txt"
             write_list(gzip_list, names, args.compressed_lines)
