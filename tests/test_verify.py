@@ -399,12 +399,13 @@ def test_threads_find_the_same_problems_in_the_same_order_as_a_plain_walk(tmp_pa
     assert sum("no label record" in p.reason for p in reports[4].problems) == 2
 
 
-def test_an_image_db_failing_at_its_root_is_reported_before_any_label_is_read(dataset):
+def _damage_root_page(data: Path) -> None:
+    """Zero the header of the main DB's root page in an LMDB data.mdb: LMDB then finds a page of the
+    wrong type at the first read."""
     import struct
 
     from mtldata.storage.backends.lmdb import _META, _meta
 
-    data = dataset / "images.lmdb" / "data.mdb"
     raw = bytearray(data.read_bytes())
     page = _meta(raw[: _META.size])["page_size"]
     # the newer of the two meta pages names the main DB's root page (MDB_db.md_root: the last field
@@ -413,7 +414,19 @@ def test_an_image_db_failing_at_its_root_is_reported_before_any_label_is_read(da
     root = struct.unpack_from("=Q", raw, newer * page + _META.size - 24)[0]
     raw[root * page : root * page + 16] = bytes(16)  # its page header: "wrong type"
     data.write_bytes(bytes(raw))
+
+
+def test_an_image_db_failing_at_its_root_is_reported_before_any_label_is_read(dataset):
+    _damage_root_page(dataset / "images.lmdb" / "data.mdb")
     report = verify_dataset(dataset)
     assert not report.ok
-    assert any("LMDB error after 0 image records" in p.reason for p in report.problems)
+    assert any(p.reason.startswith("images.lmdb: LMDB error after 0 image records") for p in report.problems)
     assert report.counts["images"] == 0 and report.counts["labels"] == 0
+
+
+def test_a_label_db_failing_at_its_root_is_named_as_the_damaged_one(dataset):
+    _damage_root_page(dataset / "labels.lmdb" / "data.mdb")
+    report = verify_dataset(dataset)
+    assert not report.ok
+    errors = [p.reason for p in report.problems if "LMDB error" in p.reason]
+    assert len(errors) == 1 and errors[0].startswith("labels.lmdb: LMDB error after 0 image records")

@@ -221,6 +221,7 @@ def _walk_lmdb(
     root = images.parent if manifest is not None else None
     expected = {name: _expected_digests(root, manifest, db) for name, db in dbs.items()}
     done = 0
+    failed: list[str] = []
     try:
         with ExitStack() as stack:
             txns = {}
@@ -242,14 +243,21 @@ def _walk_lmdb(
                 else iter(())
             )
 
+            def read(records: Iterator[Any], name: str) -> Any:
+                try:
+                    return next(records, None)
+                except lmdb.Error:
+                    failed.append(dbs[name].name)  # which DB the report's error line names
+                    raise
+
             def next_label() -> tuple[bytes, bytes, str | None] | None:
-                label = next(label_records, None)
+                label = read(label_records, "labels")
                 if label is not None and label[2] is not None:
                     report.add(label[0], label[2])
                 return label
 
             def next_image() -> tuple[bytes, str | None] | None:
-                found = next(image_records, None)
+                found = read(image_records, "images")
                 if found is None:
                     return None
                 (key, _, digest_problem), image_problem = found
@@ -277,7 +285,8 @@ def _walk_lmdb(
                 if progress is not None:
                     progress(done, total)
     except lmdb.Error as exc:  # a damaged environment: what was read so far is reported, then this
-        report.add(None, f"LMDB error after {done} image records: {exc}")
+        where = f"{failed[0]}: " if failed else ""
+        report.add(None, f"{where}LMDB error after {done} image records: {exc}")
     report.counts.update({name: digest.records for name, digest in digests.items()})
     # (a record missing from a DB is named by the walk already: no label record, or a label without image)
     if any(e is not None for e in expected.values()):
