@@ -416,17 +416,62 @@ def _damage_root_page(data: Path) -> None:
     data.write_bytes(bytes(raw))
 
 
-def test_an_image_db_failing_at_its_root_is_reported_before_any_label_is_read(dataset):
+def test_an_image_db_failing_at_its_root_is_the_one_problem_and_the_label_db_is_still_checked(dataset):
     _damage_root_page(dataset / "images.lmdb" / "data.mdb")
     report = verify_dataset(dataset)
-    assert not report.ok
-    assert any(p.reason.startswith("images.lmdb: LMDB error after 0 image records") for p in report.problems)
-    assert report.counts["images"] == 0 and report.counts["labels"] == 0
+    assert [p.reason.split(":")[0] for p in report.problems] == ["images.lmdb"]
+    assert report.problems[0].reason.startswith("images.lmdb: LMDB error after 0 of its records")
+    # the label DB was walked to its end and its checksum held; the cut DB's count and checksum
+    # are not reported as mismatches, since they cover only what was read before the error
+    assert report.counts == {"images": None, "labels": 12, "manifest": 12}
+    assert report.notes == ["images.lmdb: count and checksum not checked (an LMDB error stopped its walk)"]
+    # and `checked` claims only what was
+    assert report.checked == [
+        "every record against its own digest",
+        "every label record parses",
+        "counts match the manifest",
+        "checksums (labels.lmdb)",
+    ]
 
 
-def test_a_label_db_failing_at_its_root_is_named_as_the_damaged_one(dataset):
+def test_a_label_db_failing_at_its_root_is_the_one_problem_and_the_image_db_is_still_checked(dataset):
     _damage_root_page(dataset / "labels.lmdb" / "data.mdb")
     report = verify_dataset(dataset)
-    assert not report.ok
-    errors = [p.reason for p in report.problems if "LMDB error" in p.reason]
-    assert len(errors) == 1 and errors[0].startswith("labels.lmdb: LMDB error after 0 image records")
+    assert [p.reason.split(":")[0] for p in report.problems] == ["labels.lmdb"]
+    assert report.problems[0].reason.startswith("labels.lmdb: LMDB error after 0 of its records")
+    assert report.counts == {"images": 12, "labels": None, "manifest": 12}
+    assert report.notes == ["labels.lmdb: count and checksum not checked (an LMDB error stopped its walk)"]
+    assert report.checked == [
+        "every record against its own digest",
+        "every image record decodes",
+        "counts match the manifest",
+        "checksums (images.lmdb)",
+    ]
+
+
+def test_a_damaged_image_record_is_named_after_the_label_db_failed(dataset):
+    images = dataset / "images.lmdb"
+    key = keys_of(images)[7]
+    datum = Datum.FromString(get(images, key))
+    datum.data = bytes(len(datum.data))
+    edit(images, put={key: datum.SerializeToString()})
+    _damage_root_page(dataset / "labels.lmdb" / "data.mdb")
+    report = verify_dataset(dataset)
+    assert report.problems[0].reason.startswith("labels.lmdb: LMDB error")
+    assert report.bad_keys == [key.decode()]
+    assert any("record digest mismatch" in p.reason for p in report.problems if p.key == key.decode())
+    assert any(p.reason.startswith("images.lmdb: checksum mismatch") for p in report.problems)
+    # no label is missing or unpaired: the label DB's records were not read
+    assert not any("label record" in p.reason for p in report.problems)
+
+
+def test_a_damaged_label_record_is_named_after_the_image_db_failed(dataset):
+    labels = dataset / "labels.lmdb"
+    key = keys_of(labels)[3]
+    edit(labels, put={key: b"not a datum"})
+    _damage_root_page(dataset / "images.lmdb" / "data.mdb")
+    report = verify_dataset(dataset)
+    assert report.problems[0].reason.startswith("images.lmdb: LMDB error")
+    assert report.bad_keys == [key.decode()]
+    assert any(p.reason.startswith("label record:") for p in report.problems if p.key == key.decode())
+    assert not any("without an image record" in p.reason for p in report.problems)

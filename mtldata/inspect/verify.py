@@ -86,6 +86,7 @@ def verify_dataset(
     # An HDF5 dataset's shards are checked against their checksums before h5py opens any of them.
     early = _hdf5_manifest(path) if labels is None else None
     walked: dict[Path, dict[str, Any] | None] = {}
+    cut: set[Path] = set()  # LMDB environments whose walk an LMDB error stopped
     reader = None
     if early is not None:
         reader, walked = _without_damaged_shards(report, path, early)
@@ -96,14 +97,14 @@ def verify_dataset(
         if manifest is None:
             report.notes.append("no manifest: counts and checksums not checked")
         if isinstance(reader, LmdbReader):
-            walked = _walk_lmdb(report, reader.images_path, reader.labels_path, manifest, progress)
+            walked, cut = _walk_lmdb(report, reader.images_path, reader.labels_path, manifest, progress)
         else:
             _walk_reader(report, reader, progress, _file_digests(path, manifest))
     finally:
         reader.close()
     if manifest is not None:
         _check_counts(report, path, manifest)
-        _check_checksums(report, path, manifest, walked)
+        _check_checksums(report, path, manifest, walked, cut)
     return report
 
 
@@ -207,8 +208,12 @@ def _walk_lmdb(
     labels: Path | None,
     manifest: dict[str, Any] | None,
     progress: Callable[[int, int], None] | None,
-) -> dict[Path, dict[str, Any]]:
-    """Walk the image DB (and the label DB beside it); return each DB's record digest by its path."""
+) -> tuple[dict[Path, dict[str, Any]], set[Path]]:
+    """Walk the image DB (and the label DB beside it); return each DB's record digest by its path,
+    and the DBs whose walk an LMDB error cut short (no digest or count: they are not known).
+
+    A DB that fails does not stop the other's walk: its records are still checked, without the
+    pairing of keys (the failed DB may hold the keys it was not read to)."""
     import lmdb
 
     from mtldata.storage.backends.lmdb import RecordDigest, open_readonly
@@ -221,7 +226,16 @@ def _walk_lmdb(
     root = images.parent if manifest is not None else None
     expected = {name: _expected_digests(root, manifest, db) for name, db in dbs.items()}
     done = 0
-    failed: list[str] = []
+    cut: list[str] = []  # the DBs whose walk an LMDB error stopped, in the order they failed
+
+    def lmdb_error(name: str | None, exc: Exception) -> None:
+        if name is None:
+            report.add(None, f"LMDB error before the first record: {exc}")
+        else:  # records read: the image walk reads ahead of the reports
+            report.add(
+                None, f"{dbs[name].name}: LMDB error after {digests[name].records} of its records: {exc}"
+            )
+
     try:
         with ExitStack() as stack:
             txns = {}
@@ -244,11 +258,15 @@ def _walk_lmdb(
             )
 
             def read(records: Iterator[Any], name: str) -> Any:
+                """The next record, or None at the end or at an LMDB error (reported, the DB cut)."""
+                if name in cut:
+                    return None
                 try:
                     return next(records, None)
-                except lmdb.Error:
-                    failed.append(dbs[name].name)  # which DB the report's error line names
-                    raise
+                except lmdb.Error as exc:
+                    cut.append(name)
+                    lmdb_error(name, exc)
+                    return None
 
             def next_label() -> tuple[bytes, bytes, str | None] | None:
                 label = read(label_records, "labels")
@@ -265,36 +283,46 @@ def _walk_lmdb(
                     report.add(key, digest_problem)
                 return key, image_problem
 
+            def check_label(label: tuple[bytes, bytes, str | None]) -> None:
+                if (reason := _label_problem(label[1], num_labels)) is not None:
+                    report.add(label[0], f"label record: {reason}")
+
             image = next_image()
             label = next_label()
             while image is not None or label is not None:
                 if label is not None and (image is None or label[0] < image[0]):
-                    report.add(label[0], f"label record without an image record in {images.name}")
+                    if "images" in cut:  # the image DB was not read to this key: it may be there
+                        check_label(label)
+                    else:
+                        report.add(label[0], f"label record without an image record in {images.name}")
                     label = next_label()
                     continue
                 if image[1] is not None:
                     report.add(image[0], image[1])
                 if label is not None and label[0] == image[0]:
-                    if (reason := _label_problem(label[1], num_labels)) is not None:
-                        report.add(label[0], f"label record: {reason}")
+                    check_label(label)
                     label = next_label()
-                elif labels is not None:
+                elif labels is not None and "labels" not in cut:
                     report.add(image[0], f"no label record in {labels.name}")
                 image = next_image()
                 done += 1
                 if progress is not None:
                     progress(done, total)
-    except lmdb.Error as exc:  # a damaged environment: what was read so far is reported, then this
-        where = f"{failed[0]}: " if failed else ""
-        report.add(None, f"{where}LMDB error after {done} image records: {exc}")
-    report.counts.update({name: digest.records for name, digest in digests.items()})
+    except lmdb.Error as exc:  # a damaged environment before its first record: neither DB was walked
+        lmdb_error(None, exc)
+        cut = list(dbs)
+    report.counts.update({name: None if name in cut else digest.records for name, digest in digests.items()})
     # (a record missing from a DB is named by the walk already: no label record, or a label without image)
-    if any(e is not None for e in expected.values()):
+    # What a cut walk did not check is not claimed.
+    if any(e is not None for name, e in expected.items() if name not in cut):
         report.checked.append("every record against its own digest")
-    report.checked.append("every image record decodes")
+    if "images" not in cut:
+        report.checked.append("every image record decodes")
     if labels is not None:
-        report.checked += ["every label record parses", "image and label DBs hold the same keys"]
-    return {dbs[name]: digest.result() for name, digest in digests.items()}
+        report.checked += ["every label record parses"] if "labels" not in cut else []
+        report.checked += ["image and label DBs hold the same keys"] if not cut else []
+    walked = {dbs[name]: digest.result() for name, digest in digests.items() if name not in cut}
+    return walked, {dbs[name] for name in cut}
 
 
 def _image_problem(value: bytes, gray: bool, shapes: set[str]) -> str | None:
@@ -419,13 +447,22 @@ def _check_counts(report: VerifyReport, root: Path, manifest: dict[str, Any]) ->
 
 
 def _check_checksums(
-    report: VerifyReport, root: Path, manifest: dict[str, Any], walked: dict[Path, dict[str, Any]]
+    report: VerifyReport,
+    root: Path,
+    manifest: dict[str, Any],
+    walked: dict[Path, dict[str, Any] | None],
+    cut: set[Path],
 ) -> None:
     recorded = manifest.get("checksums") or {}
     if not recorded:
         report.notes.append("the manifest records no checksums (written before mtldata recorded them)")
         return
+    checked = []
     for rel, want in recorded.items():
+        if root / rel in cut:  # its digest covers what was read before the error: not comparable
+            report.notes.append(f"{rel}: count and checksum not checked (an LMDB error stopped its walk)")
+            continue
+        checked.append(rel)
         got = walked.get(root / rel) or _checksum_as_recorded(root, rel, want, manifest)
         if got is not None:  # what a recomputed checksum holds; the rest names the per-record digests
             want = {k: v for k, v in want.items() if k in got}
@@ -433,7 +470,8 @@ def _check_checksums(
             found = "nothing" if got is None else ", ".join(f"{k} {v}" for k, v in got.items())
             expected = ", ".join(f"{k} {v}" for k, v in want.items())
             report.add(None, f"{rel}: checksum mismatch: expected {expected}; found {found}")
-    report.checked.append(f"checksums ({', '.join(recorded)})")
+    if checked:
+        report.checked.append(f"checksums ({', '.join(checked)})")
 
 
 def _file_digest_name(entry: Any) -> str:
