@@ -27,7 +27,10 @@ def replace_atomically(path: str | os.PathLike[str], write: Callable[[IO[bytes]]
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
     # os.open with 0o666 lets the umask decide the mode, as a plain open() would.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:  # named as the file asked for: the temporary name means nothing to a user
+        raise OSError(exc.errno, exc.strerror, str(target)) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
@@ -41,6 +44,8 @@ def replace_atomically(path: str | os.PathLike[str], write: Callable[[IO[bytes]]
             # A writer that wraps the system's error in its own (torch.save raises RuntimeError on a
             # full disk): the OSError, naming the file, is what the caller can act on.
             raise OSError(context.errno, context.strerror, str(target)) from exc
+        if isinstance(exc, OSError) and exc.filename == str(tmp):
+            raise OSError(exc.errno, exc.strerror, str(target)) from None
         raise
     fsync_path(target.parent)
     return target

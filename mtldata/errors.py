@@ -122,6 +122,18 @@ def shorten(text: str, limit: int = 160) -> str:
     return f"{text[:keep]}[...]{text[-keep:]}"
 
 
+def path_kind_problem(exc: OSError) -> str | None:
+    """What is wrong with an OSError's path when a file stands where a folder is needed (ENOTDIR;
+    EEXIST from making the folder), in words; None for any other error."""
+    import errno
+
+    if exc.errno == errno.ENOTDIR:
+        return "a part of this path is a file, not a folder"
+    if exc.errno == errno.EEXIST and exc.filename and Path(exc.filename).is_file():
+        return "is a file where a folder is needed"
+    return None
+
+
 class OutputError(MtlDataError):
     """Writing the output failed (no space, quota, I/O error, read-only or permission denied).
 
@@ -159,6 +171,8 @@ class OutputError(MtlDataError):
             reason = "input/output error (a failing disk or a lost network mount)"
         elif code == errno.ENAMETOOLONG:
             reason, resume = "file name too long", ""
+        elif (where := path_kind_problem(exc)) is not None:
+            reason, resume = where, ""
         else:
             reason = f"{exc.strerror or exc}"
         if code in (errno.EROFS, errno.EACCES, errno.EPERM):

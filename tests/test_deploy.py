@@ -436,3 +436,17 @@ def test_the_readme_commands_work_on_the_demo_output(tmp_path, monkeypatch):
         output = command[command.index("-o") + 1] if "-o" in command else None
         if output is not None:
             assert os.path.getsize(output) > 0
+
+
+@pytest.mark.parametrize("command", ["predict", "export"])
+def test_an_output_under_a_file_is_one_line_naming_the_file(run, tmp_path, command):
+    (tmp_path / "a_file").write_text("keep", encoding="utf-8")
+    output = tmp_path / "a_file" / ("p.csv" if command == "predict" else "m.onnx")
+    args = (
+        ("predict", run["run"], run["root"] / "img", "-o", output)
+        if command == "predict"
+        else ("export", run["run"], "-o", output)
+    )
+    line = one_error_line(invoke(*args))
+    assert line == f"mtldata: error: {tmp_path / 'a_file'}: is a file where a folder is needed"
+    assert (tmp_path / "a_file").read_text(encoding="utf-8") == "keep"

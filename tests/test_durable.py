@@ -29,3 +29,20 @@ def test_json_round_trips_and_replaces(tmp_path):
     write_json_atomic(path, {"a": 2, "b": [1, 2]})
     assert json.loads(path.read_text()) == {"a": 2, "b": [1, 2]}
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_a_write_that_cannot_start_names_the_file_asked_for_not_its_temporary(tmp_path):
+    (tmp_path / "a_file").write_bytes(b"x")
+    target = tmp_path / "a_file" / "out.json"
+    with pytest.raises(NotADirectoryError) as caught:
+        write_json_atomic(target, {"a": 1})
+    assert caught.value.filename == str(target)
+
+
+def test_a_rename_that_fails_names_the_file_asked_for(tmp_path):
+    target = tmp_path / "taken"
+    target.mkdir()  # a folder stands where the file goes: the rename fails
+    with pytest.raises(OSError) as caught:
+        write_bytes_atomic(target, b"data")
+    assert caught.value.filename == str(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"]

@@ -223,3 +223,20 @@ def test_missing_matplotlib_says_how_to_install_it(run_dir, tmp_path, monkeypatc
     assert result.exit_code == 1
     assert "matplotlib, which is not installed" in result.output
     assert not (tmp_path / "curves.png").exists()
+
+
+@pytest.mark.parametrize("command", ["show", "plot", "stats"])
+def test_an_image_written_under_a_file_is_one_line_naming_it(dataset, run_dir, tmp_path, command):
+    pytest.importorskip("matplotlib", reason="the viz extra (matplotlib) is not installed")
+    (tmp_path / "a_file").write_text("keep", encoding="utf-8")
+    output = tmp_path / "a_file" / "out.png"
+    args = {
+        "show": ("show", dataset, "-o", output),
+        "plot": ("plot", run_dir, "-o", output),
+        "stats": ("stats", dataset, "--plot", output),
+    }[command]
+    result = run(*args)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("mtldata: error: ")]
+    assert errors == [f"mtldata: error: {output}: a part of this path is a file, not a folder"]
+    assert (tmp_path / "a_file").read_text(encoding="utf-8") == "keep"

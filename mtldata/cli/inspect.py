@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from mtldata.cli.dataset_path import DatasetPath
-from mtldata.cli.report import EXIT_ERROR, Progress, fail
+from mtldata.cli.report import EXIT_ERROR, Progress, fail, one_line_failures
 from mtldata.errors import MtlDataError
 
 _DATASET = click.argument("dataset", type=DatasetPath())
@@ -170,12 +170,10 @@ def show(
     """
     from mtldata.inspect.viz import save_contact_sheet
 
-    try:
+    with one_line_failures(output):
         layout = save_contact_sheet(
             dataset, output, count, tasks=tasks_file, labels=labels, columns=columns, tile=tile, seed=seed
         )
-    except (MtlDataError, OSError) as exc:
-        fail(str(exc))
     click.echo(f"wrote {output}: {layout.count} samples in {layout.rows} rows of {layout.columns}")
 
 
@@ -227,10 +225,8 @@ def stats(
     if plot_file is not None:
         from mtldata.inspect.viz import plot_stats
 
-        try:
+        with one_line_failures(plot_file):
             plot_stats(figures, plot_file)
-        except (MtlDataError, OSError) as exc:
-            fail(str(exc))
         click.echo(f"wrote {plot_file}", err=as_json)
     if figures.label_problem is not None:  # the figures above count it; the labels break the tasks
         fail(figures.label_problem)
@@ -253,10 +249,8 @@ def plot(run_dir: Path, output: Path | None) -> None:
     from mtldata.inspect.viz import plot_curves
 
     output = output or (run_dir if run_dir.is_dir() else run_dir.parent) / "curves.png"
-    try:
+    with one_line_failures(output):
         layout = plot_curves(run_dir, output)
-    except (MtlDataError, OSError) as exc:
-        fail(str(exc))
     for note in layout.notes:
         click.echo(f"mtldata: note: {note}", err=True)
     click.echo(f"wrote {output}: {', '.join(layout.panels)}")

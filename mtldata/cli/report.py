@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def os_error_line(exc: OSError, output: str | Path, resumable: bool = False) -> str:
     """The one line of an OSError: as an output failure (with its remedy) when it is about `output`,
     else the file and the system's reason."""
-    from mtldata.errors import OutputError, shorten
+    from mtldata.errors import OutputError, path_kind_problem, shorten
 
     name = exc.filename
     inside = name in (None, "")
@@ -33,7 +33,7 @@ def os_error_line(exc: OSError, output: str | Path, resumable: bool = False) -> 
             inside = False
     if inside:
         return str(OutputError.from_os_error(exc, output, resumable))
-    return f"{shorten(str(name))}: {exc.strerror or exc}"
+    return f"{shorten(str(name))}: {path_kind_problem(exc) or exc.strerror or exc}"
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
