@@ -144,3 +144,32 @@ def test_a_net_emitted_by_multitask_runs(setup_dir):
     total.backward()
     assert net.output_blobs == ["loss_bin", "loss_cls", "loss_reg"] and torch.isfinite(total)
     assert all(p.tensor.grad is not None for p in net.learnable_params())
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "reason"),
+    [
+        (
+            "net.prototxt",
+            '"ds/labels.lmdb" batch_size: 5',
+            '"ds/nowhere.lmdb" batch_size: 5',
+            "layer 'label' data_param.source: 'ds/nowhere.lmdb' not found",
+        ),
+        (
+            "net.prototxt",
+            'bottom: "pool" top: "cls"',
+            'bottom: "pool2" top: "cls"',
+            "layer 'cls': unknown bottom blob 'pool2'",
+        ),
+        ("solver.prototxt", "max_iter: 6", 'max_iter: 6\ntype: "Adamax"', "unknown solver type 'Adamax'"),
+        ("solver.prototxt", '"multistep"', '"cosine"', "unknown learning rate policy 'cosine'"),
+    ],
+)
+def test_an_error_in_a_net_or_solver_names_its_file(setup_dir, file, old, new, reason):
+    from mtldata.errors import MtlDataError
+
+    path = setup_dir / file
+    path.write_text(path.read_text().replace(old, new, 1))
+    with pytest.raises(MtlDataError) as caught:
+        train_from_solver(setup_dir / "solver.prototxt", cwd=setup_dir, workdir=setup_dir / "out")
+    assert str(caught.value).startswith(f"{path}: {reason}")

@@ -10,18 +10,20 @@ extension, as Caffe does).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
 
 from mtldata.caffe import caffe_pb2
 from mtldata.caffe.prototxt import read_net, read_solver
+from mtldata.caffenet.layers.base import CaffeNetError
 from mtldata.caffenet.layers.data import NetFeeder, resolve_path
 from mtldata.caffenet.net import CaffeNet, WeightsReport, load_caffemodel
 from mtldata.caffenet.solver import Solver, SolverError
 from mtldata.caffenet.threads import ThreadChooser
-from mtldata.errors import CaffeFileError
+from mtldata.errors import CaffeFileError, DatasetFormatError
 
 __all__ = ["NetFeeder", "load_solver", "resolve_path", "train_from_solver"]
 
@@ -42,13 +44,29 @@ def _state(phase: int, *states: caffe_pb2.NetState) -> caffe_pb2.NetState:
     return out
 
 
+@contextlib.contextmanager
+def _in_file(path: Path, kinds: tuple[type[Exception], ...], unless: str = "") -> Iterator[None]:
+    """An error of `kinds` (exactly) raised inside names the file it is about: `path: ...` in front,
+    unless it names one already (a message starting with `unless`, or with `path`)."""
+    try:
+        yield
+    except kinds as exc:
+        text = str(exc)
+        if type(exc) not in kinds or text.startswith(f"{path}:") or (unless and not text.startswith(unless)):
+            raise
+        raise type(exc)(f"{path}: {text}") from None
+
+
 def _build_net(
     param: caffe_pb2.NetParameter, state: caffe_pb2.NetState, bases: Sequence[Path], source: Path
 ) -> tuple[CaffeNet, NetFeeder]:
     phase = "train" if state.phase == caffe_pb2.TRAIN else "test"
-    net = CaffeNet(param, phase, stages=list(state.stage), level=state.level, source=source)
-    feeder = NetFeeder(net, bases)
-    net.setup(feeder.peek_shapes())
+    # A layer's error names the layer; the file it is in is put in front (the net's errors that
+    # know it start with `file:line:` already).
+    with _in_file(source, (CaffeNetError, DatasetFormatError), unless="layer "):
+        net = CaffeNet(param, phase, stages=list(state.stage), level=state.level, source=source)
+        feeder = NetFeeder(net, bases)
+        net.setup(feeder.peek_shapes())
     return net, feeder
 
 
@@ -130,15 +148,16 @@ def load_solver(
         prefix = prefix / solver_path.stem
     if param.snapshot or param.snapshot_after_train:
         prefix.parent.mkdir(parents=True, exist_ok=True)
-    solver = Solver(
-        param=param,
-        net=net,
-        train_batches=feeder,
-        test_nets=test_nets,
-        test_batches=test_feeders,
-        snapshot_prefix=str(prefix),
-        log=log,
-    )
+    with _in_file(solver_path, (SolverError,)):
+        solver = Solver(
+            param=param,
+            net=net,
+            train_batches=feeder,
+            test_nets=test_nets,
+            test_batches=test_feeders,
+            snapshot_prefix=str(prefix),
+            log=log,
+        )
     return solver, reports
 
 
@@ -167,7 +186,8 @@ def train_from_solver(
         log(f"Solving {solver.net.net_name}")
         log(f"Learning Rate Policy: {solver.param.lr_policy}")
     try:
-        solver.solve()
+        with _in_file(Path(solver_path), (SolverError,)):  # a learning rate policy, a snapshot format
+            solver.solve()
     finally:
         torch.set_num_threads(threads_before)
     return solver
