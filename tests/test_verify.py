@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import lmdb
@@ -315,7 +316,12 @@ def test_other_backends_are_checked_through_their_reader_and_file_checksums(imag
     raw[-100] ^= 0xFF
     (out / shard).write_bytes(bytes(raw))
     report = verify_dataset(out)
-    assert any(p.key is None and p.reason.startswith(f"{shard}: checksum mismatch") for p in report.problems)
+    # the byte is outside the pixel data (the labels and keys follow it): the shard is not read, and
+    # the samples it holds are not counted as missing
+    reasons = [p.reason for p in report.problems]
+    assert len(reasons) == 2
+    assert reasons[0].startswith(f"{shard}: its HDF5 structure (the bytes outside its pixel data) changed")
+    assert reasons[1].startswith(f"{shard}: checksum mismatch: expected bytes {len(raw)}, data_region")
 
 
 def test_not_a_dataset_is_an_error(tmp_path):
@@ -475,3 +481,45 @@ def test_a_damaged_label_record_is_named_after_the_image_db_failed(dataset):
     assert report.bad_keys == [key.decode()]
     assert any(p.reason.startswith("label record:") for p in report.problems if p.key == key.decode())
     assert not any("without an image record" in p.reason for p in report.problems)
+
+
+def test_an_hdf5_shard_missing_or_cut_short_is_named_and_the_other_shards_are_read(image_set, tmp_path):
+    list_file, _ = image_set
+    out = tmp_path / "h5"
+    convert(
+        ConvertSpec(
+            list_file=list_file, output=out, workers=1, backend="hdf5", backend_options={"shard_size": 4}
+        )
+    )
+    shards = sorted(p.name for p in out.glob("part-*.h5"))
+    assert len(shards) == 3
+    (out / shards[1]).unlink()
+    size = (out / shards[2]).stat().st_size
+    os.truncate(out / shards[2], size // 2)
+    report = verify_dataset(out)
+    assert [p.reason.split(", data_region")[0] for p in report.problems] == [
+        f"{shards[1]}: missing (the manifest lists it); its records were not read",
+        f"{shards[2]}: is {size // 2:,} bytes, {size:,} when converted: cut short; its records were not "
+        "read (a damaged HDF5 file can crash the HDF5 library)",
+        f"{shards[2]}: checksum mismatch: expected bytes {size}",
+    ]
+    assert report.counts == {"samples": 4, "manifest": 12}  # the first shard's 4, read and checked
+
+
+def test_the_samples_of_an_unread_shard_do_not_excuse_a_count_that_is_still_wrong(image_set, tmp_path):
+    list_file, _ = image_set
+    out = tmp_path / "h5"
+    convert(
+        ConvertSpec(
+            list_file=list_file, output=out, workers=1, backend="hdf5", backend_options={"shard_size": 4}
+        )
+    )
+    (out / "part-00001.h5").unlink()
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["count"] = 13
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    report = verify_dataset(out)
+    assert (
+        "the manifest counts 13 samples (4 of them in shards not read) but 8 sample records were found"
+        in [p.reason for p in report.problems]
+    )

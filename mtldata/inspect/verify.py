@@ -87,9 +87,10 @@ def verify_dataset(
     early = _hdf5_manifest(path) if labels is None else None
     walked: dict[Path, dict[str, Any] | None] = {}
     cut: set[Path] = set()  # LMDB environments whose walk an LMDB error stopped
+    unread: list[Path] = []  # HDF5 shards missing or too damaged to read (reported already)
     reader = None
     if early is not None:
-        reader, walked = _without_damaged_shards(report, path, early)
+        reader, walked, unread = _without_damaged_shards(report, path, early)
     if reader is None:
         reader = open_reader(path, labels)
     try:
@@ -103,8 +104,8 @@ def verify_dataset(
     finally:
         reader.close()
     if manifest is not None:
-        _check_counts(report, path, manifest)
-        _check_checksums(report, path, manifest, walked, cut)
+        _check_counts(report, path, manifest, unread)
+        _check_checksums(report, path, manifest, walked, cut, unread)
     return report
 
 
@@ -122,10 +123,11 @@ def _hdf5_manifest(path: Path) -> dict[str, Any] | None:
 
 def _without_damaged_shards(
     report: VerifyReport, root: Path, manifest: dict[str, Any]
-) -> tuple[Hdf5Reader | None, dict[Path, dict[str, Any] | None]]:
+) -> tuple[Hdf5Reader | None, dict[Path, dict[str, Any] | None], list[Path]]:
     """Check each HDF5 shard against its checksum before the HDF5 library reads it: returns a
-    reader over the shards fit to read (None when all are: the usual reader then), and the
-    checksums found (for _check_checksums, so that no shard is read twice).
+    reader over the shards fit to read (None when all are: the usual reader then), the checksums
+    found (for _check_checksums, so that no shard is read twice), and the shards not read (missing
+    or damaged, each reported here once).
 
     The HDF5 library may crash (SIGSEGV) reading a file whose structure (headers, B-trees, heaps) is
     damaged, so such a shard's records are not read. A checksum split at the shard's pixels tells
@@ -138,7 +140,11 @@ def _without_damaged_shards(
     damaged: list[Path] = []
     for shard in shards:
         want = recorded.get(shard.name)
-        if not isinstance(want, dict) or not shard.is_file():
+        if not shard.is_file():
+            damaged.append(shard)
+            report.add(None, f"{shard.name}: missing (the manifest lists it); its records were not read")
+            continue
+        if not isinstance(want, dict):
             continue
         got = _checksum_as_recorded(root, shard.name, want, manifest)
         found[shard] = got
@@ -153,15 +159,20 @@ def _without_damaged_shards(
             )
         if any(got.get(part) != want.get(part) for part in parts):
             damaged.append(shard)
+            if isinstance(want.get("bytes"), int) and got.get("bytes") != want["bytes"]:
+                where = f"is {got.get('bytes'):,} bytes, {want['bytes']:,} when converted:"
+                changed = "cut short" if got["bytes"] < want["bytes"] else "grown"
+            else:
+                changed = "changed since conversion"
             report.add(
                 None,
-                f"{shard.name}: {where} changed since conversion; its records were not read "
+                f"{shard.name}: {where} {changed}; its records were not read "
                 "(a damaged HDF5 file can crash the HDF5 library)",
             )
     if not damaged:
-        return None, found
+        return None, found, []
     healthy = [shard for shard in shards if shard not in damaged]
-    return Hdf5Reader(healthy, manifest=manifest), found
+    return Hdf5Reader(healthy, manifest=manifest), found, damaged
 
 
 def _records(
@@ -427,13 +438,20 @@ def _key_or_position(reader: Any, i: int) -> str:
         return f"sample {i}"
 
 
-def _check_counts(report: VerifyReport, root: Path, manifest: dict[str, Any]) -> None:
+def _check_counts(report: VerifyReport, root: Path, manifest: dict[str, Any], unread: list[Path]) -> None:
     want = manifest.get("count")
     report.counts["manifest"] = want
+    # The samples of shards not read (missing or damaged, reported already) are not expected.
+    files = manifest.get("files") or {}
+    in_shards = dict(zip(files.get("shards") or [], files.get("shard_counts") or [], strict=False))
+    skipped = sum(n for p in unread if isinstance(n := in_shards.get(p.name), int))
     for name in ("images", "labels", "samples"):
         got = report.counts.get(name)
-        if got is not None and want is not None and got != want:
-            report.add(None, f"the manifest counts {want} samples but {got} {name[:-1]} records were found")
+        if got is not None and want is not None and got != want - skipped:
+            of_them = f" ({skipped} of them in shards not read)" if skipped else ""
+            report.add(
+                None, f"the manifest counts {want} samples{of_them} but {got} {name[:-1]} records were found"
+            )
     errors = manifest.get("errors") or {}
     if errors.get("file") and inside_path(errors["file"]) and (root / errors["file"]).is_file():
         with open(root / errors["file"], encoding="utf-8") as fh:
@@ -452,6 +470,7 @@ def _check_checksums(
     manifest: dict[str, Any],
     walked: dict[Path, dict[str, Any] | None],
     cut: set[Path],
+    unread: list[Path],
 ) -> None:
     recorded = manifest.get("checksums") or {}
     if not recorded:
@@ -461,6 +480,8 @@ def _check_checksums(
     for rel, want in recorded.items():
         if root / rel in cut:  # its digest covers what was read before the error: not comparable
             report.notes.append(f"{rel}: count and checksum not checked (an LMDB error stopped its walk)")
+            continue
+        if root / rel in unread and not (root / rel).exists():  # reported missing already
             continue
         checked.append(rel)
         got = walked.get(root / rel) or _checksum_as_recorded(root, rel, want, manifest)
