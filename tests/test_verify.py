@@ -523,3 +523,45 @@ def test_the_samples_of_an_unread_shard_do_not_excuse_a_count_that_is_still_wron
         "the manifest counts 13 samples (4 of them in shards not read) but 8 sample records were found"
         in [p.reason for p in report.problems]
     )
+
+
+@pytest.mark.parametrize("damage", ["cut", "removed"])
+def test_a_damaged_or_missing_lmdb_digests_file_is_one_line_not_every_record(dataset, damage):
+    digests = dataset / "images.lmdb.digests"
+    if damage == "cut":
+        digests.write_bytes(digests.read_bytes()[:100])
+    else:
+        digests.unlink()
+    report = verify_dataset(dataset)
+    only = "the records of images.lmdb were checked against the manifest's checksum only"
+    if damage == "cut":
+        assert [p.reason for p in report.problems] == [
+            f"images.lmdb.digests: damaged (it does not hash to the manifest's checksum of images.lmdb); {only}"
+        ]
+    else:
+        assert report.ok and report.notes == [f"images.lmdb.digests: missing; {only}"]
+    assert "checksums (images.lmdb, labels.lmdb)" in report.checked  # the records still hash to it
+
+
+@pytest.mark.parametrize("damage", ["cut", "removed"])
+def test_a_damaged_or_missing_hdf5_digests_file_is_one_line_not_every_sample(image_set, tmp_path, damage):
+    list_file, _ = image_set
+    out = tmp_path / "h5"
+    convert(
+        ConvertSpec(
+            list_file=list_file, output=out, workers=1, backend="hdf5", backend_options={"shard_size": 4}
+        )
+    )
+    digests = out / "part-00001.h5.digests"
+    if damage == "cut":
+        digests.write_bytes(digests.read_bytes()[:-5])
+    else:
+        digests.unlink()
+    report = verify_dataset(out)
+    only = "the samples of part-00001.h5 were checked against its checksum only"
+    if damage == "cut":
+        [line] = [p.reason for p in report.problems]
+        assert line.startswith("part-00001.h5.digests: damaged (it holds 3 whole entries and ")
+        assert line.endswith(f" bytes more, its shard 4 samples); {only}")
+    else:
+        assert report.ok and report.notes == [f"part-00001.h5.digests: missing; {only}"]

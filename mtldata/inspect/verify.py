@@ -8,6 +8,7 @@ Other backends are checked through their reader: every sample loads and decodes.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -100,7 +101,7 @@ def verify_dataset(
         if isinstance(reader, LmdbReader):
             walked, cut = _walk_lmdb(report, reader.images_path, reader.labels_path, manifest, progress)
         else:
-            _walk_reader(report, reader, progress, _file_digests(path, manifest))
+            _walk_reader(report, reader, progress, *_file_digests(report, path, manifest))
     finally:
         reader.close()
     if manifest is not None:
@@ -201,16 +202,34 @@ def _record_digest(manifest: dict[str, Any] | None, rel: str) -> str:
     return algorithm if algorithm in record_digests.SIZES else "sha256"
 
 
-def _expected_digests(root: Path | None, manifest: dict[str, Any] | None, db: Path) -> dict | None:
-    """key -> digest of the records of `db` as written, when the manifest names a digests file."""
+def _expected_digests(
+    report: VerifyReport, root: Path | None, manifest: dict[str, Any] | None, db: Path
+) -> dict | None:
+    """key -> digest of the records of `db` as written, when the manifest names a digests file.
+
+    The file holds the entries the manifest's sha256 of `db` was made of, in key order: a file that
+    does not hash to it is damaged itself (one problem), not proof that every record changed."""
     entry = ((manifest or {}).get("checksums") or {}).get(db.name) or {}
     name = entry.get("record_digests")
     if root is None or not isinstance(name, str) or entry.get("record_digest") not in record_digests.SIZES:
         return None
     path = root / name
-    if path.parent != root or not path.is_file():
+    if path.parent != root:
         return None
-    return record_digests.read(path, entry["record_digest"])
+    only = f"the records of {db.name} were checked against the manifest's checksum only"
+    if not path.is_file():
+        report.notes.append(f"{name}: missing; {only}")
+        return None
+    data = path.read_bytes()
+    if isinstance(entry.get("sha256"), str) and hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        report.add(
+            None, f"{name}: damaged (it does not hash to the manifest's checksum of {db.name}); {only}"
+        )
+        return None
+    return {
+        bytes(key): value
+        for _, _, key, value in record_digests.entries(data, record_digests.SIZES[entry["record_digest"]])
+    }
 
 
 def _walk_lmdb(
@@ -235,7 +254,7 @@ def _walk_lmdb(
     dbs = {"images": images} if labels is None else {"images": images, "labels": labels}
     digests = {name: RecordDigest(_record_digest(manifest, db.name)) for name, db in dbs.items()}
     root = images.parent if manifest is not None else None
-    expected = {name: _expected_digests(root, manifest, db) for name, db in dbs.items()}
+    expected = {name: _expected_digests(report, root, manifest, db) for name, db in dbs.items()}
     done = 0
     cut: list[str] = []  # the DBs whose walk an LMDB error stopped, in the order they failed
 
@@ -379,23 +398,47 @@ def _label_problem(value: bytes, num_labels: int | None) -> str | None:
     return None
 
 
-def _file_digests(root: Path, manifest: dict[str, Any] | None) -> dict[bytes, tuple[str, bytes]] | None:
+def _file_digests(
+    report: VerifyReport, root: Path, manifest: dict[str, Any] | None
+) -> tuple[dict[bytes, tuple[str, bytes]] | None, bool]:
     """key -> (algorithm, digest) of every sample of the files whose checksums name a per-record
-    digests file (HDF5 shards), or None when none does."""
+    digests file (HDF5 shards), or None when none does; and whether a digests file was missing or
+    damaged (reported here once: its samples are then checked against their shard's checksum only,
+    not named as samples the conversion did not write)."""
     found: dict[bytes, tuple[str, bytes]] | None = None
+    incomplete = False
+    files = (manifest or {}).get("files") or {}
+    counts = dict(zip(files.get("shards") or [], files.get("shard_counts") or [], strict=False))
     for rel, entry in ((manifest or {}).get("checksums") or {}).items():
         name = entry.get("record_digests") if isinstance(entry, dict) else None
         algorithm = entry.get("record_digest") if isinstance(entry, dict) else None
         if not isinstance(name, str) or algorithm not in record_digests.SIZES:
             continue
         path = (root / rel).parent / name
-        if path.is_file() and path.resolve().parent == root.resolve():
-            if found is None:
-                found = {}
-            found.update(
-                (key, (algorithm, value)) for key, value in record_digests.read(path, algorithm).items()
+        if path.resolve().parent != root.resolve():
+            continue
+        only = f"the samples of {rel} were checked against its checksum only"
+        if not path.is_file():
+            report.notes.append(f"{name}: missing; {only}")
+            incomplete = True
+            continue
+        data = path.read_bytes()
+        whole, end = record_digests.whole_entries(data, record_digests.SIZES[algorithm])
+        want = counts.get(rel)
+        if end != len(data) or (isinstance(want, int) and whole != want):
+            held = f"{whole} whole entries" + (
+                f" and {len(data) - end} bytes more" if end != len(data) else ""
             )
-    return found
+            of = f", its shard {want} samples" if isinstance(want, int) else ""
+            report.add(None, f"{name}: damaged (it holds {held}{of}); {only}")
+            incomplete = True
+        if found is None:
+            found = {}
+        found.update(
+            (bytes(key), (algorithm, value))
+            for _, _, key, value in record_digests.entries(data, record_digests.SIZES[algorithm])
+        )
+    return found, incomplete
 
 
 def _walk_reader(
@@ -403,9 +446,11 @@ def _walk_reader(
     reader: Any,
     progress: Callable[[int, int], None] | None,
     digests: dict[bytes, tuple[str, bytes]] | None = None,
+    incomplete: bool = False,
 ) -> None:
     """Any backend: every sample loads through its reader and, when encoded, decodes; with per-record
-    `digests` (raw pixels + float32 labels, as HDF5 shards keep them), each matches its own."""
+    `digests` (raw pixels + float32 labels, as HDF5 shards keep them), each matches its own. With
+    `incomplete` digests (a digests file missing or damaged), a sample without one is not a problem."""
     n = len(reader)
     for i in range(n):
         try:
@@ -416,7 +461,8 @@ def _walk_reader(
                 found = digests.get(sample.key.encode("utf-8"))
                 labels = np.asarray(sample.labels, dtype=np.float32).tobytes()
                 if found is None:
-                    report.add(sample.key, "a sample the conversion did not write (not in its digests)")
+                    if not incomplete:
+                        report.add(sample.key, "a sample the conversion did not write (not in its digests)")
                 elif record_digests.pixels_and_labels(sample.image.data, labels, found[0]) != found[1]:
                     report.add(
                         sample.key, "record digest mismatch: its pixels or labels changed since conversion"
