@@ -89,6 +89,7 @@ def test_skipped_samples_give_exit_code_3_and_line_numbers(tmp_path):
     assert f"{list_file}:2: gone.jpg: file not found" in result.output
     assert f"{list_file}:3: expected a path and 2 labels" in result.output
     assert "skipped 2 sample(s)" in result.output
+    assert f"wrote 1 sample to {tmp_path / 'o'} in " in result.output
 
 
 def test_strict_error_is_one_line_and_exit_1(tmp_path):

@@ -353,7 +353,7 @@ def convert(
     progress.close()
     rate = result.count / result.seconds if result.seconds > 0 else float("inf")
     click.echo(
-        f"wrote {result.count} samples to {result.output} in {result.seconds:.1f} s ({rate:.0f} img/s)"
+        f"wrote {result.count} sample{'s' * (result.count != 1)} to {result.output} in {result.seconds:.1f} s ({rate:.0f} img/s)"
     )
     if emit_prototxt:
         from mtldata.caffenet.multitask import write_train_val

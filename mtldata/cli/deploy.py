@@ -134,7 +134,7 @@ def predict_command(
             progress=progress,
         )
     progress.close()
-    click.echo(f"wrote {result.count} predictions to {result.output}")
+    click.echo(f"wrote {result.count} prediction{'s' * (result.count != 1)} to {result.output}")
     if result.skipped:
         click.echo(f"skipped {len(result.skipped)} image(s):", err=True)
         for line in result.skipped:
