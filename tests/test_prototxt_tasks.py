@@ -142,11 +142,22 @@ def test_a_loss_on_something_else_than_the_labels_is_an_error(tmp_path):
 # --- the CLI --------------------------------------------------------------------------------------------
 
 
-def test_tasks_command_prints_the_tasks_toml(caffe_fixtures):
-    result = run("tasks", "--from-prototxt", caffe_fixtures / "mt" / "train.prototxt")
+@pytest.mark.parametrize("given", ["as an argument", "with --from-prototxt"])
+def test_tasks_command_prints_the_tasks_toml(caffe_fixtures, given):
+    prototxt = caffe_fixtures / "mt" / "train.prototxt"
+    result = (
+        run("tasks", prototxt) if given == "as an argument" else run("tasks", "--from-prototxt", prototxt)
+    )
     assert result.exit_code == 0, result.output
     assert load_tasks(result.output) == FIXTURE_TASKS
     assert result.output == dump_tasks(FIXTURE_TASKS)
+
+
+def test_tasks_command_wants_the_prototxt_once(caffe_fixtures):
+    prototxt = caffe_fixtures / "mt" / "train.prototxt"
+    for args in ((), (prototxt, "--from-prototxt", prototxt)):
+        result = run("tasks", *args)
+        assert result.exit_code == 2 and "give the prototxt once" in result.output
 
 
 def test_convert_emits_a_prototxt_that_imports_and_trains(tmp_path, monkeypatch):

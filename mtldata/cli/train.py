@@ -371,12 +371,12 @@ def train_command(dataset: Path | None, config_file: Path | None, quiet: bool, *
 
 
 @click.command("tasks")
+@click.argument("prototxt_file", required=False, type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option(
     "--from-prototxt",
     "prototxt",
-    required=True,
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    help="A Caffe train_val.prototxt with Slice and loss layers.",
+    help="The prototxt, given as an option (the same as PROTOTXT_FILE).",
 )
 @click.option(
     "--num-labels",
@@ -392,16 +392,25 @@ def train_command(dataset: Path | None, config_file: Path | None, quiet: bool, *
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing file at --output.")
 def tasks_command(
-    prototxt: Path, num_labels: int | None, output: Path | None, overwrite: bool = False
+    prototxt_file: Path | None,
+    prototxt: Path | None,
+    num_labels: int | None,
+    output: Path | None,
+    overwrite: bool = False,
 ) -> None:
     """Print the tasks.toml a Caffe prototxt's Slice and loss layers describe.
 
-    Loss layers become tasks (SoftmaxWithLoss: softmax, SigmoidCrossEntropyLoss: sigmoid,
-    EuclideanLoss: euclidean) with their loss_weight and ignore_label; Slice layers give their columns.
+    PROTOTXT_FILE is a Caffe train_val.prototxt (or give it with --from-prototxt). Loss layers become
+    tasks (SoftmaxWithLoss: softmax, SigmoidCrossEntropyLoss: sigmoid, EuclideanLoss: euclidean)
+    with their loss_weight and ignore_label; Slice layers give their columns.
     """
     from mtldata.caffenet.multitask import import_net, prototxt_num_labels
     from mtldata.tasks import dump_tasks
 
+    if (prototxt_file is None) == (prototxt is None):
+        raise click.UsageError("give the prototxt once: as PROTOTXT_FILE or with --from-prototxt")
+    prototxt = prototxt or prototxt_file
+    assert prototxt is not None
     _show_warnings()
     try:
         if num_labels is None:
