@@ -32,6 +32,19 @@ def dataset(image_set, tmp_path) -> Path:
     return tmp_path / "ds"
 
 
+@pytest.fixture
+def hdf5_shards(image_set, tmp_path) -> Path:
+    """The image set converted to HDF5 in 3 shards of 4 samples."""
+    list_file, _ = image_set
+    out = tmp_path / "h5"
+    convert(
+        ConvertSpec(
+            list_file=list_file, output=out, workers=1, backend="hdf5", backend_options={"shard_size": 4}
+        )
+    )
+    return out
+
+
 def keys_of(db: Path) -> list[bytes]:
     env = lmdb.open(str(db), readonly=True, lock=False)
     with env.begin() as txn:
@@ -422,36 +435,30 @@ def _damage_root_page(data: Path) -> None:
     data.write_bytes(bytes(raw))
 
 
-def test_an_image_db_failing_at_its_root_is_the_one_problem_and_the_label_db_is_still_checked(dataset):
-    _damage_root_page(dataset / "images.lmdb" / "data.mdb")
+@pytest.mark.parametrize(
+    ("failed", "other", "other_check"),
+    [
+        ("images", "labels", "every label record parses"),
+        ("labels", "images", "every image record decodes"),
+    ],
+)
+def test_a_db_failing_at_its_root_is_the_one_problem_and_the_other_db_is_still_checked(
+    dataset, failed, other, other_check
+):
+    _damage_root_page(dataset / f"{failed}.lmdb" / "data.mdb")
     report = verify_dataset(dataset)
-    assert [p.reason.split(":")[0] for p in report.problems] == ["images.lmdb"]
-    assert report.problems[0].reason.startswith("images.lmdb: LMDB error after 0 of its records")
-    # the label DB was walked to its end and its checksum held; the cut DB's count and checksum
+    assert [p.reason.split(":")[0] for p in report.problems] == [f"{failed}.lmdb"]
+    assert report.problems[0].reason.startswith(f"{failed}.lmdb: LMDB error after 0 of its records")
+    # the other DB was walked to its end and its checksum held; the cut DB's count and checksum
     # are not reported as mismatches, since they cover only what was read before the error
-    assert report.counts == {"images": None, "labels": 12, "manifest": 12}
-    assert report.notes == ["images.lmdb: count and checksum not checked (an LMDB error stopped its walk)"]
+    assert report.counts == {failed: None, other: 12, "manifest": 12}
+    assert report.notes == [f"{failed}.lmdb: count and checksum not checked (an LMDB error stopped its walk)"]
     # and `checked` claims only what was
     assert report.checked == [
         "every record against its own digest",
-        "every label record parses",
+        other_check,
         "counts match the manifest",
-        "checksums (labels.lmdb)",
-    ]
-
-
-def test_a_label_db_failing_at_its_root_is_the_one_problem_and_the_image_db_is_still_checked(dataset):
-    _damage_root_page(dataset / "labels.lmdb" / "data.mdb")
-    report = verify_dataset(dataset)
-    assert [p.reason.split(":")[0] for p in report.problems] == ["labels.lmdb"]
-    assert report.problems[0].reason.startswith("labels.lmdb: LMDB error after 0 of its records")
-    assert report.counts == {"images": 12, "labels": None, "manifest": 12}
-    assert report.notes == ["labels.lmdb: count and checksum not checked (an LMDB error stopped its walk)"]
-    assert report.checked == [
-        "every record against its own digest",
-        "every image record decodes",
-        "counts match the manifest",
-        "checksums (images.lmdb)",
+        f"checksums ({other}.lmdb)",
     ]
 
 
@@ -483,14 +490,8 @@ def test_a_damaged_label_record_is_named_after_the_image_db_failed(dataset):
     assert not any("without an image record" in p.reason for p in report.problems)
 
 
-def test_an_hdf5_shard_missing_or_cut_short_is_named_and_the_other_shards_are_read(image_set, tmp_path):
-    list_file, _ = image_set
-    out = tmp_path / "h5"
-    convert(
-        ConvertSpec(
-            list_file=list_file, output=out, workers=1, backend="hdf5", backend_options={"shard_size": 4}
-        )
-    )
+def test_an_hdf5_shard_missing_or_cut_short_is_named_and_the_other_shards_are_read(hdf5_shards):
+    out = hdf5_shards
     shards = sorted(p.name for p in out.glob("part-*.h5"))
     assert len(shards) == 3
     (out / shards[1]).unlink()
@@ -506,14 +507,8 @@ def test_an_hdf5_shard_missing_or_cut_short_is_named_and_the_other_shards_are_re
     assert report.counts == {"samples": 4, "manifest": 12}  # the first shard's 4, read and checked
 
 
-def test_the_samples_of_an_unread_shard_do_not_excuse_a_count_that_is_still_wrong(image_set, tmp_path):
-    list_file, _ = image_set
-    out = tmp_path / "h5"
-    convert(
-        ConvertSpec(
-            list_file=list_file, output=out, workers=1, backend="hdf5", backend_options={"shard_size": 4}
-        )
-    )
+def test_the_samples_of_an_unread_shard_do_not_excuse_a_count_that_is_still_wrong(hdf5_shards):
+    out = hdf5_shards
     (out / "part-00001.h5").unlink()
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["count"] = 13
@@ -544,14 +539,8 @@ def test_a_damaged_or_missing_lmdb_digests_file_is_one_line_not_every_record(dat
 
 
 @pytest.mark.parametrize("damage", ["cut", "removed"])
-def test_a_damaged_or_missing_hdf5_digests_file_is_one_line_not_every_sample(image_set, tmp_path, damage):
-    list_file, _ = image_set
-    out = tmp_path / "h5"
-    convert(
-        ConvertSpec(
-            list_file=list_file, output=out, workers=1, backend="hdf5", backend_options={"shard_size": 4}
-        )
-    )
+def test_a_damaged_or_missing_hdf5_digests_file_is_one_line_not_every_sample(hdf5_shards, damage):
+    out = hdf5_shards
     digests = out / "part-00001.h5.digests"
     if damage == "cut":
         digests.write_bytes(digests.read_bytes()[:-5])
