@@ -130,18 +130,11 @@ class BareCursor:
     reused throughout, or (`fresh`) a new one per batch, as a loader that hands batches out must.
 
     The environment stays open between passes, as a persistent DataLoader worker keeps its own. It
-    opens a copy of the LMDB (py-lmdb opens an environment only once per process, and the 0-worker
-    loaders hold theirs), so both sides read from the page cache.
+    opens a copy of the LMDB (`cursor_copy`; py-lmdb opens an environment only once per process,
+    and the 0-worker loaders hold theirs), so both sides read from the page cache.
     """
 
-    def __init__(self, images_lmdb: Path, batch: int, shape: tuple[int, int, int]) -> None:
-        copy = images_lmdb.parent.parent / "bare_cursor_copy.lmdb"
-        if (
-            not (copy / "data.mdb").is_file()
-            or (copy / "data.mdb").stat().st_size != (images_lmdb / "data.mdb").stat().st_size
-        ):
-            shutil.rmtree(copy, ignore_errors=True)
-            shutil.copytree(images_lmdb, copy)
+    def __init__(self, copy: Path, batch: int, shape: tuple[int, int, int]) -> None:
         self.env = lmdb.open(str(copy), readonly=True, lock=False, readahead=False)
         self.batch, self.shape = batch, shape
         self.out = np.empty((batch, *shape), np.uint8)
@@ -160,6 +153,19 @@ class BareCursor:
                 out[j % batch] = np.frombuffer(value, np.uint8, count=count, offset=offset).reshape(shape)
                 n += 1
         return n
+
+
+def cursor_copy(images_lmdb: Path) -> Path:
+    """The copy of `images_lmdb` that BareCursor opens, made (once, before any baseline process
+    forks: each opening it must find it whole) unless it is there already."""
+    copy = images_lmdb.parent.parent / "bare_cursor_copy.lmdb"
+    if (
+        not (copy / "data.mdb").is_file()
+        or (copy / "data.mdb").stat().st_size != (images_lmdb / "data.mdb").stat().st_size
+    ):
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(images_lmdb, copy)
+    return copy
 
 
 def encoded_bytes(images_lmdb: Path) -> list[bytes]:
@@ -496,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         setup = time.perf_counter() - started
         shape = (3, args.size, args.size)
         b, rep, passes = args.batch_size, args.repeat, args.passes
-        images_lmdb = datasets["raw"] / "images.lmdb"
+        cursor_lmdb = cursor_copy(datasets["raw"] / "images.lmdb")
         blobs = encoded_bytes(datasets["encoded"] / "images.lmdb")
         decoder = jpeg_decoder()[0]
 
@@ -509,14 +515,14 @@ def main(argv: list[str] | None = None) -> int:
         h5_files = sorted(datasets["hdf5"].glob("*.h5")) if "hdf5" in datasets else []
         k = max(workers)
         together = {  # the same baselines in k processes at once, forked before the parent opens any
-            "(a) bare cursor": InProcesses(lambda: BareCursor(images_lmdb, b, shape), k),
+            "(a) bare cursor": InProcesses(lambda: BareCursor(cursor_lmdb, b, shape), k),
             f"(c) bare {decoder} decode": InProcesses(
                 lambda: lambda f: bare_decode(blobs, np.empty((b, args.size, args.size, 3), np.uint8), f), k
             ),
         }
         if h5_files:
             together["(d) bare h5py rows"] = InProcesses(lambda: BareH5(h5_files, b, shape), k)
-        cursor = BareCursor(images_lmdb, b, shape)
+        cursor = BareCursor(cursor_lmdb, b, shape)
         decoded = np.empty((b, args.size, args.size, 3), np.uint8)
         runs: dict[str, Callable[[], int]] = {}
         # name -> (workers, baseline name, target)
