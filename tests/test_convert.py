@@ -285,6 +285,9 @@ def test_ctrl_c_leaves_a_resumable_partial_dataset(image_set, tmp_path):
     assert progress["next_position"] == 6  # the last commit before the interruption
     result = convert(spec_for(list_file, out, workers=2, commit_every=3, resume=True))
     assert result.count == 12
+    # the resumed run's own samples and rate, not the run's before it
+    assert result.resumed == progress["written"] and 0 < result.resumed < 12
+    assert result.rate == pytest.approx((12 - result.resumed) / result.seconds)
     reference = json.loads((tmp_path / "ref" / "manifest.json").read_text())
     assert result.manifest["checksums"] == reference["checksums"]
     for db in ("images.lmdb", "labels.lmdb"):

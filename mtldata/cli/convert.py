@@ -351,9 +351,10 @@ def convert(
     ):
         result = run_convert(spec, progress)
     progress.close()
-    rate = result.count / result.seconds if result.seconds > 0 else float("inf")
+    before = f" ({result.resumed} of them before the resume)" if result.resumed else ""
     click.echo(
-        f"wrote {result.count} sample{'s' * (result.count != 1)} to {result.output} in {result.seconds:.1f} s ({rate:.0f} img/s)"
+        f"wrote {result.count} sample{'s' * (result.count != 1)} to {result.output}{before} "
+        f"in {result.seconds:.1f} s ({result.rate:.0f} img/s)"
     )
     if emit_prototxt:
         from mtldata.caffenet.multitask import write_train_val

@@ -177,8 +177,14 @@ class ConvertResult:
     count: int
     skipped: int
     errors: list[SampleError]
-    seconds: float
+    seconds: float  # this run's (a resumed one's: since the resume)
     manifest: dict[str, Any]
+    resumed: int = 0  # of `count`, the samples an interrupted run had written before this one
+
+    @property
+    def rate(self) -> float:
+        """Images this run wrote per second (a resumed run's own, not the ones before)."""
+        return (self.count - self.resumed) / self.seconds if self.seconds > 0 else float("inf")
 
 
 @dataclass
@@ -690,6 +696,7 @@ def _convert_locked(
     save_state()  # from the start, a resume checks that the input and options are the same
     items = _work_items(spec, labels_in)
     skip = state.next_position
+    resumed = state.written  # written by the run this one resumes
     for _ in range(skip):
         next(items)
     items = islice(items, shard_stop - skip)  # this part's positions only (all of them if unsharded)
@@ -889,6 +896,7 @@ def _convert_locked(
         errors=errors,
         seconds=time.monotonic() - started,
         manifest=manifest.to_dict(),
+        resumed=resumed,
     )
 
 
