@@ -274,3 +274,26 @@ def test_best_pt_follows_the_named_metric_and_logs_have_no_bar_redraws(tmp_path)
 def test_pretrained_alone_means_the_library_weights_and_with_a_value_a_file():
     assert train_command.make_context("train", ["--pretrained", "-q"]).params["pretrained"] == "default"
     assert train_command.make_context("train", ["--pretrained", "w.pth"]).params["pretrained"] == "w.pth"
+
+
+@pytest.mark.parametrize("kind", ["small", "resnet"])
+def test_the_built_in_trunks_take_pretrained_weights_from_a_file_and_refuse_the_bare_flag(kind, tmp_path):
+    from mtldata.train.trunks import build_trunk
+    from mtldata.train.trunks.base import TrunkRequest
+
+    source = build_trunk(kind, TrunkRequest(width=8)).module
+    with torch.no_grad():
+        for p in source.parameters():
+            p.uniform_(-1, 1)
+    torch.save(source.state_dict(), tmp_path / "w.pth")
+    built = build_trunk(kind, TrunkRequest(width=8, pretrained=str(tmp_path / "w.pth")))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(built.module.state_dict().values(), source.state_dict().values(), strict=True)
+    )
+    assert built.notes and built.notes[0].startswith(f"pretrained: {len(source.state_dict())} tensors from ")
+    # the bare flag asks for weights that do not exist: an error, not a run from random weights
+    with pytest.raises(TrunkError, match=f"trunk {kind}: has no published weights"):
+        build_trunk(kind, TrunkRequest(width=8, pretrained="default"))
+    # a checkpoint's weights come later (load_weights=False): nothing is read
+    assert build_trunk(kind, TrunkRequest(width=8, pretrained="default", load_weights=False)).notes == []

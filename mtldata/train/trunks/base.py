@@ -101,6 +101,20 @@ def load_weights_file(module: nn.Module, path: str) -> str:
     return f"pretrained: {len(fit)} tensors from {path}" + (f", {left} left as initialised" if left else "")
 
 
+def weights_from_file(module: nn.Module, request: TrunkRequest, name: str) -> list[str]:
+    """--pretrained for a trunk without a library's weights (mtldata's own, your factory's): a FILE's
+    tensors (the notes for the log), nothing without --pretrained, and an error for the bare flag,
+    which would otherwise train from random weights without a word."""
+    if not (request.load_weights and request.pretrained):
+        return []
+    if request.pretrained == "default":
+        raise TrunkError(
+            f"trunk {name}: has no published weights to start from; give --pretrained FILE (a state_dict "
+            "or checkpoint), or a torchvision:NAME or timm:NAME trunk"
+        )
+    return [load_weights_file(module, request.pretrained)]
+
+
 def offline_hint() -> str:
     return (
         "runs are offline here: download the file once elsewhere and copy it there, or give --pretrained FILE"

@@ -9,7 +9,7 @@ import sys
 import torch
 from torch import nn
 
-from mtldata.train.trunks.base import Trunk, TrunkError, TrunkRequest, load_weights_file
+from mtldata.train.trunks.base import Trunk, TrunkError, TrunkRequest, weights_from_file
 
 
 def build(arg: str, request: TrunkRequest) -> Trunk:
@@ -38,9 +38,4 @@ def build(arg: str, request: TrunkRequest) -> Trunk:
             f"trunk {arg}: the factory says {features} features, its module gives shape {tuple(z.shape)} "
             f"for inputs of shape {request.input_shape}"
         )
-    notes = []
-    if request.load_weights and request.pretrained:
-        if request.pretrained == "default":
-            raise TrunkError(f"trunk {arg}: --pretrained needs a FILE for your own trunk")
-        notes.append(load_weights_file(net, request.pretrained))
-    return Trunk(net, features=int(features), notes=notes)
+    return Trunk(net, features=int(features), notes=weights_from_file(net, request, arg))

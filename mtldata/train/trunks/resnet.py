@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mtldata.train.trunks.base import Trunk, TrunkRequest
+from mtldata.train.trunks.base import Trunk, TrunkRequest, weights_from_file
 from mtldata.train.trunks.small import _conv_bn
 
 
@@ -66,4 +66,5 @@ class ResNetTrunk(nn.Module):
 
 def build(arg: str, request: TrunkRequest) -> Trunk:
     """The `resnet` trunk with the request's width and blocks per stage."""
-    return Trunk(ResNetTrunk(request.input_shape[0], request.width, request.blocks))
+    net = ResNetTrunk(request.input_shape[0], request.width, request.blocks)
+    return Trunk(net, notes=weights_from_file(net, request, "resnet"))

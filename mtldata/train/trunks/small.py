@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mtldata.train.trunks.base import Trunk, TrunkRequest
+from mtldata.train.trunks.base import Trunk, TrunkRequest, weights_from_file
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
@@ -41,4 +41,5 @@ class SmallCNN(nn.Module):
 
 def build(arg: str, request: TrunkRequest) -> Trunk:
     """The `small` trunk for the request's channels and width."""
-    return Trunk(SmallCNN(request.input_shape[0], request.width))
+    net = SmallCNN(request.input_shape[0], request.width)
+    return Trunk(net, notes=weights_from_file(net, request, "small"))
