@@ -415,3 +415,15 @@ def test_workers_default_to_the_cores_this_process_may_run_on(image_set, tmp_pat
     monkeypatch.setattr(convert_module.os, "cpu_count", lambda: 64)
     convert(ConvertSpec(list_file=list_file, output=tmp_path / "out"))
     assert started == [3]
+
+
+def test_a_quoted_path_that_is_not_found_says_the_quotes_are_part_of_it(tmp_path):
+    write_image(tmp_path / "my images" / "a b.jpg")
+    list_file = write_list(tmp_path / "l.txt", ['"my images/a b.jpg" 1 2', "my images/a b.jpg 1 2"])
+    result = convert(spec_for(list_file, tmp_path / "out"))
+    assert result.count == 1  # the same path without quotes, spaces and all
+    [error] = result.errors
+    assert (error.line, error.path) == (1, '"my images/a b.jpg"')
+    assert error.reason == (
+        "file not found (the quotes are read as part of the path: write it without them, spaces and all)"
+    )

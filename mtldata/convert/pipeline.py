@@ -812,7 +812,7 @@ def _convert_locked(
                         if isinstance(item, ListLineError):
                             record_error(item.line, "", item.reason)
                         elif isinstance(result, str):
-                            record_error(item.line, item.path, result)
+                            record_error(item.line, item.path, _quoted_path_hint(item.path, result))
                         elif (reason := _size_mismatch(spec, state, result)) is not None:
                             record_error(item.line, item.path, reason)
                         else:
@@ -908,6 +908,14 @@ def missing_labels_entry(stats: LabelStats, stored_as: dict[int, float]) -> dict
         # column -> the ignore_label written in place of NaN; mtldata's readers turn it back into NaN
         "stored_as": {str(c): float(v) for c, v in sorted(stored_as.items())},
     }
+
+
+def _quoted_path_hint(path: str, reason: str) -> str:
+    """`reason`, with a hint when a missing file's path is quoted: a list file's path is everything
+    before its labels, quotes included (as convert_imageset reads it), and may hold spaces as it is."""
+    if reason == "file not found" and len(path) > 1 and path[0] == path[-1] and path[0] in "\"'":
+        return f"{reason} (the quotes are read as part of the path: write it without them, spaces and all)"
+    return reason
 
 
 def _size_mismatch(spec: ConvertSpec, state: _State, payload: ImagePayload) -> str | None:
