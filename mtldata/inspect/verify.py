@@ -226,10 +226,7 @@ def _expected_digests(
             None, f"{name}: damaged (it does not hash to the manifest's checksum of {db.name}); {only}"
         )
         return None
-    return {
-        bytes(key): value
-        for _, _, key, value in record_digests.entries(data, record_digests.SIZES[entry["record_digest"]])
-    }
+    return record_digests.parse(data, entry["record_digest"])
 
 
 def _walk_lmdb(
@@ -435,8 +432,7 @@ def _file_digests(
         if found is None:
             found = {}
         found.update(
-            (bytes(key), (algorithm, value))
-            for _, _, key, value in record_digests.entries(data, record_digests.SIZES[algorithm])
+            (key, (algorithm, value)) for key, value in record_digests.parse(data, algorithm).items()
         )
     return found, incomplete
 

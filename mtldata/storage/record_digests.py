@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 ALGORITHM = "xxh3_128"
 SIZES = {"xxh3_128": 16, "sha256": 32}  # the algorithms a manifest may name, and their digest sizes
@@ -69,9 +68,9 @@ def whole_entries(data: bytes, size: int = SIZE) -> tuple[int, int]:
     return count, pos
 
 
-def read(path: Path, algorithm: str = ALGORITHM) -> dict[bytes, bytes]:
-    """key -> digest of a digests file written with `algorithm`."""
-    return {key: value for _, _, key, value in entries(path.read_bytes(), SIZES[algorithm])}
+def parse(data: bytes, algorithm: str = ALGORITHM) -> dict[bytes, bytes]:
+    """key -> digest of a digests file's bytes, written with `algorithm` (a torn tail is left out)."""
+    return {key: value for _, _, key, value in entries(data, SIZES[algorithm])}
 
 
 def pixels_and_labels(pixels: Buffer, labels: bytes, algorithm: str = ALGORITHM) -> bytes:
