@@ -404,8 +404,7 @@ def _file_digests(
     not named as samples the conversion did not write)."""
     found: dict[bytes, tuple[str, bytes]] | None = None
     incomplete = False
-    files = (manifest or {}).get("files") or {}
-    counts = dict(zip(files.get("shards") or [], files.get("shard_counts") or [], strict=False))
+    counts = _shard_counts(manifest)
     for rel, entry in ((manifest or {}).get("checksums") or {}).items():
         name = entry.get("record_digests") if isinstance(entry, dict) else None
         algorithm = entry.get("record_digest") if isinstance(entry, dict) else None
@@ -480,12 +479,17 @@ def _key_or_position(reader: Any, i: int) -> str:
         return f"sample {i}"
 
 
+def _shard_counts(manifest: dict[str, Any] | None) -> dict[str, Any]:
+    """Shard name -> the samples the manifest says it holds (an HDF5 dataset's; else empty)."""
+    files = (manifest or {}).get("files") or {}
+    return dict(zip(files.get("shards") or [], files.get("shard_counts") or [], strict=False))
+
+
 def _check_counts(report: VerifyReport, root: Path, manifest: dict[str, Any], unread: list[Path]) -> None:
     want = manifest.get("count")
     report.counts["manifest"] = want
     # The samples of shards not read (missing or damaged, reported already) are not expected.
-    files = manifest.get("files") or {}
-    in_shards = dict(zip(files.get("shards") or [], files.get("shard_counts") or [], strict=False))
+    in_shards = _shard_counts(manifest)
     skipped = sum(n for p in unread if isinstance(n := in_shards.get(p.name), int))
     for name in ("images", "labels", "samples"):
         got = report.counts.get(name)
