@@ -44,7 +44,7 @@ from mtldata.errors import (
 )
 from mtldata.storage import record_digests
 from mtldata.storage.backends import WriterOptions, check_writer_options, make_writer
-from mtldata.storage.image import ImageDecodeError, ImageOptions, chw_bytes, prepare_image
+from mtldata.storage.image import FILE_NOT_FOUND, ImageDecodeError, ImageOptions, chw_bytes, prepare_image
 from mtldata.storage.label_sources import LabelInput, open_labels
 from mtldata.storage.listfile import ListEntry, ListLineError
 from mtldata.storage.manifest import LabelStats, Manifest, dataset_checksums, plain_copy, write_manifest
@@ -913,7 +913,7 @@ def missing_labels_entry(stats: LabelStats, stored_as: dict[int, float]) -> dict
 def _quoted_path_hint(path: str, reason: str) -> str:
     """`reason`, with a hint when a missing file's path is quoted: a list file's path is everything
     before its labels, quotes included (as convert_imageset reads it), and may hold spaces as it is."""
-    if reason == "file not found" and len(path) > 1 and path[0] == path[-1] and path[0] in "\"'":
+    if reason == FILE_NOT_FOUND and len(path) > 1 and path[0] == path[-1] and path[0] in "\"'":
         return f"{reason} (the quotes are read as part of the path: write it without them, spaces and all)"
     return reason
 

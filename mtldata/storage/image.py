@@ -215,10 +215,13 @@ def _open(source: str | os.PathLike | bytes, max_pixels: int | None = None) -> I
         raise ImageDecodeError(f"cannot read image: {exc}") from None
 
 
+FILE_NOT_FOUND = "file not found"  # the reason of an image file that is not there
+
+
 def _file_error(exc: OSError) -> ImageDecodeError:
     """The reason a file could not be read, as the error reports give it."""
     if isinstance(exc, FileNotFoundError):
-        return ImageDecodeError("file not found")
+        return ImageDecodeError(FILE_NOT_FOUND)
     if isinstance(exc, IsADirectoryError):
         return ImageDecodeError("is a directory, not an image file")
     if isinstance(exc, PermissionError):
