@@ -15,13 +15,11 @@ import pytest
 from conftest import db_items, write_image, write_list
 
 import mtldata.convert.pipeline as convert_module
-import mtldata.storage.backends.lmdb as lmdb_module
 from mtldata.caffe.datum import parse_datum
 from mtldata.convert.pipeline import ConvertSpec, convert
 from mtldata.errors import DatasetStateError, InputError
 from mtldata.storage.backends import open_reader
 from mtldata.storage.backends.lmdb import database_digest
-from mtldata.storage.filesystems import filesystem_type
 from mtldata.storage.image import ImageOptions, load_image, to_chw
 
 
@@ -199,10 +197,6 @@ KILLER = textwrap.dedent(
     from mtldata.convert.pipeline import ConvertSpec, convert
 
     stop_at = int(sys.argv[3])
-    if sys.argv[4:] == ["writemap"]:  # write through LMDB's map here, as on tmpfs
-        import mtldata.storage.backends.lmdb as lmdb_backend
-        from mtldata.storage.filesystems import filesystem_type
-        lmdb_backend.WRITEMAP_FILESYSTEMS = frozenset({filesystem_type(Path(sys.argv[2]).parent)})
 
     def progress(done, total):
         if done == stop_at:
@@ -215,26 +209,19 @@ KILLER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("writemap", [False, True], ids=["write", "writemap"])
 @pytest.mark.parametrize("stop_at", [2, 11])
-def test_kill_9_then_resume_equals_an_uninterrupted_run(image_set, tmp_path, stop_at, writemap, monkeypatch):
+def test_kill_9_then_resume_equals_an_uninterrupted_run(image_set, tmp_path, stop_at):
     list_file, _ = image_set
     convert(spec_for(list_file, tmp_path / "ref", shuffle=True, seed=3))
-    if writemap:  # the killed run and the resume both write through LMDB's map
-        monkeypatch.setattr(lmdb_module, "WRITEMAP_FILESYSTEMS", frozenset({filesystem_type(tmp_path)}))
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-c", KILLER, str(list_file), str(out), str(stop_at)]
-        + (["writemap"] if writemap else []),
+        [sys.executable, "-c", KILLER, str(list_file), str(out), str(stop_at)],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert proc.returncode == -9, proc.stderr
     assert not out.exists() and (tmp_path / "out.partial").is_dir()
-    # written through the map, LMDB stretched data.mdb to the whole map (sparse), and the kill left it so
-    stretched = (tmp_path / "out.partial" / "images.lmdb" / "data.mdb").stat().st_size >= 1 << 30
-    assert stretched == writemap
     with pytest.raises(Exception, match="interrupted"):
         open_reader(tmp_path / "out.partial")
     with pytest.raises(DatasetStateError, match="--resume"):

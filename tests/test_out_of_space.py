@@ -92,7 +92,7 @@ def _cli(code: str, *args: object) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     ("backend", "size", "images", "code"),
     [
-        # 120 kB records into writemap's sparse data.mdb: without the space reservation, SIGBUS (seen).
+        # 120 kB records: the reservation (posix_fallocate) or LMDB's commit meets the full tmpfs
         ("lmdb", "3m", (30, 200), SMALL_COMMITS),
         ("hdf5", "2m", (120, 64), SMALL_COMMITS),
         ("hdf5", "2m", (120, 64), SMALL_COMMITS_NO_SPACE_CHECK),

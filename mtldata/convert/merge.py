@@ -207,9 +207,7 @@ def _merge_locked(
         writer = make_writer(first["backend"], staging, options)
         total = sum(m["count"] for m in manifests)
         stats = LabelStats()
-        done = commits = pending = 0
-        # A writer that writes through a map asks to be remapped (its written pages stay resident).
-        remap, remap_every = getattr(writer, "remap", None), getattr(writer, "remap_every", None)
+        done = pending = 0
         for part in parts:
             reader = open_reader(part)
             try:
@@ -221,9 +219,7 @@ def _merge_locked(
                     # as the converter: what a transaction holds stays in memory until it commits
                     if done % commit_every == 0 or pending >= COMMIT_BYTES:
                         writer.commit()
-                        commits, pending = commits + 1, 0
-                        if remap is not None and remap_every and commits % remap_every == 0:
-                            remap()
+                        pending = 0
                     if progress is not None:
                         progress(done, total)
             finally:

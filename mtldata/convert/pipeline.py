@@ -70,8 +70,7 @@ MAX_CHUNK = 64
 # Commit every `commit_every` samples (convert_imageset: 1,000) or this many image bytes, whichever
 # comes first: what a transaction holds stays in memory until it commits.
 COMMIT_BYTES = 64 << 20
-# A writer with `remap` is remapped every this many commits (or its own `remap_every`), so that
-# its RSS stays flat.
+# A writer with `remap` is remapped every this many commits, so that its RSS stays flat.
 REMAP_EVERY = 8
 # Label statistics are taken this many rows at a time (each call costs about a millisecond of
 # array operations, whatever its size), and at every commit.
@@ -691,7 +690,6 @@ def _convert_locked(
     # A writer whose commits are not durable by themselves offers `sync` (see commit_and_save).
     sync = getattr(writer, "sync", None)
     remap = getattr(writer, "remap", None)  # drops pages read through a map, which would stay resident
-    remap_every = getattr(writer, "remap_every", None) or REMAP_EVERY
     state.boot_id = current_boot_id() if sync is not None else None
     save_state()  # from the start, a resume checks that the input and options are the same
     items = _work_items(spec, labels_in)
@@ -763,7 +761,7 @@ def _convert_locked(
         # thread of its own, while this one puts the next batch (the disk works meanwhile).
         sync_stage.submit(partial(sync_and_save, snapshot))
         commits[0] += 1
-        if remap is not None and commits[0] % remap_every == 0:
+        if remap is not None and commits[0] % REMAP_EVERY == 0:
             sync_stage.drain()  # the environment may close only while no sync runs
             remap()
 

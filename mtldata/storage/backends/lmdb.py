@@ -24,7 +24,6 @@ from mtldata.caffe.datum import datum_labels, image_datum_frame, label_datum, pa
 from mtldata.errors import DatasetFormatError, MtlDataError
 from mtldata.storage import record_digests
 from mtldata.storage.backends import DatasetReader, WriterOptions, register_writer
-from mtldata.storage.filesystems import filesystem_type
 from mtldata.storage.planes import planar_shape, planes_into
 from mtldata.storage.png_chunks import PNG_SIGNATURE
 from mtldata.storage.processes import current_pid
@@ -41,8 +40,6 @@ RESERVE_STEP = 16 << 20
 RESERVE_MIN = 256 << 10
 # Pages any write transaction may add besides its records' own (branch copies, free-list pages).
 TXN_OVERHEAD = 64 << 10
-# File systems whose environments are written through LMDB's map (MDB_WRITEMAP), see _GrowingEnv._open.
-WRITEMAP_FILESYSTEMS = frozenset({"tmpfs"})
 # A reader's pass over every sample drops its maps every this many bytes read (see LmdbReader.__iter__).
 ITER_WINDOW = 64 << 20
 # An image Datum's fields besides its data: channels, height, width, the data's tag and length,
@@ -222,7 +219,6 @@ class _GrowingEnv:
 
     def __init__(self, path: Path, initial_map_size: int) -> None:
         self.path = path
-        self.writemap = filesystem_type(path.parent) in WRITEMAP_FILESYSTEMS  # see _open
         self.env = self._open(initial_map_size)
         self._map_size = int(self.env.info()["map_size"])  # may exceed the request (an existing env)
         self._txn: Any = None
@@ -248,7 +244,10 @@ class _GrowingEnv:
         with MDB_MAP_FULL and a transaction never has to be replayed (nor its values kept).
 
         Disk blocks are allocated ahead with posix_fallocate, so that a full disk or quota is an
-        OSError (ENOSPC) here, before the transaction, not a failed write inside LMDB's commit.
+        OSError (ENOSPC) here, before the transaction, not a failed write inside LMDB's commit
+        (which LMDB reports as EIO when the disk fills part-way through a write: a wrong line).
+        Skipping it on tmpfs, where it zeroes pages the commit then overwrites, saved 3% of a raw
+        conversion's CPU and gave that wrong line (tests/test_out_of_space.py); it stays.
         """
         self._txn_need += 2 * nbytes + 4096
         needed = self._txn_base + self._txn_need
@@ -301,20 +300,15 @@ class _GrowingEnv:
         self._reserve(nbytes)
 
     def _open(self, map_size: int) -> Any:
-        # On disk file systems, not writemap: a put into the shared map faults in every fresh page
-        # through the file system (about 0.3 ms of CPU for a 196 KB image on ext4, against 0.15 ms
-        # for a copy to the heap and one write() at commit). On tmpfs the file's pages are memory
-        # and a put writes them in place, which saves the kernel's copy at commit (4% of a raw
-        # conversion's throughput on one VM, measured for issue 15; no difference, within 1%, on a
-        # later one whose memory costs more to touch first). A full file system inside a map would be
-        # SIGBUS, not an error: _reserve allocates every page a transaction can write before it
-        # runs, so a full tmpfs is an ENOSPC there (tests/test_out_of_space.py mounts one).
+        # Not MDB_WRITEMAP, on any file system: a put into a shared map faults in every fresh page
+        # through the file system (on ext4 about 0.3 ms of CPU for a 196 KB image, against 0.15 ms
+        # for a copy to the heap and one write() at commit). On tmpfs it saved the commit's copy on
+        # one VM (+3.5%), made no difference on another and cost 7-9% more CPU on a third, for
+        # issue 15; and a full file system inside a map is SIGBUS, not an error.
         # sync=False (MDB_NOSYNC): a commit writes without waiting for the disk; `sync` then makes
         # it durable, on another thread (see convert/write_stage.py), while the next batch is put.
         try:
-            return lmdb.open(
-                str(self.path), map_size=map_size, subdir=True, max_dbs=0, writemap=self.writemap, sync=False
-            )
+            return lmdb.open(str(self.path), map_size=map_size, subdir=True, max_dbs=0, sync=False)
         except lmdb.Error as exc:
             raise _os_error(exc, self.path) from None
 
@@ -384,9 +378,8 @@ class _GrowingEnv:
 
     def remap(self) -> None:
         """Close and reopen the environment (no transaction open, no sync running): LMDB reads the
-        tree's pages through its map (and with writemap, writes every page through it), and each
-        page stays resident in this process until it is unmapped, so the RSS would grow with the
-        dataset."""
+        tree's pages through its map, and each page stays resident in this process until it is
+        unmapped, so the RSS would grow with the dataset."""
         self.env.close()
         self.env = self._open(self._map_size)
 
@@ -490,9 +483,6 @@ class LmdbWriter:
         self.images = _GrowingEnv(staging / IMAGES_DIR, map_size)
         self.labels = _GrowingEnv(staging / LABELS_DIR, map_size)
         self.num_labels = options.num_labels
-        # The converter remaps every this many commits (None: its default). Written through the
-        # map, every page a commit wrote stays resident until then: 64 MB a commit.
-        self.remap_every = 1 if self.images.writemap or self.labels.writemap else None
 
     @staticmethod
     def encode_payload(image: ImagePayload, labels: np.ndarray) -> ImagePayload:
