@@ -30,3 +30,46 @@ def test_bench_load_quick_runs(tmp_path):
         assert row in out
     assert "open_dataset encoded, 2 workers" in out and "open_dataset raw, 2 workers, reused shm" in out
     assert "targets met" in out or "targets NOT met" in out
+
+
+def test_bench_convert_quick_prints_every_row_with_its_range_and_the_bounds(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(TOOLS / "bench_convert.py"), "--quick", "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=TOOLS.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    header = next(line for line in out.splitlines() if line.startswith("run "))
+    assert "img/s" in header and "all runs" in header and "CPU ms/img" in header
+    for row in (
+        "baseline",
+        "decode limit",
+        "byte copy",
+        "write floor",
+        "mtldata raw",
+        "mtldata encoded",
+        "mtldata encoded, --validate header",
+        "hdf5 write floor",
+        "mtldata hdf5 raw",
+    ):
+        line = next((x for x in out.splitlines() if x.startswith(row + " ")), None)
+        assert line is not None, (row, out)
+        low, high = (float(v) for v in line[36:].split()[1].split("-"))
+        assert 0 < low <= float(line[36:].split()[0]) <= high, line  # the median lies in its range
+    assert "mtldata raw: decode" in out and "mtldata hdf5 raw: decode" in out  # the bounds
+    assert "targets met" in out or "targets NOT met" in out
+
+
+def test_bench_convert_median_run_keeps_the_median_and_the_range_of_all_runs():
+    sys.path.insert(0, str(TOOLS))
+    try:
+        import bench_convert
+    finally:
+        sys.path.remove(str(TOOLS))
+    runs = [{"count": 100, "seconds": s, "cpu": s} for s in (0.5, 0.1, 0.2, 0.4, 0.25)]
+    median = bench_convert.median_run(runs)
+    assert median["seconds"] == 0.25 and median["cpu"] == 0.25
+    assert median["range"] == (200.0, 1000.0)  # 100 samples in 0.5 s and in 0.1 s
