@@ -457,8 +457,7 @@ WRITE_FLOORS = {"mtldata raw": "write floor", "mtldata hdf5 raw": "hdf5 write fl
 def print_bounds(rows: dict[str, dict], cores: int) -> None:
     """For each raw row: what the cores could convert if an image cost only the decode limit's CPU
     plus its write floor's (each as measured above, added), beside what the row and its targets ask.
-    A conversion also splits planes, hashes and stores labels; it passes this sum only where its own
-    writer stores more cheaply than the floor's plain one (LMDB through its map on tmpfs)."""
+    A conversion also splits planes, hashes and stores labels, so it does not reach this sum."""
     cpu = {name: 1000 * r["cpu"] / r["count"] for name, r in rows.items()}
     rate = {name: r["count"] / r["seconds"] for name, r in rows.items()}
     for name, floor in WRITE_FLOORS.items():
@@ -532,8 +531,8 @@ def scale_check(work: Path, names: list[str], args: argparse.Namespace, rows: di
 
 
 def filesystem_of(path: Path) -> str:
-    """The file system type of the mount holding `path`, e.g. ext4 or tmpfs (mtldata writes LMDB
-    through its map on tmpfs, so the figures differ by file system)."""
+    """The file system type of the mount holding `path`, e.g. ext4 or tmpfs (on tmpfs the figures are
+    bound by the CPU, on a disk often by the disk)."""
     from mtldata.storage.filesystems import filesystem_type
 
     return filesystem_type(path) or "an unknown file system"
