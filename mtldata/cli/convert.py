@@ -468,8 +468,10 @@ def merge(parts: tuple[Path, ...], output: Path, overwrite: bool, quiet: bool) -
     (for LMDB one image LMDB and one label LMDB that Caffe reads; for HDF5 the shards re-cut to
     --shard-size). It is built in OUTPUT.partial/ and renamed into place when complete.
     """
+    from mtldata.cli.heap import keep_freed_heap
     from mtldata.convert.merge import merge as run_merge
 
+    keep_freed_heap()  # a third of merge's CPU otherwise goes to faulting in freed pages again
     progress = Progress(quiet, "img", "merge")
     try:
         result = run_merge(parts, output, overwrite=overwrite, progress=progress)
