@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
+from bench_runs import quick_run
 
 
 def test_bench_caffe_quick_prints_the_side_by_side_table(caffe_fixtures: Path) -> None:
     if not (caffe_fixtures / "solvers" / "net.prototxt").is_file():
         pytest.skip("the solver fixture net is not there")
-    result = subprocess.run(
-        [sys.executable, str(TOOLS / "bench_caffe.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=TOOLS.parent,
-    )
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+    out = quick_run("bench_caffe.py")
     for row in (
         "mtldata, 1 thread",
         "mtldata, 2 threads",

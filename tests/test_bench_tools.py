@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
-from pathlib import Path
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
+from bench_runs import TOOLS, quick_run
 
 
 def test_bench_load_quick_runs(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(TOOLS / "bench_load.py"), "--quick", "--dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=TOOLS.parent,
-    )
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+    out = quick_run("bench_load.py", "--dir", tmp_path, timeout=120)
     assert "samples/s" in out and "per worker" in out
     for row in (
         "(a) bare cursor",
@@ -33,15 +23,7 @@ def test_bench_load_quick_runs(tmp_path):
 
 
 def test_bench_convert_quick_prints_every_row_with_its_range_and_the_bounds(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(TOOLS / "bench_convert.py"), "--quick", "--dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=TOOLS.parent,
-    )
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+    out = quick_run("bench_convert.py", "--dir", tmp_path)
     header = next(line for line in out.splitlines() if line.startswith("run "))
     assert "img/s" in header and "all runs" in header and "CPU ms/img" in header
     for row in (
