@@ -42,6 +42,12 @@ def test_bench_convert_quick_prints_every_row_with_its_range_and_the_bounds(tmp_
         low, high = (float(v) for v in line[36:].split()[1].split("-"))
         assert 0 < low <= float(line[36:].split()[0]) <= high, line  # the median lies in its range
     assert "mtldata raw: decode" in out and "mtldata hdf5 raw: decode" in out  # the bounds
+    # the long list: every mtldata row against its target, the write floors beside them without one
+    scaled = {line.split(" at 96 lines:")[0]: line for line in out.splitlines() if " at 96 lines:" in line}
+    for row in ("mtldata raw", "mtldata encoded", "mtldata hdf5 raw"):
+        assert "target: within 10% and flat" in scaled[row] and "without start-up" in scaled[row]
+    for row in ("write floor", "hdf5 write floor"):
+        assert "(no target)" in scaled[row] and "x the throughput" in scaled[row]
     assert "targets met" in out or "targets NOT met" in out
 
 
