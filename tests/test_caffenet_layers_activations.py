@@ -60,3 +60,33 @@ def test_clip_and_absval_gradients_at_their_edges():
     x = torch.tensor([-2.0, 0.0, 3.0], requires_grad=True)
     run(net, x=x)["y"].sum().backward()
     assert x.grad.tolist() == [-1.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_prelu_kernel_path_matches_the_formula_path(shared):
+    # float32 bottoms take torch's prelu kernel, other dtypes torch.where; same values and gradients,
+    # including at x = 0 (Caffe: the slope) and the slope's gradient (x summed over x <= 0).
+    flag = "true" if shared else "false"
+    results = []
+    for dtype in (torch.float32, torch.float64):
+        net = one_layer(
+            f'name: "p" type: "PReLU" bottom: "x" top: "y" prelu_param {{ channel_shared: {flag} }}',
+            {"x": (2, 3, 4)},
+        )
+        layer = net.layer("p")
+        with torch.no_grad():
+            layer.weight.copy_(torch.tensor(0.3) if shared else torch.tensor([0.1, -0.5, 2.0]))
+        torch.manual_seed(1)
+        x = torch.randn(2, 3, 4)
+        x[0, :, 0] = 0.0
+        x = x.to(dtype).requires_grad_()
+        grad = torch.randn(2, 3, 4).to(dtype)
+        (y,) = layer.forward(x)
+        y.backward(grad)
+        results.append([y.detach().double(), x.grad.double(), layer.weight.grad.double()])
+        layer.weight.grad = None
+    for kernel, formula in zip(*results, strict=True):
+        assert torch.allclose(kernel, formula, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(
+        results[0][1][0, :, 0], (0.3 if shared else torch.tensor([0.1, -0.5, 2.0])) * grad[0, :, 0].double()
+    )

@@ -102,3 +102,36 @@ def test_scale_with_bias_and_two_bottoms():
     )
     g = torch.randn(2, 3)
     assert torch.allclose(run(net, x=x, g=g)["y"], x * g[:, :, None])
+
+
+@pytest.mark.parametrize("global_stats", [False, True])
+def test_batch_norm_kernel_path_matches_the_formula_path(global_stats):
+    # float32 bottoms take torch's batch_norm kernel; other dtypes the formula written out. Both must
+    # give the same outputs, input gradients and accumulated statistics (the goldens pin float32).
+    flag = "true" if global_stats else "false"
+    text = f'name: "bn" type: "BatchNorm" bottom: "x" top: "y" batch_norm_param {{ use_global_stats: {flag} moving_average_fraction: 0.9 eps: 0.01 }}'
+    results = []
+    for dtype in (torch.float32, torch.float64):
+        torch.manual_seed(0)
+        bn = one_layer(text, {"x": (4, 3, 5, 2)}).layer("bn")
+        bn.mean.copy_(torch.tensor([0.5, -1.0, 2.0]))
+        bn.variance.copy_(torch.tensor([3.0, 1.0, 0.5]))
+        bn.scale_factor.fill_(1.5)
+        x = (torch.randn(4, 3, 5, 2) * 3 + 1).to(dtype).requires_grad_()
+        grad = torch.randn(4, 3, 5, 2).to(dtype)
+        (y,) = bn.forward(x)
+        y.backward(grad)
+        results.append([t.detach().double() for t in (y, x.grad, bn.mean, bn.variance, bn.scale_factor)])
+    for kernel, formula in zip(*results, strict=True):
+        assert torch.allclose(kernel, formula, rtol=1e-5, atol=1e-5)
+    if not global_stats:
+        assert results[0][4].item() == pytest.approx(0.9 * 1.5 + 1)  # one batch was counted
+
+
+def test_batch_norm_of_one_value_per_channel_gives_zeros_not_nan():
+    # m = 1 value per channel: torch's unbiased variance would divide by zero (nan); Caffe skips its
+    # m/(m-1) correction there, and every output is 0.
+    net = one_layer('name: "bn" type: "BatchNorm" bottom: "x" top: "y"', {"x": (1, 3)})
+    bn = net.layer("bn")
+    y = run(net, x=torch.tensor([[1.0, -2.0, 3.0]]))["y"]
+    assert torch.all(y == 0) and torch.all(bn.variance == 0) and torch.all(torch.isfinite(bn.mean))

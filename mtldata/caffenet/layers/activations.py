@@ -76,11 +76,14 @@ class PReLU(Layer):
 
     def forward(self, x):
         slope = self.weight
+        if slope.ndim and x.shape[1] != slope.shape[0]:
+            raise self.error(f"{slope.shape[0]} slopes for {x.shape[1]} channels")
+        if x.dtype == slope.dtype:
+            # torch's kernel, one pass each way, has Caffe's gradients: the slope's at x = 0, and a
+            # slope gradient summing x over x <= 0.
+            return [F.prelu(x, slope.reshape(-1))]
         if slope.ndim:
-            if x.shape[1] != slope.shape[0]:
-                raise self.error(f"{slope.shape[0]} slopes for {x.shape[1]} channels")
             slope = slope.reshape([1, -1] + [1] * (x.ndim - 2))
-        # Caffe's gradient at 0 is the slope, and the slope's gradient sums x over x <= 0.
         return [torch.where(x > 0, x, slope * x)]
 
 

@@ -147,7 +147,8 @@ def caffe_pool2d(
     # Pad (or crop) so that exactly the oh x ow windows fit, then pool without padding.
     right, bottom = (ow - 1) * sw + kw - w - pw, (oh - 1) * sh + kh - h - ph
     if method == "MAX":
-        xp = F.pad(x, (pw, right, ph, bottom), value=-FLT_MAX)
+        # No padding (windows that tile the input exactly) needs no padded copy of it either.
+        xp = F.pad(x, (pw, right, ph, bottom), value=-FLT_MAX) if pw or right or ph or bottom else x
         return F.max_pool2d(xp, (kh, kw), (sh, sw))
     if method == "MASK":  # where each MAX came from: the flat index h*W + w in the unpadded plane
         xp = F.pad(x.detach(), (pw, right, ph, bottom), value=-FLT_MAX)
