@@ -85,8 +85,8 @@ class BatchNorm(Layer):
     def _fused_batch_forward(self, x: Tensor) -> Tensor:
         """Normalise by the batch's statistics in torch's batch_norm kernel: the formula written out
         in tensor operations costs a dozen passes over x forward and backward, the kernel two or
-        three (a small BatchNorm net trained twice as fast). With momentum 1 torch leaves the
-        batch's mean and its variance times m/(m-1), Caffe's correction, in the buffers."""
+        three. With momentum 1 torch leaves the batch's mean and its variance times m/(m-1),
+        Caffe's correction, in the buffers it is given."""
         mean = torch.zeros_like(self.mean)
         var = torch.ones_like(self.variance)
         y = F.batch_norm(x, mean, var, training=True, momentum=1.0, eps=self.eps)
