@@ -384,11 +384,9 @@ def median_run(runs: list[dict]) -> dict:
     return {**sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2], "range": (min(rates), max(rates))}
 
 
-def measure(
-    work: Path, list_file: Path, workers: int, runs: int, hdf5: bool, side: int, warm: int, resize: int = 0
-) -> dict[str, dict]:
-    """Every row's median run over `list_file`; the runs alternate, so a burst of other load on the
-    machine hits them alike. With `resize`, both sides of a conversion resized to that side too."""
+def row_specs(workers: int, hdf5: bool, side: int, resize: int = 0) -> dict[str, tuple[str, tuple]]:
+    """Every row's script and its arguments after the list (and, but for the decode limit, the
+    output folder)."""
     rows: dict[str, tuple[str, tuple]] = {
         "baseline": (BASELINE_RUN, ("decode",)),
         "decode limit": (DECODE_LIMIT_RUN, (workers,)),
@@ -404,7 +402,15 @@ def measure(
     if resize:
         rows[f"baseline, resized to {resize}"] = (BASELINE_RUN, ("resize", resize))
         rows[f"mtldata raw, resized to {resize}"] = (MTLDATA_RUN, ("resize", workers, resize))
-    return measure_rows(work, list_file, runs, rows, warm)
+    return rows
+
+
+def measure(
+    work: Path, list_file: Path, workers: int, runs: int, hdf5: bool, side: int, warm: int, resize: int = 0
+) -> dict[str, dict]:
+    """Every row's median run over `list_file`; the runs alternate, so a burst of other load on the
+    machine hits them alike. With `resize`, both sides of a conversion resized to that side too."""
+    return measure_rows(work, list_file, runs, row_specs(workers, hdf5, side, resize), warm)
 
 
 def measure_gzip(work: Path, list_file: Path, workers: int, runs: int, warm: int) -> dict[str, dict]:
@@ -477,47 +483,17 @@ def print_bounds(rows: dict[str, dict], cores: int) -> None:
         )
 
 
-# The rows run again over the long list: (script, its arguments after the list and output folder,
-# bytes it stores per image of `size` px and `jpeg` bytes, whether a target applies). The write floors
-# have none: they show what writing as many bytes costs the machine at that length, since on a VM
-# whose host takes freed memory back a longer list's output can cost more per byte (see warm_memory).
-SCALE_ROWS: dict[str, tuple[str, Callable[[int, int], tuple], Callable[[int, int], int], bool]] = {
-    "write floor": (
-        WRITE_FLOOR_RUN,
-        lambda size, workers: (3 * size * size + RAW_HEADER_BYTES,),
-        lambda size, jpeg: 3 * size * size,
-        False,
-    ),
-    "mtldata raw": (
-        MTLDATA_RUN,
-        lambda size, workers: ("raw", workers),
-        lambda size, jpeg: 3 * size * size,
-        True,
-    ),
-    "mtldata encoded": (
-        MTLDATA_RUN,
-        lambda size, workers: ("encoded", workers),
-        lambda size, jpeg: jpeg,
-        True,
-    ),
-    "mtldata encoded, --validate header": (
-        MTLDATA_RUN,
-        lambda size, workers: ("header", workers),
-        lambda size, jpeg: jpeg,
-        True,
-    ),
-    "hdf5 write floor": (
-        HDF5_WRITE_FLOOR_RUN,
-        lambda size, workers: (12 * size * size,),
-        lambda size, jpeg: 12 * size * size,
-        False,
-    ),
-    "mtldata hdf5 raw": (
-        MTLDATA_RUN,
-        lambda size, workers: ("hdf5", workers),
-        lambda size, jpeg: 12 * size * size,
-        True,
-    ),
+# The rows run again over the long list (their scripts as row_specs gives them), with the bytes each
+# stores per image of `size` px and `jpeg` bytes, and whether a target applies. The write floors have
+# none: they show what writing as many bytes costs the machine at that length, since on a VM whose
+# host takes freed memory back a longer list's output can cost more per byte (see warm_memory).
+SCALE_ROWS: dict[str, tuple[Callable[[int, int], int], bool]] = {
+    "write floor": (lambda size, jpeg: 3 * size * size, False),
+    "mtldata raw": (lambda size, jpeg: 3 * size * size, True),
+    "mtldata encoded": (lambda size, jpeg: jpeg, True),
+    "mtldata encoded, --validate header": (lambda size, jpeg: jpeg, True),
+    "hdf5 write floor": (lambda size, jpeg: 12 * size * size, False),
+    "mtldata hdf5 raw": (lambda size, jpeg: 12 * size * size, True),
 }
 
 
@@ -530,7 +506,8 @@ def scale_check(work: Path, names: list[str], args: argparse.Namespace, rows: di
     write_list(long_list, names, args.scale_lines)
     jpeg = int(np.mean([(work / name).stat().st_size for name in names[:200]]))
     met = True
-    for name, (script, extra, stored, target) in SCALE_ROWS.items():
+    specs = row_specs(args.workers, not args.no_hdf5, args.size)
+    for name, (stored, target) in SCALE_ROWS.items():
         if name not in rows:
             continue
         need = int(1.2 * args.scale_lines * stored(args.size, jpeg))
@@ -543,9 +520,8 @@ def scale_check(work: Path, names: list[str], args: argparse.Namespace, rows: di
             continue
         out = work / "out_long"
         shutil.rmtree(out, ignore_errors=True)
-        long_run = run(
-            script, long_list, out, *extra(args.size, args.workers), warm=warm_bytes(args, args.scale_lines)
-        )
+        script, extra = specs[name]
+        long_run = run(script, long_list, out, *extra, warm=warm_bytes(args, args.scale_lines))
         shutil.rmtree(out, ignore_errors=True)
         short_run = rows[name]
         speed = (long_run["count"] / long_run["seconds"]) / (short_run["count"] / short_run["seconds"])
