@@ -27,8 +27,9 @@ highest img/s of all runs are printed beside it):
 
 Targets (issue 15): raw >= 3x baseline and >= 0.6x decode limit; encoded >= 0.85x decode limit;
 encoded --validate header >= 0.5x byte copy; HDF5 raw >= 2x baseline. A second list of
-`--scale-lines` lines (every mtldata row) checks that throughput and peak RSS stay flat; the two
-write floors run over it too, without a target, to show what writing that much costs the machine.
+`--scale-lines` lines (every mtldata row, median of `--scale-runs`) checks that throughput and peak
+RSS stay flat; the two write floors run over it too, without a target, to show what writing that
+much costs the machine.
 Each run's CPU time (its process and its children) is printed too: on a shared machine wall
 clock is noisy, CPU seconds per image much less so. Under the table, each raw row's bound: what the
 cores could convert if an image cost only the decode limit's CPU plus its write floor's.
@@ -499,9 +500,11 @@ SCALE_ROWS: dict[str, tuple[Callable[[int, int], int], bool]] = {
 
 def scale_check(work: Path, names: list[str], args: argparse.Namespace, rows: dict[str, dict]) -> bool:
     """Each mtldata row again over a list of `--scale-lines` lines: its throughput should be within
-    10% of the short list's and its peak RSS flat (cost linear in the list). The write floors run
-    again too, without a target, as the machine's own figure for writing that much. A row whose
-    output would not fit in the work folder's free space is skipped, and says so."""
+    10% of the short list's and its peak RSS flat (cost linear in the list). The median of
+    `--scale-runs` runs is compared with the short list's median: on a VM whose runs of one row
+    spread by a third, one run against a median judged the noise. The write floors run again too,
+    without a target, as the machine's own figure for writing that much. A row whose output would
+    not fit in the work folder's free space is skipped, and says so."""
     long_list = work / "list_long.txt"
     write_list(long_list, names, args.scale_lines)
     jpeg = int(np.mean([(work / name).stat().st_size for name in names[:200]]))
@@ -519,11 +522,14 @@ def scale_check(work: Path, names: list[str], args: argparse.Namespace, rows: di
             )
             continue
         out = work / "out_long"
-        shutil.rmtree(out, ignore_errors=True)
         script, extra = specs[name]
-        long_run = run(script, long_list, out, *extra, warm=warm_bytes(args, args.scale_lines))
+        runs = []
+        for _ in range(args.scale_runs):
+            shutil.rmtree(out, ignore_errors=True)
+            runs.append(run(script, long_list, out, *extra, warm=warm_bytes(args, args.scale_lines)))
         shutil.rmtree(out, ignore_errors=True)
-        short_run = rows[name]
+        long_run, short_run = median_run(runs), rows[name]
+        low, high = long_run["range"]
         speed = (long_run["count"] / long_run["seconds"]) / (short_run["count"] / short_run["seconds"])
         rss = long_run["rss_main"] / short_run["rss_main"]
         flat = abs(speed - 1) <= 0.10 and rss < 1.15
@@ -542,7 +548,8 @@ def scale_check(work: Path, names: list[str], args: argparse.Namespace, rows: di
                 f"{long_run['first']:.3f} s) {ratio:.2f}x"
             )
         print(
-            f"{name} at {args.scale_lines} lines: {long_run['count'] / long_run['seconds']:.0f} img/s, "
+            f"{name} at {args.scale_lines} lines: {long_run['count'] / long_run['seconds']:.0f} img/s "
+            f"(median of {len(runs)}, {low:.0f}-{high:.0f}), "
             f"{1000 * long_run['cpu'] / long_run['count']:.3f} CPU ms/img, peak RSS main "
             f"{long_run['rss_main'] / 1024:.0f} MiB / worker {long_run['rss_child'] / 1024:.0f} MiB: "
             f"{speed:.2f}x the throughput and {rss:.2f}x the main-process peak RSS at {args.lines} lines "
@@ -574,6 +581,12 @@ def main() -> int:
         default=10000,
         help="a second list this long, every mtldata row: throughput and peak RSS should stay flat (0: skip)",
     )
+    parser.add_argument(
+        "--scale-runs",
+        type=int,
+        default=3,
+        help="runs of each row over the --scale-lines list; the median counts",
+    )
     parser.add_argument("--no-hdf5", action="store_true", help="skip the HDF5 rows")
     parser.add_argument(
         "--compressed-lines",
@@ -593,8 +606,11 @@ def main() -> int:
         "takes back freed memory, which rows pay for first touches depends on the rows before them)",
     )
     args = parser.parse_args()
+    if args.runs < 1 or args.scale_runs < 1:
+        parser.error("--runs and --scale-runs must be at least 1")
     if args.quick:
         args.lines, args.images, args.size, args.runs, args.scale_lines = 48, 24, 64, 1, 96
+        args.scale_runs = min(args.scale_runs, 2)
         args.compressed_lines = min(args.compressed_lines, 24)
         args.resize = min(args.resize, 32)
     work = args.dir or Path(tempfile.mkdtemp(prefix="mtldata-bench-"))
