@@ -128,6 +128,67 @@ def test_batch_norm_kernel_path_matches_the_formula_path(global_stats):
         assert results[0][4].item() == pytest.approx(0.9 * 1.5 + 1)  # one batch was counted
 
 
+def _batch_norm_then_scale(bn_top: str, scale_bottom: str, scale_top: str, global_stats: bool):
+    flag = "true" if global_stats else "false"
+    text = (
+        f'name: "bn" type: "BatchNorm" bottom: "x" top: "{bn_top}" batch_norm_param {{ use_global_stats: {flag} '
+        f'moving_average_fraction: 0.9 eps: 0.01 }} }} layer {{ name: "sc" type: "Scale" bottom: "{scale_bottom}" '
+        f'top: "{scale_top}" scale_param {{ bias_term: true }}'
+    )
+    net = one_layer(text, {"x": (4, 3, 5, 2)})
+    bn, sc = net.layer("bn"), net.layer("sc")
+    bn.mean.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    bn.variance.copy_(torch.tensor([3.0, 1.0, 0.5]))
+    bn.scale_factor.fill_(1.5)
+    with torch.no_grad():
+        sc.weight.copy_(torch.tensor([0.5, 2.0, -1.5]))
+        sc.bias.copy_(torch.tensor([0.25, -1.0, 3.0]))
+    return net, bn, sc
+
+
+@pytest.mark.parametrize("global_stats", [False, True])
+@pytest.mark.parametrize("bn_top", ["x", "y"])  # BatchNorm in place, or not (the Scale in place on its top)
+def test_batch_norm_and_the_scale_in_place_on_its_top_run_as_one_kernel_with_the_same_results(
+    monkeypatch, global_stats, bn_top
+):
+    # The pair runs as one batch_norm kernel with the Scale's gamma and beta as its affine: outputs,
+    # gradients (input, gamma, beta) and the statistics must be those of the two layers run apart.
+    x0, grad = torch.randn(4, 3, 5, 2) * 3 + 1, torch.randn(4, 3, 5, 2)
+    results, scale_calls = [], []
+    for fused in (True, False):
+        net, bn, sc = _batch_norm_then_scale(bn_top, bn_top, bn_top, global_stats)
+        x = x0.clone().requires_grad_()
+        if fused:
+            monkeypatch.setattr(type(sc), "forward", lambda self, *a: scale_calls.append(1) or [])
+            y = net({"x": x})[bn_top]
+            monkeypatch.undo()
+            assert scale_calls == []  # the Scale layer itself never ran
+        else:
+            (y,) = sc.forward(bn.forward(x)[0])
+        y.backward(grad)
+        results.append(
+            [
+                t.detach()
+                for t in (y, x.grad, sc.weight.grad, sc.bias.grad, bn.mean, bn.variance, bn.scale_factor)
+            ]
+        )
+    for one_kernel, apart in zip(*results, strict=True):
+        assert torch.allclose(one_kernel, apart, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(results[0][0], bn.forward(x0)[0], atol=1e-3)  # scaled, not just normalised
+
+
+@pytest.mark.parametrize("bn_top", ["x", "y"])
+def test_a_batch_norm_whose_top_stays_visible_runs_apart_from_the_scale(bn_top):
+    # A Scale writing a top of its own: the BatchNorm's top is a blob of the net that callers read, so
+    # the two run apart and that blob holds the normalised values, not the scaled ones.
+    net, bn, sc = _batch_norm_then_scale(bn_top, bn_top, "out", global_stats=True)
+    x = torch.randn(4, 3, 5, 2)
+    blobs = net({"x": x})
+    assert torch.allclose(blobs[bn_top], bn.forward(x)[0])
+    assert torch.allclose(blobs["out"], sc.forward(blobs[bn_top])[0])
+    assert not torch.allclose(blobs["out"], blobs[bn_top], atol=1e-3)
+
+
 def test_batch_norm_of_one_value_per_channel_gives_zeros_not_nan():
     # m = 1 value per channel: torch's unbiased variance would divide by zero (nan); Caffe skips its
     # m/(m-1) correction there, and every output is 0.

@@ -120,6 +120,26 @@ def insert_splits(net: caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
     return out
 
 
+def _scale_folds(plan: Sequence[tuple[Layer, list[str], list[str]]]) -> frozenset[int]:
+    """Where a BatchNorm is followed by a Scale that takes its top in place (`bottom: x top: x`,
+    one bottom: a learned gamma): the plan indices of such BatchNorms. The pair can run as one
+    kernel (BatchNorm.forward_scaled) since no layer and no caller can see the BatchNorm's own top:
+    the next layer overwrites it under the same name. A top another layer also reads went through a
+    Split (insert_splits), so its Scale reads another name and is left alone."""
+    folds = set()
+    for i in range(len(plan) - 1):
+        (first, _, tops), (second, bottoms, scale_tops) = plan[i], plan[i + 1]
+        if (
+            hasattr(first, "forward_scaled")
+            and second.type_name == "Scale"
+            and len(tops) == 1
+            and bottoms == tops
+            and scale_tops == tops
+        ):
+            folds.add(i)
+    return frozenset(folds)
+
+
 def _default_loss_weights(layer: caffe_pb2.LayerParameter) -> list[float]:
     if layer.loss_weight:
         if len(layer.loss_weight) != len(layer.top):
@@ -241,6 +261,7 @@ class CaffeNet(nn.Module):
             self.layer_list.append(module)
             self._plan.append((module, list(layer.bottom), list(layer.top)))
         self.output_blobs = sorted(available)  # Caffe keeps them in a std::set: sorted by name
+        self._scale_folds = _scale_folds(self._plan)
         self.blob_loss_weights = dict(self.loss_terms)
         self.is_setup = False
         self._owners: dict[str, tuple[nn.Parameter, caffe_pb2.ParamSpec]] = {}
@@ -317,18 +338,37 @@ class CaffeNet(nn.Module):
         for name in self.input_blobs:
             t = torch.as_tensor(inputs[name])
             blobs[name] = t if t.dtype == torch.float32 else t.to(torch.float32)  # Caffe blobs are float
-        for module, bottoms, tops in self._plan:
+        plan, i = self._plan, 0
+        while i < len(plan):
+            module, bottoms, tops = plan[i]
             args = [blobs[b] for b in bottoms]
             if not module.is_setup:
                 self._setup_layer(module, args)
+            if i in self._scale_folds and plan[i + 1][0].is_setup:
+                scale, _, scale_tops = plan[i + 1]
+                fused = self._run_scaled(module, scale, args[0])
+                if fused is not None:  # the Scale's top is the BatchNorm's: one blob, the pair's output
+                    blobs[scale_tops[0]] = fused
+                    i += 2
+                    continue
             outs = module.run(args)
             if len(outs) != len(tops):  # an internal invariant: each layer returns one value per top
                 raise CaffeNetError(
                     f"layer {module.layer_name!r} made {len(outs)} tops for {len(tops)} names"
                 )
             blobs.update(zip(tops, outs, strict=True))
+            i += 1
         self.is_setup = True
         return blobs
+
+    @staticmethod
+    def _run_scaled(batch_norm: Layer, scale: Layer, x: Tensor) -> Tensor | None:
+        try:
+            return batch_norm.forward_scaled(x, scale)  # type: ignore[attr-defined]
+        except (ValueError, RuntimeError, IndexError) as exc:
+            raise batch_norm.error(
+                f"{exc} (with {scale.layer_name!r} after it; bottom shape: {tuple(x.shape)})"
+            ) from exc
 
     def _setup_layer(self, module: Layer, bottoms: list[Tensor]) -> None:
         try:

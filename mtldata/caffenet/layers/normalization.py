@@ -82,14 +82,46 @@ class BatchNorm(Layer):
                     self._accumulate(mean, var * correction)
         return [(x - mean.view(shape)) / (var + self.eps).sqrt().view(shape)]
 
-    def _fused_batch_forward(self, x: Tensor) -> Tensor:
-        """Normalise by the batch's statistics in torch's batch_norm kernel: the formula written out
-        in tensor operations costs a dozen passes over x forward and backward, the kernel two or
-        three. With momentum 1 torch leaves the batch's mean and its variance times m/(m-1),
-        Caffe's correction, in the buffers it is given."""
+    def forward_scaled(self, x: Tensor, scale: Scale) -> Tensor | None:
+        """This BatchNorm and the Scale layer right after it on its top, as one batch_norm kernel
+        with the Scale's gamma and beta as its affine: one pass over x each way instead of two (the
+        net runs them so when nothing else can see the BatchNorm's own top; see CaffeNet.forward).
+        None when the pair must run apart: a dry run, a Scale over other axes than the channels, other
+        dtypes (AMP), one value per channel, or a hook on either layer."""
+        gamma, beta = scale.weight, scale.bias
+        if (
+            self.dry_run
+            or scale.dry_run
+            or x.ndim < 2
+            or scale.axis != 1
+            or gamma is None
+            or gamma.ndim != 1
+            or gamma.shape[0] != x.shape[1]
+            or (beta is not None and beta.shape != gamma.shape)
+            or not x.dtype == gamma.dtype == self.mean.dtype
+            or any((m._forward_hooks, m._forward_pre_hooks) != ({}, {}) for m in (self, scale))
+        ):
+            return None
+        if self.use_global_stats:
+            s = self.scale_factor[0]
+            factor = torch.where(s == 0, torch.zeros_like(s), 1 / s)
+            mean, var = self.mean * factor, self.variance * factor
+            return F.batch_norm(x, mean, var, gamma, beta, training=False, eps=self.eps)
+        if x.numel() == x.shape[1]:
+            return None
+        return self._fused_batch_forward(x, gamma, beta)
+
+    def _fused_batch_forward(
+        self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None
+    ) -> Tensor:
+        """Normalise by the batch's statistics in torch's batch_norm kernel (then times `weight`
+        plus `bias`, a following Scale's): the formula written out in tensor operations costs a
+        dozen passes over x forward and backward, the kernel two or three. With momentum 1 torch
+        leaves the batch's mean and its variance times m/(m-1), Caffe's correction, in the buffers
+        it is given."""
         mean = torch.zeros_like(self.mean)
         var = torch.ones_like(self.variance)
-        y = F.batch_norm(x, mean, var, training=True, momentum=1.0, eps=self.eps)
+        y = F.batch_norm(x, mean, var, weight, bias, training=True, momentum=1.0, eps=self.eps)
         if not self.dry_run:
             with torch.no_grad():
                 self._accumulate(mean, var)
