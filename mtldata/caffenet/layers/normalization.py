@@ -62,15 +62,12 @@ class BatchNorm(Layer):
         self.set_blob("scale_factor", torch.zeros(1))
 
     def forward(self, x):
+        y = self._kernel_forward(x)
+        if y is not None:
+            return [y]
         shape = [1, -1] + [1] * (x.ndim - 2) if x.ndim > 1 else [-1]
         if self.use_global_stats:
-            s = self.scale_factor[0]
-            factor = torch.where(s == 0, torch.zeros_like(s), 1 / s)
-            mean, var = self.mean * factor, self.variance * factor
-            if x.ndim > 1 and x.dtype == mean.dtype:
-                return [F.batch_norm(x, mean, var, training=False, eps=self.eps)]  # one pass each way
-        elif x.ndim > 1 and x.numel() > x.shape[1] and x.dtype == self.mean.dtype:
-            return [self._fused_batch_forward(x)]
+            mean, var = self._global_stats()
         else:
             dims = [d for d in range(x.ndim) if d != 1] if x.ndim > 1 else [0]
             mean = x.mean(dims)
@@ -86,8 +83,8 @@ class BatchNorm(Layer):
         """This BatchNorm and the Scale layer right after it on its top, as one batch_norm kernel
         with the Scale's gamma and beta as its affine: one pass over x each way instead of two (the
         net runs them so when nothing else can see the BatchNorm's own top; see CaffeNet.forward).
-        None when the pair must run apart: a dry run, a Scale over other axes than the channels, other
-        dtypes (AMP), one value per channel, or a hook on either layer."""
+        None when the pair must run apart: a dry run, a Scale over other axes than the channels, a
+        hook on either layer, or where this layer alone would not take the kernel either."""
         gamma, beta = scale.weight, scale.bias
         if (
             self.dry_run
@@ -98,27 +95,34 @@ class BatchNorm(Layer):
             or gamma.ndim != 1
             or gamma.shape[0] != x.shape[1]
             or (beta is not None and beta.shape != gamma.shape)
-            or not x.dtype == gamma.dtype == self.mean.dtype
-            or any((m._forward_hooks, m._forward_pre_hooks) != ({}, {}) for m in (self, scale))
+            or gamma.dtype != x.dtype
+            or any(m._forward_hooks or m._forward_pre_hooks for m in (self, scale))
         ):
             return None
+        return self._kernel_forward(x, gamma, beta)
+
+    def _global_stats(self) -> tuple[Tensor, Tensor]:
+        """The stored mean and variance divided by blob 2 (Caffe reads a zero factor as zero stats)."""
+        s = self.scale_factor[0]
+        factor = torch.where(s == 0, torch.zeros_like(s), 1 / s)
+        return self.mean * factor, self.variance * factor
+
+    def _kernel_forward(
+        self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None
+    ) -> Tensor | None:
+        """Normalise in torch's batch_norm kernel (then times `weight` plus `bias`, a following
+        Scale's): the formula written out in tensor operations costs a dozen passes over x forward
+        and backward, the kernel two or three. With batch statistics and momentum 1, torch leaves
+        the batch's mean and its variance times m/(m-1), Caffe's correction, in the buffers it is
+        given. None where the formula must run instead: a bottom without a channel axis, another
+        dtype than the statistics' (AMP), or batch statistics of one value per channel."""
+        if x.ndim < 2 or x.dtype != self.mean.dtype:
+            return None
         if self.use_global_stats:
-            s = self.scale_factor[0]
-            factor = torch.where(s == 0, torch.zeros_like(s), 1 / s)
-            mean, var = self.mean * factor, self.variance * factor
-            return F.batch_norm(x, mean, var, gamma, beta, training=False, eps=self.eps)
+            mean, var = self._global_stats()
+            return F.batch_norm(x, mean, var, weight, bias, training=False, eps=self.eps)
         if x.numel() == x.shape[1]:
             return None
-        return self._fused_batch_forward(x, gamma, beta)
-
-    def _fused_batch_forward(
-        self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None
-    ) -> Tensor:
-        """Normalise by the batch's statistics in torch's batch_norm kernel (then times `weight`
-        plus `bias`, a following Scale's): the formula written out in tensor operations costs a
-        dozen passes over x forward and backward, the kernel two or three. With momentum 1 torch
-        leaves the batch's mean and its variance times m/(m-1), Caffe's correction, in the buffers
-        it is given."""
         mean = torch.zeros_like(self.mean)
         var = torch.ones_like(self.variance)
         y = F.batch_norm(x, mean, var, weight, bias, training=True, momentum=1.0, eps=self.eps)
