@@ -36,12 +36,15 @@ def test_bench_convert_quick_prints_every_row_with_its_range_and_the_bounds(tmp_
         "mtldata encoded, --validate header",
         "hdf5 write floor",
         "mtldata hdf5 raw",
+        "mtldata hdf5 uint8",
     ):
         line = next((x for x in out.splitlines() if x.startswith(row + " ")), None)
         assert line is not None, (row, out)
         low, high = (float(v) for v in line[36:].split()[1].split("-"))
         assert 0 < low <= float(line[36:].split()[0]) <= high, line  # the median lies in its range
     assert "mtldata raw: decode" in out and "mtldata hdf5 raw: decode" in out  # the bounds
+    uint8 = next(x for x in out.splitlines() if x.startswith("mtldata hdf5 uint8 "))
+    assert "x baseline (no target)" in uint8  # compared with the baseline, not judged
     # the long list: every mtldata row against its target, the write floors beside them without one
     scaled = {line.split(" at 96 lines:")[0]: line for line in out.splitlines() if " at 96 lines:" in line}
     for row in ("mtldata raw", "mtldata encoded", "mtldata hdf5 raw"):

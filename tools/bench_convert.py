@@ -17,6 +17,8 @@ highest img/s of all runs are printed beside it):
                pwrite, as its writer fills a shard, nothing decoded. No target
   mtldata      raw, --encoded (validates by decoding), --encoded --validate header, and HDF5 raw,
                with --workers (default 2)
+  hdf5 uint8   mtldata HDF5 with --hdf5-dtype uint8 (a quarter of the bytes; Caffe's HDF5Data reads
+               it as the same floats since BVLC 84e390c, 2015), against the baseline; no target
   gzip         a smaller list (--compressed-lines): a one-process h5py script writing float32 pixels
                with compression="gzip" (what a user's script does; HDF5 deflates in the calling
                thread) beside mtldata hdf5 --compression gzip; no target
@@ -68,7 +70,11 @@ TARGETS = {  # row -> (baseline row, minimum ratio)
 }
 RAW_HEADER_BYTES = 20  # a raw Datum's fields around its pixels, about
 # Rows printed with a ratio but no target: resized conversions and gzip-compressed HDF5 (their own baselines)
-COMPARED = {"mtldata raw, resized to": "baseline, resized to", "mtldata hdf5 gzip": "h5py gzip"}
+COMPARED = {
+    "mtldata raw, resized to": "baseline, resized to",
+    "mtldata hdf5 gzip": "h5py gzip",
+    "mtldata hdf5 uint8": "baseline",
+}
 
 
 def make_corpus(directory: Path, count: int, size: int = 256, seed: int = 0) -> list[str]:
@@ -145,7 +151,7 @@ MTLDATA_RUN = REPORT + textwrap.dedent(
     side = int(sys.argv[5]) if len(sys.argv) > 5 else 0
     options = {"raw": ImageOptions(), "encoded": ImageOptions(encoded=True),
                "header": ImageOptions(encoded=True, validate="header"), "hdf5": ImageOptions(),
-               "hdf5-gzip": ImageOptions(), "resize": ImageOptions(resize_width=side, resize_height=side)}[mode]
+               "hdf5-gzip": ImageOptions(), "hdf5-uint8": ImageOptions(), "resize": ImageOptions(resize_width=side, resize_height=side)}[mode]
     first = []  # when the first image reached the writer: the start-up (workers forked, one chunk decoded)
     def progress(done, total):
         if not first:
@@ -153,7 +159,8 @@ MTLDATA_RUN = REPORT + textwrap.dedent(
     start = start_clock()
     result = convert(ConvertSpec(list_file=Path(list_file), output=Path(out), workers=workers, image=options,
                                  backend="hdf5" if mode.startswith("hdf5") else "lmdb",
-                                 backend_options={"compression": "gzip"} if mode == "hdf5-gzip" else {}),
+                                 backend_options={"hdf5-gzip": {"compression": "gzip"},
+                                                  "hdf5-uint8": {"hdf5_dtype": "uint8"}}.get(mode, {})),
                      progress=progress)
     report(result.count, time.perf_counter() - start, first=first[0] if first else 0.0)
     """
@@ -400,6 +407,7 @@ def row_specs(workers: int, hdf5: bool, side: int, resize: int = 0) -> dict[str,
     if hdf5:
         rows["hdf5 write floor"] = (HDF5_WRITE_FLOOR_RUN, (3 * side * side * 4,))
         rows["mtldata hdf5 raw"] = (MTLDATA_RUN, ("hdf5", workers))
+        rows["mtldata hdf5 uint8"] = (MTLDATA_RUN, ("hdf5-uint8", workers))
     if resize:
         rows[f"baseline, resized to {resize}"] = (BASELINE_RUN, ("resize", resize))
         rows[f"mtldata raw, resized to {resize}"] = (MTLDATA_RUN, ("resize", workers, resize))
