@@ -8,6 +8,7 @@ the uint8 parts and every blob Caffe gave. Caffe reads integer data as floats (B
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -21,9 +22,9 @@ from mtldata.caffenet.runner import NetFeeder
 from mtldata.cli import main
 
 GOLDEN = Path(__file__).resolve().parent / "caffe_made" / "hdf5_dtype"
-FORWARDS = 5
-# The flags make_hdf5_dtype.py converted with (made.json records them too)
-CONVERT = ["--backend", "hdf5", "--resize-width", "32", "--resize-height", "32", "--shard-size", "4"]
+MADE = json.loads((GOLDEN / "made.json").read_text())  # how make_hdf5_dtype.py made the golden
+FORWARDS = MADE["forwards"]
+CONVERT = MADE["convert"]  # the flags it converted with, but for --hdf5-dtype
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def test_converting_the_fixture_list_writes_the_parts_caffe_read(caffe_fixtures,
         result = CliRunner().invoke(
             main,
             ["convert", str(caffe_fixtures / "list_multi.txt"), "-o", str(out),
-             "--root", str(caffe_fixtures / "images"), "--hdf5-dtype", dtype, "-q", *CONVERT],
+             "--root", str(caffe_fixtures / "images"), "--hdf5-dtype", dtype, *CONVERT],
         )  # fmt: skip
         assert result.exit_code == 0, result.output
         parts = _parts(out)

@@ -69,7 +69,8 @@ TARGETS = {  # row -> (baseline row, minimum ratio)
     "mtldata hdf5 raw": [("baseline", 2.0)],
 }
 RAW_HEADER_BYTES = 20  # a raw Datum's fields around its pixels, about
-# Rows printed with a ratio but no target: resized conversions and gzip-compressed HDF5 (their own baselines)
+# Rows printed with a ratio but no target: resized conversions and gzip-compressed HDF5 (against their
+# own baselines), and uint8 HDF5 (against the baseline)
 COMPARED = {
     "mtldata raw, resized to": "baseline, resized to",
     "mtldata hdf5 gzip": "h5py gzip",

@@ -22,13 +22,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent / "hdf5_dtype"
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "caffe"
 FORWARDS = 5
+BATCH = 3
 NET = """name: "hdf5_dtype"
 layer {
   name: "data"
   type: "HDF5Data"
   top: "data"
   top: "label"
-  hdf5_data_param { source: "hdf5_list.txt" batch_size: 3 }
+  hdf5_data_param { source: "hdf5_list.txt" batch_size: %d }
 }
 """
 CONVERT = ["--backend", "hdf5", "--resize-width", "32", "--resize-height", "32", "--shard-size", "4", "-q"]
@@ -81,7 +82,7 @@ def main(prefix: Path) -> None:
             )
             parts = sorted(p.name for p in out.glob("part-*.h5"))
             (out / "hdf5_list.txt").write_text("".join(f"{p}\n" for p in parts))  # relative: cwd
-            (out / "net.prototxt").write_text(NET)
+            (out / "net.prototxt").write_text(NET % BATCH)
             npz = Path(tmp) / f"caffe_{dtype}.npz"
             subprocess.run([str(python), __file__, "--caffe-worker", str(out), str(npz)], env=env, check=True)
             results[dtype] = npz
@@ -104,7 +105,7 @@ def main(prefix: Path) -> None:
                 "convert": CONVERT,
                 "list": "shared/fixtures/caffe/list_multi.txt",
                 "forwards": FORWARDS,
-                "batch_size": 3,
+                "batch_size": BATCH,
             },
             indent=1,
         )
